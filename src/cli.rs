@@ -1,0 +1,103 @@
+//! Command-line interface (clap structs only).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use roadrep::models::ImagePrecision;
+
+/// Video tagging for driving footage: CLIP embeddings and zero-shot scene tags.
+#[derive(Debug, Parser)]
+#[command(name = "roadrep", version, about)]
+pub struct Cli {
+    /// Config file [default: $ROADREP_CONFIG, else config/roadrep.toml if present].
+    #[arg(short, long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (log shippers).
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print zero-shot scene tags of images.
+    Tag(TagArgs),
+    /// Measure model throughput (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Verify a model directory against its manifest.
+    VerifyModel {
+        /// Model directory.
+        dir: PathBuf,
+    },
+}
+
+/// `roadrep tag`
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// Image files (JPEG, PNG, BMP, WebP, TIFF, PNM).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Print JSON (every score) instead of one line per image.
+    #[arg(long)]
+    pub json: bool,
+    /// CLIP model directory [default: from the config].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Label sets file [default: from the config].
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Image encoder precision [default: from the config].
+    #[arg(long, value_enum)]
+    pub precision: Option<ImagePrecision>,
+    /// Do not read or write the text-embedding cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// `roadrep bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// CLIP image encoder images/s (fp32, INT8; several batch sizes) and preprocessing cost.
+    Clip(BenchClipArgs),
+}
+
+/// `roadrep bench clip`
+#[derive(Debug, Args)]
+pub struct BenchClipArgs {
+    /// Model directory [default: models/clip-random-full if generated, else models/clip-tiny].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub batch: Vec<usize>,
+    /// Precisions to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fp32,int8")]
+    pub precision: Vec<ImagePrecision>,
+    /// Minimum seconds per configuration.
+    #[arg(long, default_value_t = 8.0)]
+    pub seconds: f64,
+    /// ONNX Runtime threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Source frame size for the preprocessing measurement, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1280x720")]
+    pub frame: String,
+    /// Print JSON instead of a Markdown table.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,45 @@
+//! `roadrep bench clip`: encoder throughput for BENCHMARKS.md.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use roadrep::bench::{ClipBenchSettings, bench_clip, default_bench_model};
+use roadrep::config::RoadrepConfig;
+use roadrep::models::OrtRuntime;
+
+use crate::cli::BenchClipArgs;
+
+pub fn run_clip(config_path: Option<&Path>, args: &BenchClipArgs) -> anyhow::Result<ExitCode> {
+    let config = RoadrepConfig::load(config_path)?;
+    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    let frame_size =
+        parse_size(&args.frame).with_context(|| format!("--frame '{}'", args.frame))?;
+    if args.batch.contains(&0) {
+        anyhow::bail!("--batch: batch sizes must be at least 1");
+    }
+    let settings = ClipBenchSettings {
+        model_dir: args.model.clone().unwrap_or_else(default_bench_model),
+        precisions: args.precision.clone(),
+        batch_sizes: args.batch.clone(),
+        min_time: Duration::from_secs_f64(args.seconds.max(0.0)),
+        intra_threads: args.threads.unwrap_or_else(|| config.intra_threads()),
+        frame_size,
+    };
+    eprintln!("benchmarking {} ...", settings.model_dir.display());
+    let report = bench_clip(&runtime, &settings, |line| eprintln!("  {line}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_markdown());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_size(s: &str) -> anyhow::Result<(u32, u32)> {
+    let (w, h) = s.split_once('x').context("expected WIDTHxHEIGHT")?;
+    let (w, h): (u32, u32) = (w.parse()?, h.parse()?);
+    anyhow::ensure!(w > 0 && h > 0, "width and height must be positive");
+    Ok((w, h))
+}

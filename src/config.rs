@@ -1,0 +1,222 @@
+//! `roadrep.toml`: what the pipeline runs (models, labels). One section per
+//! stage; runtime behaviour (log format, verbosity) is a CLI flag instead.
+//!
+//! Relative paths in a config file are resolved against the file's own
+//! directory, so `roadrep -c /etc/roadrep/roadrep.toml` works from anywhere.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::models::ImagePrecision;
+
+/// Config file read when no `-c` is given and it exists.
+pub const DEFAULT_CONFIG: &str = "config/roadrep.toml";
+
+/// Errors reading a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config '{path}': {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Unknown key, wrong type, bad value: the message names the field.
+    #[error("config '{path}': {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoadrepConfig {
+    /// Model directories and ONNX Runtime.
+    #[serde(default)]
+    pub models: ModelsConfig,
+    /// Zero-shot tagging.
+    #[serde(default)]
+    pub tagging: TaggingConfig,
+}
+
+/// `[models]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// CLIP model directory (written by `models/export.py`).
+    #[serde(default = "default_clip_dir")]
+    pub clip: PathBuf,
+    /// onnxruntime shared library; unset: `$ORT_DYLIB_PATH`, then `.venv/ort`.
+    #[serde(default)]
+    pub ort_library: Option<PathBuf>,
+    /// Image encoder precision: `fp32` (reference) or `int8` (faster on CPU).
+    #[serde(default)]
+    pub precision: ImagePrecision,
+    /// ONNX Runtime threads per model; 0 = all cores.
+    #[serde(default)]
+    pub intra_threads: usize,
+    /// Frames per image-encoder run.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+/// `[tagging]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaggingConfig {
+    /// Label sets file.
+    #[serde(default = "default_labels")]
+    pub labels: PathBuf,
+    /// Directory for cached text embeddings; unset: `$XDG_CACHE_HOME/roadrep`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+fn default_clip_dir() -> PathBuf {
+    PathBuf::from("models/clip-tiny")
+}
+fn default_labels() -> PathBuf {
+    PathBuf::from("config/labels.toml")
+}
+fn default_batch_size() -> usize {
+    8
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            clip: default_clip_dir(),
+            ort_library: None,
+            precision: ImagePrecision::Fp32,
+            intra_threads: 0,
+            batch_size: 8,
+        }
+    }
+}
+
+impl Default for TaggingConfig {
+    fn default() -> Self {
+        Self {
+            labels: default_labels(),
+            cache_dir: None,
+        }
+    }
+}
+
+impl RoadrepConfig {
+    /// Reads a config file and resolves its relative paths.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::parse(path, &text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let config: Self = toml::from_str(text)
+            .map_err(|e| invalid(crate::models::manifest::one_line(&e.to_string())))?;
+        if config.models.batch_size == 0 {
+            return Err(invalid("models.batch_size must be at least 1".into()));
+        }
+        Ok(config)
+    }
+
+    /// `-c PATH`, else `$ROADREP_CONFIG`, else `config/roadrep.toml` if
+    /// present, else built-in defaults (paths relative to the working dir).
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        if let Some(p) = explicit {
+            return Self::from_file(p);
+        }
+        if let Some(p) = std::env::var_os("ROADREP_CONFIG").filter(|p| !p.is_empty()) {
+            return Self::from_file(Path::new(&p));
+        }
+        let default = Path::new(DEFAULT_CONFIG);
+        if default.is_file() {
+            Self::from_file(default)
+        } else {
+            Ok(Self::default())
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.models.clip);
+        if let Some(p) = self.models.ort_library.as_mut() {
+            fix(p);
+        }
+        fix(&mut self.tagging.labels);
+        if let Some(p) = self.tagging.cache_dir.as_mut() {
+            fix(p);
+        }
+    }
+
+    /// ONNX Runtime threads to use: the configured number, or all cores.
+    pub fn intra_threads(&self) -> usize {
+        match self.models.intra_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_and_wrong_type_name_the_field() {
+        let e = RoadrepConfig::parse(Path::new("r.toml"), "[models]\nclipp = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("r.toml") && e.contains("clipp"), "{e}");
+        let e = RoadrepConfig::parse(Path::new("r.toml"), "[models]\nintra_threads = \"two\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("intra_threads"), "{e}");
+        let e = RoadrepConfig::parse(Path::new("r.toml"), "[models]\nprecision = \"fp16\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fp16"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roadrep.toml");
+        std::fs::write(
+            &path,
+            "[models]\nclip = \"../m/clip\"\n[tagging]\nlabels = \"/abs/labels.toml\"\n",
+        )
+        .unwrap();
+        let c = RoadrepConfig::from_file(&path).unwrap();
+        assert_eq!(c.models.clip, dir.path().join("../m/clip"));
+        assert_eq!(c.tagging.labels, PathBuf::from("/abs/labels.toml"));
+    }
+
+    #[test]
+    fn shipped_config_parses() {
+        let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/roadrep.toml"));
+        let c = RoadrepConfig::from_file(p).unwrap();
+        assert!(
+            c.models.clip.join("manifest.toml").is_file(),
+            "{:?}",
+            c.models.clip
+        );
+        assert!(c.tagging.labels.is_file());
+    }
+}

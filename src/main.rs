@@ -1,0 +1,47 @@
+//! `roadrep`: the daemon and its command-line tools.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.verbose);
+    let result = match &cli.command {
+        Command::Tag(args) => commands::tag::run(cli.config.as_deref(), args),
+        Command::Bench(cli::BenchCommand::Clip(args)) => {
+            commands::bench::run_clip(cli.config.as_deref(), args)
+        }
+        Command::VerifyModel { dir } => commands::verify_model(dir),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            // `{:#}` joins the context chain on one line.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,287 @@
+//! `manifest.toml`: what a model directory contains, and its verification.
+//!
+//! `models/export.py` writes the manifest; the daemon refuses a directory
+//! whose files are missing, differ from their recorded sha256, or whose
+//! recorded fingerprint does not match the files.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::ModelError;
+use super::preprocess::{ImagePreprocessor, Resample};
+
+/// File name of the manifest inside a model directory.
+pub const MANIFEST_FILE: &str = "manifest.toml";
+/// The manifest format this build reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Roles of the files a CLIP model directory holds.
+pub mod roles {
+    /// fp32 image encoder (source of truth, names kept).
+    pub const IMAGE_ENCODER: &str = "image_encoder";
+    /// INT8 image encoder derived from the fp32 one.
+    pub const IMAGE_ENCODER_INT8: &str = "image_encoder_int8";
+    /// fp32 text encoder.
+    pub const TEXT_ENCODER: &str = "text_encoder";
+    /// `tokenizer.json` for the `tokenizers` crate.
+    pub const TOKENIZER: &str = "tokenizer";
+}
+
+/// The parsed `manifest.toml` of a model directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelManifest {
+    /// Manifest format version (see [`FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// Model family; `"clip"` for now.
+    pub kind: String,
+    /// Human name, e.g. `clip-tiny`.
+    pub name: String,
+    /// Where the weights came from (checkpoint name or "random ...").
+    pub source: String,
+    /// Identity of the embedding space (see [`ModelManifest::compute_fingerprint`]).
+    pub fingerprint: String,
+    /// CLIP-specific settings.
+    pub clip: ClipSection,
+    /// Image preprocessing contract.
+    pub preprocess: PreprocessSection,
+    /// Files by role.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// `[clip]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipSection {
+    /// Dimension of the joint embedding space.
+    pub embed_dim: usize,
+    /// `exp(logit_scale)` of the checkpoint: multiplies cosine similarities.
+    pub logit_scale: f32,
+    /// Maximum token sequence length of the text encoder.
+    pub context_length: usize,
+}
+
+/// `[preprocess]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessSection {
+    /// Shorter side after resizing.
+    pub shortest_edge: u32,
+    /// Square crop side.
+    pub crop_size: u32,
+    /// Resampling filter name; only `"bicubic"` is supported.
+    pub resample: String,
+    /// Per-channel mean (f64: the fingerprint formats the values as written).
+    pub mean: [f64; 3],
+    /// Per-channel std.
+    pub std: [f64; 3],
+}
+
+/// One file of the directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Path relative to the model directory.
+    pub path: String,
+    /// Hex sha256 of the file's bytes.
+    pub sha256: String,
+    /// ONNX graph inputs (ONNX files only).
+    #[serde(default)]
+    pub inputs: Vec<TensorSpec>,
+    /// ONNX graph outputs (ONNX files only).
+    #[serde(default)]
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// Name, element type and shape of an ONNX input or output.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    /// Tensor name in the graph.
+    pub name: String,
+    /// Element type, e.g. `float32`, `int64`.
+    pub dtype: String,
+    /// Dimensions: a number, or a symbolic name for a dynamic axis.
+    pub shape: Vec<Dim>,
+}
+
+/// A tensor dimension: fixed or symbolic (dynamic).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Dim {
+    /// Fixed size.
+    Fixed(i64),
+    /// Dynamic axis with this name.
+    Symbolic(String),
+}
+
+impl ModelManifest {
+    /// Reads and parses `dir/manifest.toml` (no file checks).
+    pub fn read(dir: &Path) -> Result<Self, ModelError> {
+        if !dir.is_dir() {
+            return Err(ModelError::DirMissing {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Manifest {
+            path: path.clone(),
+            message: if e.kind() == std::io::ErrorKind::NotFound {
+                "file not found".into()
+            } else {
+                e.to_string()
+            },
+        })?;
+        let manifest: ModelManifest = toml::from_str(&text).map_err(|e| ModelError::Manifest {
+            path: path.clone(),
+            message: one_line(&e.to_string()),
+        })?;
+        if manifest.format_version != FORMAT_VERSION {
+            return Err(ModelError::Manifest {
+                path,
+                message: format!(
+                    "format_version {} is not supported (expected {FORMAT_VERSION})",
+                    manifest.format_version
+                ),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// Reads the manifest and checks every listed file: present, sha256
+    /// equal, and a fingerprint that matches the files.
+    pub fn read_verified(dir: &Path) -> Result<Self, ModelError> {
+        let manifest = Self::read(dir)?;
+        for (role, entry) in &manifest.files {
+            let path = dir.join(&entry.path);
+            let actual = sha256_file(&path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    ModelError::FileMissing {
+                        dir: dir.to_path_buf(),
+                        role: role.clone(),
+                        path: path.clone(),
+                    }
+                } else {
+                    ModelError::Io {
+                        path: path.clone(),
+                        source: e,
+                    }
+                }
+            })?;
+            if !actual.eq_ignore_ascii_case(&entry.sha256) {
+                return Err(ModelError::Checksum {
+                    path,
+                    expected: entry.sha256.clone(),
+                    actual,
+                });
+            }
+        }
+        let computed = manifest.compute_fingerprint()?;
+        if computed != manifest.fingerprint {
+            return Err(ModelError::Manifest {
+                path: dir.join(MANIFEST_FILE),
+                message: format!(
+                    "fingerprint {} does not match its files ({computed})",
+                    manifest.fingerprint
+                ),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// The entry for a file role, or an error naming the manifest.
+    pub fn file(&self, dir: &Path, role: &str) -> Result<&FileEntry, ModelError> {
+        self.files.get(role).ok_or_else(|| ModelError::Manifest {
+            path: dir.join(MANIFEST_FILE),
+            message: format!("no [files.{role}] entry"),
+        })
+    }
+
+    /// Fingerprint of the embedding space: sha256 over the fp32 encoders', the
+    /// tokenizer's sha256 and the preprocessing settings. Derived files (INT8)
+    /// are left out on purpose. Mirrors `fingerprint()` in `models/export.py`.
+    pub fn compute_fingerprint(&self) -> Result<String, ModelError> {
+        let mut h = Sha256::new();
+        for role in [roles::IMAGE_ENCODER, roles::TEXT_ENCODER, roles::TOKENIZER] {
+            let entry = self.files.get(role).ok_or_else(|| ModelError::Manifest {
+                path: PathBuf::from(MANIFEST_FILE),
+                message: format!("no [files.{role}] entry"),
+            })?;
+            h.update(format!("{role}={}\n", entry.sha256.to_ascii_lowercase()));
+        }
+        let p = &self.preprocess;
+        let list = |v: &[f64; 3]| {
+            v.iter()
+                .map(|x| format!("{x:.8}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        h.update(format!(
+            "shortest_edge={}\ncrop_size={}\nresample={}\nmean={}\nstd={}\n",
+            p.shortest_edge,
+            p.crop_size,
+            p.resample,
+            list(&p.mean),
+            list(&p.std)
+        ));
+        Ok(hex::encode(h.finalize()))
+    }
+
+    /// The image preprocessing this model was trained with.
+    pub fn image_preprocessor(&self, dir: &Path) -> Result<ImagePreprocessor, ModelError> {
+        let p = &self.preprocess;
+        let resample = match p.resample.as_str() {
+            "bicubic" => Resample::Bicubic,
+            other => {
+                return Err(ModelError::Manifest {
+                    path: dir.join(MANIFEST_FILE),
+                    message: format!(
+                        "preprocess.resample '{other}' is not supported (expected 'bicubic')"
+                    ),
+                });
+            }
+        };
+        if p.crop_size == 0 || p.shortest_edge < p.crop_size || p.std.iter().any(|s| *s <= 0.0) {
+            return Err(ModelError::Manifest {
+                path: dir.join(MANIFEST_FILE),
+                message: "preprocess needs crop_size > 0, shortest_edge >= crop_size and std > 0"
+                    .into(),
+            });
+        }
+        Ok(ImagePreprocessor {
+            shortest_edge: p.shortest_edge,
+            crop_size: p.crop_size,
+            resample,
+            mean: p.mean.map(|x| x as f32),
+            std: p.std.map(|x| x as f32),
+        })
+    }
+}
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Collapses a multi-line parser message (toml's carets) into one line.
+pub(crate) fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
