@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat, verbose: u8) {
     let default = match verbose {
         0 => "warn",
-        1 => "info",
+        1 => "info,ort=warn",
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));

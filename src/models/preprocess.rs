@@ -302,6 +302,7 @@ impl Coefficients {
 mod tests {
     use super::*;
 
+    #[allow(clippy::excessive_precision)] // the values as published by OpenAI
     fn clip() -> ImagePreprocessor {
         ImagePreprocessor {
             shortest_edge: 224,

@@ -63,16 +63,15 @@ impl SceneTagger {
         cache: Option<&TextEmbeddingCache>,
     ) -> Result<Self, TaggingError> {
         let fingerprint = model.fingerprint().to_string();
-        if let Some(classes) = cache.and_then(|c| c.load(&fingerprint, &labels.source)) {
-            if classes.sets.len() == labels.sets.len() {
-                tracing::debug!(labels = %labels.path.display(), "Class embeddings read from cache.");
-                return Ok(Self::from_parts(
-                    classes,
-                    model.logit_scale(),
-                    fingerprint,
-                    ClassEmbeddingSource::Cache,
-                ));
-            }
+        let cached = cache.and_then(|c| c.load(&fingerprint, &labels.source));
+        if let Some(classes) = cached.filter(|c| c.sets.len() == labels.sets.len()) {
+            tracing::debug!(labels = %labels.path.display(), "Class embeddings read from cache.");
+            return Ok(Self::from_parts(
+                classes,
+                model.logit_scale(),
+                fingerprint,
+                ClassEmbeddingSource::Cache,
+            ));
         }
         let classes = ClassEmbeddings::build(labels, |prompts| model.get_text_features(prompts))?;
         if let Some(cache) = cache {

@@ -1,0 +1,51 @@
+# roadrep: the two commands a fresh Debian 12 machine needs.
+#   make demo   set up, build, and tag the frames of a clip the project generates
+#   make test   set up, then formatting, lints and the whole test suite
+# Both install what is missing (Debian packages, .venv with onnxruntime) and
+# are quick when everything is already there.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+# ort loads onnxruntime at run time (feature load-dynamic); setup installs it here.
+export ORT_DYLIB_PATH ?= $(CURDIR)/.venv/ort/libonnxruntime.so
+
+.PHONY: setup build demo test lint export-env fixtures random-full bench clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --locked
+
+demo: build
+	@scripts/demo.sh
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+test: lint
+	$(CARGO) test --locked
+
+# --- models (need the export environment: torch, transformers; several GB) ---
+
+export-env:
+	@scripts/setup.sh --export
+
+# Re-export the committed tiny model and the parity references.
+fixtures: export-env
+	.venv-export/bin/python models/export.py --tiny --out models/clip-tiny --reference-out tests/fixtures/clip-tiny
+
+# Full-size ViT-B/32 with random weights, for benchmarks (~600 MB, not committed).
+models/clip-random-full/manifest.toml:
+	$(MAKE) export-env
+	.venv-export/bin/python models/export.py --random-full --out models/clip-random-full
+
+random-full: models/clip-random-full/manifest.toml
+
+bench: build random-full
+	target/release/roadrep bench clip --model models/clip-random-full
+
+clean:
+	$(CARGO) clean
+	rm -rf demo-out

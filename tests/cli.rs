@@ -1,0 +1,290 @@
+//! `roadrep tag` as a user runs it: output, exit codes, one-line errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{copy_dir, realdata, root, tiny_model_dir};
+
+const SETS: [&str; 4] = ["weather", "time_of_day", "scene", "road_surface"];
+
+/// Runs the binary from the repo root with an isolated cache directory.
+fn roadrep(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_roadrep"))
+        .args(args)
+        .current_dir(root())
+        .env("XDG_CACHE_HOME", cache)
+        .env_remove("ROADREP_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run roadrep")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn fixture_images() -> Vec<String> {
+    let dir = root().join("tests/fixtures/clip-tiny/images");
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Asserts a failure with exactly one stderr line that mentions every needle.
+fn assert_one_line_error(o: &Output, needles: &[&str]) {
+    assert!(
+        !o.status.success(),
+        "expected failure, got {:?}\n{}",
+        o.status,
+        stdout(o)
+    );
+    let err = stderr(o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected:\n{err}");
+    for n in needles {
+        assert!(lines[0].contains(n), "'{}' should mention {n}", lines[0]);
+    }
+}
+
+#[test]
+fn tags_every_image_on_one_line_each() {
+    let cache = tempfile::tempdir().unwrap();
+    let images = fixture_images();
+    let mut args = vec!["tag"];
+    args.extend(images.iter().map(String::as_str));
+    let o = roadrep(&args, cache.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), images.len(), "{out}");
+    for (line, image) in lines.iter().zip(&images) {
+        assert!(line.starts_with(image.as_str()), "{line}");
+        for set in SETS {
+            assert!(line.contains(&format!("{set}=")), "{line}");
+        }
+    }
+}
+
+#[test]
+fn json_output_has_every_score_and_matches_the_reference() {
+    let cache = tempfile::tempdir().unwrap();
+    let images = fixture_images();
+    let mut args = vec!["tag", "--json"];
+    args.extend(images.iter().map(String::as_str));
+    let o = roadrep(&args, cache.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tagged: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    let reference: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root().join("tests/fixtures/clip-tiny/reference.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(tagged.len(), images.len());
+    for t in &tagged {
+        let file = Path::new(t["image"].as_str().unwrap())
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let want = reference["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["file"].as_str().unwrap().ends_with(file))
+            .unwrap();
+        let tags = t["tags"].as_object().unwrap();
+        assert_eq!(
+            tags.keys().map(String::as_str).collect::<Vec<_>>(),
+            SETS,
+            "sets in label-file order"
+        );
+        for (set, v) in tags {
+            let scores = v["scores"].as_object().unwrap();
+            let sum: f64 = scores.values().map(|p| p.as_f64().unwrap()).sum();
+            assert!((sum - 1.0).abs() < 1e-5, "{set} sums to {sum}");
+            assert_eq!(v["top"], want["tags"][set]["top"], "{file} {set}");
+        }
+    }
+}
+
+#[test]
+fn tags_all_six_realdata_frames() {
+    let Some(realdata) = realdata() else {
+        eprintln!("skipped: ../shared/realdata is absent");
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let mut frames: Vec<String> = std::fs::read_dir(realdata.join("bdd100k_yolop"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .map(|p| p.display().to_string())
+        .collect();
+    frames.sort();
+    assert_eq!(frames.len(), 6);
+    let mut args = vec!["tag"];
+    args.extend(frames.iter().map(String::as_str));
+    let o = roadrep(&args, cache.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 6, "{}", stdout(&o));
+}
+
+#[test]
+fn a_file_that_is_not_an_image_fails_alone() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("notes.jpg");
+    std::fs::write(&bad, "this is text, not a JPEG").unwrap();
+    let good = fixture_images().remove(0);
+    let o = roadrep(&["tag", bad.to_str().unwrap(), &good], cache.path());
+    assert_one_line_error(&o, &["notes.jpg", "not an image"]);
+    assert_eq!(
+        stdout(&o).lines().count(),
+        1,
+        "the good image is still tagged"
+    );
+    assert!(stdout(&o).starts_with(&good));
+}
+
+#[test]
+fn missing_or_corrupt_model_directories_are_named() {
+    let cache = tempfile::tempdir().unwrap();
+    let img = fixture_images().remove(0);
+    let dir = tempfile::tempdir().unwrap();
+
+    let missing = dir.path().join("no-such-model");
+    let o = roadrep(
+        &["tag", "--model", missing.to_str().unwrap(), &img],
+        cache.path(),
+    );
+    assert_one_line_error(&o, &["no-such-model", "does not exist"]);
+
+    let corrupt = dir.path().join("corrupt");
+    copy_dir(&tiny_model_dir(), &corrupt);
+    let onnx = corrupt.join("image_encoder.onnx");
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&onnx, bytes).unwrap();
+    let o = roadrep(
+        &["tag", "--model", corrupt.to_str().unwrap(), &img],
+        cache.path(),
+    );
+    assert_one_line_error(&o, &["image_encoder.onnx", "does not match its manifest"]);
+
+    let incomplete = dir.path().join("incomplete");
+    copy_dir(&tiny_model_dir(), &incomplete);
+    std::fs::remove_file(incomplete.join("tokenizer.json")).unwrap();
+    let o = roadrep(
+        &["tag", "--model", incomplete.to_str().unwrap(), &img],
+        cache.path(),
+    );
+    assert_one_line_error(&o, &["tokenizer", "tokenizer.json", "missing"]);
+
+    let no_manifest = dir.path().join("no-manifest");
+    copy_dir(&tiny_model_dir(), &no_manifest);
+    std::fs::remove_file(no_manifest.join("manifest.toml")).unwrap();
+    let o = roadrep(
+        &["tag", "--model", no_manifest.to_str().unwrap(), &img],
+        cache.path(),
+    );
+    assert_one_line_error(&o, &["manifest.toml", "not found"]);
+}
+
+#[test]
+fn a_manifest_that_disagrees_with_the_graph_is_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("renamed");
+    copy_dir(&tiny_model_dir(), &model);
+    let manifest = model.join("manifest.toml");
+    let text =
+        std::fs::read_to_string(&manifest)
+            .unwrap()
+            .replacen("\"pixel_values\"", "\"pixels\"", 1);
+    std::fs::write(&manifest, text).unwrap();
+    let o = roadrep(
+        &[
+            "tag",
+            "--model",
+            model.to_str().unwrap(),
+            &fixture_images()[0],
+        ],
+        cache.path(),
+    );
+    assert_one_line_error(&o, &["image_encoder.onnx", "pixel_values"]);
+}
+
+#[test]
+fn a_label_set_with_an_empty_class_is_named() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("labels.toml");
+    std::fs::write(&labels, "[weather]\ntemplates = [\"a {} day\"]\n[weather.classes]\nclear = [\"clear\"]\nfoggy = []\n").unwrap();
+    let o = roadrep(
+        &[
+            "tag",
+            "--labels",
+            labels.to_str().unwrap(),
+            &fixture_images()[0],
+        ],
+        cache.path(),
+    );
+    assert_one_line_error(&o, &["labels.toml", "weather", "foggy", "empty"]);
+}
+
+#[test]
+fn a_missing_onnxruntime_library_is_a_clear_error() {
+    let cache = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_roadrep"))
+        .args(["tag", &fixture_images()[0]])
+        .current_dir(root())
+        .env("XDG_CACHE_HOME", cache.path())
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, &["/nonexistent/libonnxruntime.so", "onnxruntime"]);
+}
+
+#[test]
+fn a_config_with_an_unknown_key_names_it() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("roadrep.toml");
+    std::fs::write(&config, "[models]\nclip = \"x\"\nbatch = 4\n").unwrap();
+    let o = roadrep(
+        &["-c", config.to_str().unwrap(), "tag", &fixture_images()[0]],
+        cache.path(),
+    );
+    assert_one_line_error(&o, &["roadrep.toml", "batch"]);
+}
+
+#[test]
+fn class_embeddings_are_cached_between_runs() {
+    let cache = tempfile::tempdir().unwrap();
+    let img = fixture_images().remove(0);
+    let first = roadrep(&["tag", "--json", &img], cache.path());
+    assert!(first.status.success(), "{}", stderr(&first));
+    let entries: Vec<PathBuf> = std::fs::read_dir(cache.path().join("roadrep"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let second = roadrep(&["tag", "--json", "-v", &img], cache.path());
+    assert!(stderr(&second).contains("Cache"), "{}", stderr(&second));
+    assert_eq!(stdout(&first), stdout(&second));
+    let uncached = roadrep(&["tag", "--json", "--no-cache", "-v", &img], cache.path());
+    assert!(
+        stderr(&uncached).contains("Computed"),
+        "{}",
+        stderr(&uncached)
+    );
+}
