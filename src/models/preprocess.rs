@@ -159,9 +159,9 @@ impl ImagePreprocessor {
                 let (start, len) = vert.bounds[oy];
                 let k = vert.kernel(oy);
                 for (x, d) in dst.iter_mut().enumerate() {
-                    let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+                    let mut acc: i32 = 1 << (PRECISION_BITS - 1);
                     for (j, &kj) in k[..len].iter().enumerate() {
-                        acc += tmp[(start + j - first_row) * out_w * 3 + x] as i64 * kj as i64;
+                        acc += tmp[(start + j - first_row) * out_w * 3 + x] as i32 * kj;
                     }
                     *d = clip8(acc);
                 }
@@ -200,7 +200,9 @@ impl ImagePreprocessor {
 }
 
 /// Saturating conversion of a fixed-point accumulator to u8 (Pillow `clip8`).
-fn clip8(acc: i64) -> u8 {
+/// Accumulators are i32 as in Pillow: |weights| sum to < 2 and pixels are
+/// < 256, so `255 * 2 * 2^22` cannot overflow.
+fn clip8(acc: i32) -> u8 {
     let v = acc >> PRECISION_BITS;
     v.clamp(0, 255) as u8
 }
@@ -284,12 +286,12 @@ impl Coefficients {
     fn apply_row(&self, src: &[u8], dst: &mut [u8]) {
         for (i, &(start, len)) in self.bounds.iter().enumerate() {
             let k = &self.kernel(i)[..len];
-            let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
-            for (j, &kj) in k.iter().enumerate() {
-                let p = &src[(start + j) * 3..(start + j) * 3 + 3];
-                acc[0] += p[0] as i64 * kj as i64;
-                acc[1] += p[1] as i64 * kj as i64;
-                acc[2] += p[2] as i64 * kj as i64;
+            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+            let taps = &src[start * 3..(start + len) * 3];
+            for (p, &kj) in taps.chunks_exact(3).zip(k) {
+                acc[0] += p[0] as i32 * kj;
+                acc[1] += p[1] as i32 * kj;
+                acc[2] += p[2] as i32 * kj;
             }
             dst[i * 3] = clip8(acc[0]);
             dst[i * 3 + 1] = clip8(acc[1]);
