@@ -39,6 +39,8 @@ pub enum Command {
     /// Measure model throughput (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Replay recorded clips into the store (idempotent, resumable).
+    Replay(ReplayArgs),
     /// Verify a model directory against its manifest.
     VerifyModel {
         /// Model directory.
@@ -100,4 +102,25 @@ pub struct BenchClipArgs {
     /// Print JSON instead of a Markdown table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `roadrep replay`
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Video files (anything GStreamer's decodebin reads; audio is ignored).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Camera name for all files [default: each file's name without extension].
+    #[arg(long)]
+    pub camera: Option<String>,
+    /// Frames kept per second of video [default: ingest.sample_fps].
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Recording time of each file's start (RFC 3339 or Unix seconds)
+    /// [default: the file's modification time].
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Store directory [default: store.path].
+    #[arg(long)]
+    pub store: Option<PathBuf>,
 }

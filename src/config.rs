@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::batcher::BatcherConfig;
+use crate::ingest::config::{IngestConfig, StreamConfig};
 use crate::models::ImagePrecision;
 
 /// Config file read when no `-c` is given and it exists.
@@ -38,6 +40,70 @@ pub struct RoadrepConfig {
     /// Zero-shot tagging.
     #[serde(default)]
     pub tagging: TaggingConfig,
+    /// Defaults for every stream.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// Cross-stream batching.
+    #[serde(default)]
+    pub batcher: BatcherConfig,
+    /// The embedded store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The HTTP API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Cameras the daemon runs.
+    #[serde(default)]
+    pub streams: Vec<StreamConfig>,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// sled database directory.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("data/roadrep.sled")
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_store_path(),
+        }
+    }
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the HTTP API listens on (localhost only by default).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Most requests served at once (searches run the text encoder).
+    #[serde(default = "default_api_concurrency")]
+    pub max_concurrent_requests: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8470".into()
+}
+fn default_api_concurrency() -> usize {
+    16
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_concurrent_requests: default_api_concurrency(),
+        }
+    }
 }
 
 /// `[models]`
@@ -56,9 +122,6 @@ pub struct ModelsConfig {
     /// ONNX Runtime threads per model; 0 = all cores.
     #[serde(default)]
     pub intra_threads: usize,
-    /// Frames per image-encoder run.
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
 }
 
 /// `[tagging]`
@@ -79,9 +142,6 @@ fn default_clip_dir() -> PathBuf {
 fn default_labels() -> PathBuf {
     PathBuf::from("config/labels.toml")
 }
-fn default_batch_size() -> usize {
-    8
-}
 
 impl Default for ModelsConfig {
     fn default() -> Self {
@@ -90,7 +150,6 @@ impl Default for ModelsConfig {
             ort_library: None,
             precision: ImagePrecision::Fp32,
             intra_threads: 0,
-            batch_size: 8,
         }
     }
 }
@@ -125,8 +184,29 @@ impl RoadrepConfig {
         };
         let config: Self = toml::from_str(text)
             .map_err(|e| invalid(crate::models::manifest::one_line(&e.to_string())))?;
-        if config.models.batch_size == 0 {
-            return Err(invalid("models.batch_size must be at least 1".into()));
+        if config.batcher.max_frames == 0 {
+            return Err(invalid("batcher.max_frames must be at least 1".into()));
+        }
+        if !(config.ingest.sample_fps > 0.0 && config.ingest.sample_fps <= 120.0) {
+            return Err(invalid(format!(
+                "ingest.sample_fps {} must be in (0, 120]",
+                config.ingest.sample_fps
+            )));
+        }
+        if config.ingest.queue_frames == 0 {
+            return Err(invalid("ingest.queue_frames must be at least 1".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, stream) in config.streams.iter().enumerate() {
+            stream
+                .validate()
+                .map_err(|e| invalid(format!("streams[{i}]: {e}")))?;
+            if !names.insert(stream.name.as_str()) {
+                return Err(invalid(format!(
+                    "streams[{i}]: duplicate stream name '{}'",
+                    stream.name
+                )));
+            }
         }
         Ok(config)
     }
@@ -159,6 +239,16 @@ impl RoadrepConfig {
             fix(p);
         }
         fix(&mut self.tagging.labels);
+        fix(&mut self.store.path);
+        for stream in &mut self.streams {
+            // Relative file sources are relative to the config file too.
+            if let Ok(crate::ingest::config::SourceKind::File(p)) =
+                crate::ingest::config::SourceKind::parse(&stream.source)
+                && p.is_relative()
+            {
+                stream.source = base.join(p).display().to_string();
+            }
+        }
         if let Some(p) = self.tagging.cache_dir.as_mut() {
             fix(p);
         }

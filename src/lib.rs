@@ -10,15 +10,29 @@
 //! # Layout
 //! Data flows top to bottom:
 //! - [`config`]: `roadrep.toml`, one section per stage.
-//! - [`ingest`]: sources to RGB frames (still images for now).
+//! - [`frame`]: the [`frame::Frame`] passed between stages.
+//! - [`ingest`]: GStreamer sources (files, RTSP, V4L2, any source bin) ->
+//!   sampled, preprocessed frames; still images.
+//! - [`batcher`]: cross-stream batches (max frames, max wait).
 //! - [`models`]: ONNX Runtime setup, model directories and their manifests,
 //!   reference-exact image preprocessing, the CLIP image/text encoders.
 //! - [`tagging`]: label sets, prompt ensembles, zero-shot scores (pure), and
 //!   the on-disk cache of class text embeddings.
+//! - [`infer`]: the inference worker: batch -> CLIP -> tags -> store.
+//! - [`store`]: sled trees, keys, versioned values, search scans.
+//! - [`replay`], [`daemon`]: the two ways frames flow (recorded clips, live).
+//! - [`api`]: HTTP API (search, frames, timeline, health, metrics).
+//! - [`telemetry`]: metric names.
 //! - [`bench`]: throughput measurements reported in `BENCHMARKS.md`.
 
+pub mod batcher;
 pub mod bench;
 pub mod config;
+pub mod frame;
+pub mod infer;
 pub mod ingest;
 pub mod models;
+pub mod replay;
+pub mod store;
 pub mod tagging;
+pub mod telemetry;

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::Bench(cli::BenchCommand::Clip(args)) => {
             commands::bench::run_clip(cli.config.as_deref(), args)
         }
+        Command::Replay(args) => commands::replay::run(cli.config.as_deref(), args),
         Command::VerifyModel { dir } => commands::verify_model(dir),
     };
     match result {

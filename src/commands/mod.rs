@@ -1,12 +1,69 @@
 //! Subcommand implementations (the binary's edge: anyhow errors with context).
 
 pub mod bench;
+pub mod replay;
 pub mod tag;
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use roadrep::models::ModelManifest;
+use anyhow::Context;
+use roadrep::config::RoadrepConfig;
+use roadrep::models::{ClipModel, ClipOptions, ModelManifest, OrtRuntime};
+use roadrep::store::Store;
+use roadrep::tagging::{LabelSets, SceneTagger, TextEmbeddingCache};
+
+/// What replay and the daemon share: model, tagger, store.
+pub struct PipelineParts {
+    pub model: Arc<ClipModel>,
+    pub tagger: Arc<SceneTagger>,
+    pub store: Store,
+}
+
+/// Loads the model and labels, builds the tagger, opens the store.
+pub fn load_pipeline_parts(
+    config: &RoadrepConfig,
+    store_path: &Path,
+) -> anyhow::Result<PipelineParts> {
+    let labels = LabelSets::from_file(&config.tagging.labels)?;
+    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    let options = ClipOptions {
+        precision: config.models.precision,
+        intra_threads: config.intra_threads(),
+        load_text_encoder: true,
+    };
+    let model = ClipModel::load(&config.models.clip, &runtime, &options)?;
+    let cache = TextEmbeddingCache::new(
+        config
+            .tagging
+            .cache_dir
+            .clone()
+            .unwrap_or_else(TextEmbeddingCache::default_dir),
+    );
+    let tagger = SceneTagger::new(&model, &labels, Some(&cache))?;
+    if let Some(parent) = store_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating '{}'", parent.display()))?;
+    }
+    let store = Store::open(store_path, model.fingerprint(), model.embed_dim())?;
+    Ok(PipelineParts {
+        model: Arc::new(model),
+        tagger: Arc::new(tagger),
+        store,
+    })
+}
+
+/// A time given as RFC 3339 or Unix seconds, in ns since the epoch.
+pub fn parse_time(s: &str) -> anyhow::Result<i64> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Ok((secs * 1e9) as i64);
+    }
+    let t = chrono::DateTime::parse_from_rfc3339(s).with_context(|| {
+        format!("'{s}' is not a time (RFC 3339 like 2026-11-22T08:00:00Z, or Unix seconds)")
+    })?;
+    t.timestamp_nanos_opt().context("time out of range")
+}
 
 /// `roadrep verify-model DIR`
 pub fn verify_model(dir: &Path) -> anyhow::Result<ExitCode> {

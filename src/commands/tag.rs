@@ -53,7 +53,7 @@ pub fn run(config_path: Option<&Path>, args: &TagArgs) -> anyhow::Result<ExitCod
 
     let mut failed = 0usize;
     let mut results = Vec::new();
-    for chunk in args.images.chunks(config.models.batch_size) {
+    for chunk in args.images.chunks(config.batcher.max_frames) {
         // Decode the chunk; a bad file is reported and skipped.
         let mut decoded = Vec::with_capacity(chunk.len());
         for path in chunk {

@@ -1,0 +1,145 @@
+//! `roadrep replay FILE...`: recorded clips into the store, with progress.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use roadrep::config::RoadrepConfig;
+use roadrep::replay::{FileReport, ReplayProgress, ReplaySettings, replay};
+
+use crate::cli::ReplayArgs;
+
+pub fn run(config_path: Option<&Path>, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let config = RoadrepConfig::load(config_path)?;
+    let store_path = args
+        .store
+        .clone()
+        .unwrap_or_else(|| config.store.path.clone());
+    let parts = super::load_pipeline_parts(&config, &store_path)?;
+    let settings = ReplaySettings {
+        files: args.files.clone(),
+        camera: args.camera.clone(),
+        sample_fps: args.fps.unwrap_or(config.ingest.sample_fps),
+        file_start_ns: args.start.as_deref().map(super::parse_time).transpose()?,
+        queue_frames: config.ingest.queue_frames,
+        batcher: config.batcher.clone(),
+    };
+    anyhow::ensure!(
+        settings.sample_fps > 0.0 && settings.sample_fps <= 120.0,
+        "--fps must be in (0, 120]"
+    );
+    // SIGINT/SIGTERM stop after the frames in flight are stored.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    let progress = Progress::new();
+    let report = replay(
+        parts.model,
+        parts.tagger,
+        parts.store,
+        &settings,
+        stop,
+        &progress,
+    )?;
+    progress.bar.finish_and_clear();
+    for f in &report.files {
+        match &f.error {
+            Some(e) => eprintln!("error: {e}"),
+            None => eprintln!("{}", describe(f)),
+        }
+    }
+    eprintln!(
+        "replay: {} frames stored ({} new), {} batches, {:.1} s in the image encoder",
+        report.totals.frames,
+        report.totals.new_frames,
+        report.totals.batches,
+        report.totals.inference_secs
+    );
+    Ok(if report.all_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn describe(f: &FileReport) -> String {
+    let file = f.file.display();
+    if f.already_complete {
+        return format!(
+            "{file}: already replayed for camera '{}', nothing to do",
+            f.camera
+        );
+    }
+    let resumed = f.resumed_after_pts_ns.map_or(String::new(), |p| {
+        format!(", resumed after {:.2} s", p as f64 / 1e9)
+    });
+    format!(
+        "{file}: {} frames for camera '{}'{resumed}",
+        f.frames, f.camera
+    )
+}
+
+/// A spinner on a terminal; plain progress lines otherwise (logs, tests).
+struct Progress {
+    bar: ProgressBar,
+    plain: bool,
+    last_stored: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let plain = !std::io::stderr().is_terminal();
+        let bar = if plain {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new_spinner()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix} {msg} [{elapsed}]")
+                .expect("valid template"),
+        );
+        Self {
+            bar,
+            plain,
+            last_stored: 0.into(),
+        }
+    }
+}
+
+impl ReplayProgress for Progress {
+    fn file_started(&self, file: &Path, camera: &str, resumed: Option<u64>) {
+        self.bar
+            .set_prefix(format!("{} ({camera})", file.display()));
+        if let Some(p) = resumed {
+            self.bar.println(format!(
+                "{}: resuming after {:.2} s",
+                file.display(),
+                p as f64 / 1e9
+            ));
+        }
+    }
+
+    fn tick(&self, delivered: u64, last_pts_ns: u64, stored_total: u64) {
+        let msg = format!(
+            "{:.1} s of video, {delivered} frames decoded, {stored_total} stored",
+            last_pts_ns as f64 / 1e9
+        );
+        if self.plain {
+            let last = self
+                .last_stored
+                .swap(stored_total, std::sync::atomic::Ordering::Relaxed);
+            if last != stored_total {
+                eprintln!("replay: {msg}");
+            }
+        } else {
+            self.bar.set_message(msg);
+            self.bar.tick();
+        }
+    }
+
+    fn file_finished(&self, _report: &FileReport) {}
+}

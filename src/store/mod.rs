@@ -1,0 +1,591 @@
+//! The embedded store (sled): frames, embeddings, tags, streams, replay
+//! checkpoints and metadata.
+//!
+//! Trees (names are the `*_TREE` constants):
+//! - `frames`: [`FrameKey`] -> [`FrameRecord`]
+//! - `embeddings/<fingerprint>`: [`FrameKey`] -> normalised f32 LE. One tree
+//!   per model fingerprint: embeddings of different models live in different
+//!   spaces and are never compared; a new model starts a new tree (reindex).
+//! - `tags`: [`FrameKey`] -> [`TagRecord`]
+//! - `tag_index`: `set\0class\0FrameKey` -> top score, for tag filters
+//! - `streams`: name -> [`StreamRecord`]
+//! - `checkpoints`: stream id + source -> [`Checkpoint`]
+//! - `meta`: schema version, models seen
+//!
+//! A batch of frames and the checkpoint that covers them are written in one
+//! transaction, so after a crash the checkpoint never claims frames that are
+//! not stored, and a resumed replay neither skips nor duplicates frames.
+//! Writing a frame that exists replaces it (replay is idempotent).
+
+pub mod keys;
+pub mod schema;
+
+use std::collections::BinaryHeap;
+use std::path::{Path, PathBuf};
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+pub use keys::FrameKey;
+pub use schema::{Checkpoint, FrameRecord, SetTag, StreamRecord, TagRecord};
+
+/// `frames` tree.
+pub const FRAMES_TREE: &str = "frames";
+/// `tags` tree.
+pub const TAGS_TREE: &str = "tags";
+/// `tag_index` tree.
+pub const TAG_INDEX_TREE: &str = "tag_index";
+/// `streams` tree.
+pub const STREAMS_TREE: &str = "streams";
+/// `checkpoints` tree.
+pub const CHECKPOINTS_TREE: &str = "checkpoints";
+/// `meta` tree.
+pub const META_TREE: &str = "meta";
+/// Prefix of the per-model embedding trees.
+pub const EMBEDDINGS_TREE_PREFIX: &str = "embeddings/";
+
+const META_SCHEMA: &[u8] = b"schema_version";
+const META_NEXT_STREAM_ID: &[u8] = b"next_stream_id";
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the store (sled allows one).
+    #[error(
+        "store '{path}' is in use by another process (a running daemon?): query it through its HTTP API"
+    )]
+    Locked { path: PathBuf },
+    /// sled failed.
+    #[error("store '{path}': {message}")]
+    Sled { path: PathBuf, message: String },
+    /// A value could not be decoded.
+    #[error("store tree '{tree}': corrupt value: {message}")]
+    Corrupt { tree: String, message: String },
+    /// The store was written by an incompatible version.
+    #[error("store '{path}' has schema version {found}, this build reads {expected}")]
+    Schema {
+        path: PathBuf,
+        found: u8,
+        expected: u8,
+    },
+    /// A query named a stream the store has never seen.
+    #[error("unknown camera '{0}'")]
+    UnknownStream(String),
+    /// An embedding of the wrong dimension.
+    #[error("embedding has {actual} values, the store's model has {expected}")]
+    Dimension { expected: usize, actual: usize },
+}
+
+/// Everything stored for one frame.
+#[derive(Debug, Clone)]
+pub struct StoredFrame {
+    /// Where it goes.
+    pub key: FrameKey,
+    /// Metadata.
+    pub record: FrameRecord,
+    /// L2-normalised image embedding.
+    pub embedding: Vec<f32>,
+    /// Zero-shot tags.
+    pub tags: TagRecord,
+}
+
+/// A checkpoint to write with a batch.
+#[derive(Debug, Clone)]
+pub struct CheckpointUpdate {
+    /// Stream id.
+    pub stream_id: u32,
+    /// Source identity (see `ingest`).
+    pub source: String,
+    /// New progress.
+    pub checkpoint: Checkpoint,
+}
+
+/// Which frames a query looks at.
+#[derive(Debug, Clone, Default)]
+pub struct FrameFilter {
+    /// Stream names; `None` = all.
+    pub streams: Option<Vec<String>>,
+    /// Earliest frame time, ns (inclusive).
+    pub from_ns: Option<i64>,
+    /// Latest frame time, ns (inclusive).
+    pub to_ns: Option<i64>,
+    /// `(set, class)` pairs that must all be the frame's top class.
+    pub tags: Vec<(String, String)>,
+    /// Minimum probability of each tag in `tags`.
+    pub min_tag_score: Option<f32>,
+}
+
+/// A frame with its metadata, as returned by queries.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FrameEntry {
+    /// Stream name.
+    pub stream: String,
+    /// Frame time, ns.
+    pub ts_ns: i64,
+    /// Metadata.
+    pub record: FrameRecord,
+    /// Tags (empty if none stored).
+    pub tags: Vec<SetTag>,
+}
+
+/// One search result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SearchHit {
+    /// Cosine similarity to the query.
+    pub score: f32,
+    /// The frame.
+    #[serde(flatten)]
+    pub frame: FrameEntry,
+}
+
+/// Store size figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreStats {
+    /// Frames per stream.
+    pub frames: Vec<(String, u64)>,
+    /// Bytes sled uses on disk.
+    pub disk_bytes: u64,
+}
+
+/// The typed store.
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    frames: sled::Tree,
+    tags: sled::Tree,
+    tag_index: sled::Tree,
+    streams: sled::Tree,
+    checkpoints: sled::Tree,
+    embeddings: sled::Tree,
+    embed_dim: usize,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` for a model.
+    pub fn open(
+        path: &Path,
+        model_fingerprint: &str,
+        embed_dim: usize,
+    ) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| open_error(path, e))?;
+        let sled_err = |e: sled::Error| StoreError::Sled {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let meta = db.open_tree(META_TREE).map_err(sled_err)?;
+        match meta.get(META_SCHEMA).map_err(sled_err)? {
+            Some(v) if v.as_ref() != [schema::SCHEMA_VERSION] => {
+                return Err(StoreError::Schema {
+                    path: path.to_path_buf(),
+                    found: v.first().copied().unwrap_or(0),
+                    expected: schema::SCHEMA_VERSION,
+                });
+            }
+            Some(_) => {}
+            None => {
+                meta.insert(META_SCHEMA, &[schema::SCHEMA_VERSION])
+                    .map_err(sled_err)?;
+            }
+        }
+        let fp_key = format!("model/{model_fingerprint}");
+        meta.insert(fp_key.as_bytes(), &(embed_dim as u32).to_be_bytes())
+            .map_err(sled_err)?;
+        let tree = |name: &str| db.open_tree(name).map_err(sled_err);
+        Ok(Self {
+            path: path.to_path_buf(),
+            frames: tree(FRAMES_TREE)?,
+            tags: tree(TAGS_TREE)?,
+            tag_index: tree(TAG_INDEX_TREE)?,
+            streams: tree(STREAMS_TREE)?,
+            checkpoints: tree(CHECKPOINTS_TREE)?,
+            embeddings: tree(&format!(
+                "{EMBEDDINGS_TREE_PREFIX}{}",
+                &model_fingerprint[..model_fingerprint.len().min(16)]
+            ))?,
+            embed_dim,
+            db,
+        })
+    }
+
+    /// Where the store lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Sled {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The id of a stream, created on first use.
+    pub fn stream_id(&self, name: &str) -> Result<u32, StoreError> {
+        if let Some(v) = self.streams.get(name.as_bytes()).map_err(|e| self.err(e))? {
+            return Ok(schema::decode::<StreamRecord>(STREAMS_TREE, &v)?.id);
+        }
+        // Ids come from a counter in meta; a racing creator of the same name
+        // loses the compare-and-swap and reads the winner's id.
+        let meta = self.db.open_tree(META_TREE).map_err(|e| self.err(e))?;
+        let id = meta
+            .update_and_fetch(META_NEXT_STREAM_ID, |old| {
+                let n = old.map_or(1u32, |b| {
+                    u32::from_be_bytes(b.try_into().unwrap_or([0; 4])) + 1
+                });
+                Some(n.to_be_bytes().to_vec())
+            })
+            .map_err(|e| self.err(e))?
+            .map_or(1, |b| {
+                u32::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 4]))
+            });
+        let record = StreamRecord {
+            id,
+            name: name.to_string(),
+        };
+        match self
+            .streams
+            .compare_and_swap(
+                name.as_bytes(),
+                None as Option<&[u8]>,
+                Some(schema::encode(&record)),
+            )
+            .map_err(|e| self.err(e))?
+        {
+            Ok(()) => Ok(id),
+            Err(cas) => Ok(schema::decode::<StreamRecord>(
+                STREAMS_TREE,
+                &cas.current.unwrap_or_default(),
+            )?
+            .id),
+        }
+    }
+
+    /// All streams.
+    pub fn streams(&self) -> Result<Vec<StreamRecord>, StoreError> {
+        self.streams
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv.map_err(|e| self.err(e))?;
+                schema::decode(STREAMS_TREE, &v)
+            })
+            .collect()
+    }
+
+    fn stream_names(&self) -> Result<std::collections::HashMap<u32, String>, StoreError> {
+        Ok(self
+            .streams()?
+            .into_iter()
+            .map(|s| (s.id, s.name))
+            .collect())
+    }
+
+    /// Replay progress of `source` on `stream_id`.
+    pub fn checkpoint(
+        &self,
+        stream_id: u32,
+        source: &str,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        self.checkpoints
+            .get(keys::checkpoint_key(stream_id, source))
+            .map_err(|e| self.err(e))?
+            .map(|v| schema::decode(CHECKPOINTS_TREE, &v))
+            .transpose()
+    }
+
+    /// Writes frames and checkpoints in one transaction. Returns how many
+    /// frames were new (the rest replaced identical keys).
+    pub fn write_batch(
+        &self,
+        frames: &[StoredFrame],
+        checkpoints: &[CheckpointUpdate],
+    ) -> Result<usize, StoreError> {
+        for f in frames {
+            if f.embedding.len() != self.embed_dim {
+                return Err(StoreError::Dimension {
+                    expected: self.embed_dim,
+                    actual: f.embedding.len(),
+                });
+            }
+        }
+        let result = (
+            &self.frames,
+            &self.embeddings,
+            &self.tags,
+            &self.tag_index,
+            &self.checkpoints,
+        )
+            .transaction(|(frames_t, emb_t, tags_t, index_t, ckpt_t)| {
+                let mut new = 0;
+                for f in frames {
+                    let key = f.key.encode();
+                    if frames_t.insert(&key, schema::encode(&f.record))?.is_none() {
+                        new += 1;
+                    }
+                    emb_t.insert(&key, schema::encode_embedding(&f.embedding))?;
+                    // Replace the index entries of earlier tags of this frame.
+                    if let Some(old) = tags_t.insert(&key, schema::encode(&f.tags))? {
+                        let old: TagRecord = schema::decode(TAGS_TREE, &old)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        for t in &old.sets {
+                            index_t.remove(keys::tag_index_key(&t.set, &t.top, &f.key))?;
+                        }
+                    }
+                    for t in &f.tags.sets {
+                        index_t.insert(
+                            keys::tag_index_key(&t.set, &t.top, &f.key),
+                            &t.score.to_be_bytes(),
+                        )?;
+                    }
+                }
+                for c in checkpoints {
+                    ckpt_t.insert(
+                        keys::checkpoint_key(c.stream_id, &c.source),
+                        schema::encode(&c.checkpoint),
+                    )?;
+                }
+                Ok(new)
+            });
+        match result {
+            Ok(n) => Ok(n),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(self.err(e)),
+        }
+    }
+
+    /// Flushes everything to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    /// Resolves a filter's streams to `(id, name)`; unknown names are errors.
+    fn filter_streams(&self, filter: &FrameFilter) -> Result<Vec<(u32, String)>, StoreError> {
+        let all = self.streams()?;
+        match &filter.streams {
+            None => Ok(all.into_iter().map(|s| (s.id, s.name)).collect()),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    all.iter()
+                        .find(|s| &s.name == n)
+                        .map(|s| (s.id, s.name.clone()))
+                        .ok_or_else(|| StoreError::UnknownStream(n.clone()))
+                })
+                .collect(),
+        }
+    }
+
+    /// Calls `visit` for every frame key that passes `filter`, in
+    /// (stream, time) order per stream. `visit` returns false to stop.
+    fn scan(
+        &self,
+        filter: &FrameFilter,
+        mut visit: impl FnMut(FrameKey) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let from = filter.from_ns.unwrap_or(i64::MIN);
+        let to = filter.to_ns.unwrap_or(i64::MAX);
+        for (id, _) in self.filter_streams(filter)? {
+            let range = FrameKey::range(id, from, to);
+            if let Some((set, class)) = filter.tags.first() {
+                // The first tag filter drives the scan through the index.
+                let prefix = keys::tag_index_prefix(set, class);
+                let mut start = prefix.clone();
+                start.extend_from_slice(range.start());
+                let mut end = prefix.clone();
+                end.extend_from_slice(range.end());
+                for kv in self.tag_index.range(start..=end) {
+                    let (k, score) = kv.map_err(|e| self.err(e))?;
+                    let Some(key) = FrameKey::decode(&k[prefix.len()..]) else {
+                        continue;
+                    };
+                    let score = f32::from_be_bytes(score.as_ref().try_into().unwrap_or([0; 4]));
+                    if filter.min_tag_score.is_some_and(|m| score < m)
+                        || !self.other_tags_match(&key, filter)?
+                    {
+                        continue;
+                    }
+                    if !visit(key)? {
+                        return Ok(());
+                    }
+                }
+            } else {
+                for kv in self.frames.range(range) {
+                    let (k, _) = kv.map_err(|e| self.err(e))?;
+                    let Some(key) = FrameKey::decode(&k) else {
+                        continue;
+                    };
+                    if !visit(key)? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn other_tags_match(&self, key: &FrameKey, filter: &FrameFilter) -> Result<bool, StoreError> {
+        if filter.tags.len() < 2 {
+            return Ok(true);
+        }
+        let tags = self.tags_of(key)?;
+        Ok(filter.tags[1..].iter().all(|(set, class)| {
+            tags.get(set).is_some_and(|t| {
+                &t.top == class && filter.min_tag_score.is_none_or(|m| t.score >= m)
+            })
+        }))
+    }
+
+    fn tags_of(&self, key: &FrameKey) -> Result<TagRecord, StoreError> {
+        match self.tags.get(key.encode()).map_err(|e| self.err(e))? {
+            Some(v) => schema::decode(TAGS_TREE, &v),
+            None => Ok(TagRecord { sets: Vec::new() }),
+        }
+    }
+
+    fn entry(
+        &self,
+        key: &FrameKey,
+        names: &std::collections::HashMap<u32, String>,
+    ) -> Result<Option<FrameEntry>, StoreError> {
+        let Some(v) = self.frames.get(key.encode()).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        Ok(Some(FrameEntry {
+            stream: names.get(&key.stream_id).cloned().unwrap_or_default(),
+            ts_ns: key.ts_ns,
+            record: schema::decode(FRAMES_TREE, &v)?,
+            tags: self.tags_of(key)?.sets,
+        }))
+    }
+
+    /// Frames passing `filter`, in (stream, time) order, at most `limit`.
+    pub fn frames(
+        &self,
+        filter: &FrameFilter,
+        limit: usize,
+    ) -> Result<Vec<FrameEntry>, StoreError> {
+        let names = self.stream_names()?;
+        let mut out = Vec::new();
+        self.scan(filter, |key| {
+            if let Some(e) = self.entry(&key, &names)? {
+                out.push(e);
+            }
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    /// The `top_k` frames most similar to `query` (normalised) among those
+    /// passing `filter`, best first; only scores >= `min_score`.
+    pub fn search(
+        &self,
+        query: &[f32],
+        filter: &FrameFilter,
+        top_k: usize,
+        min_score: Option<f32>,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        if query.len() != self.embed_dim {
+            return Err(StoreError::Dimension {
+                expected: self.embed_dim,
+                actual: query.len(),
+            });
+        }
+        // Min-heap of the best `top_k` (score, key) so far.
+        let mut heap: BinaryHeap<std::cmp::Reverse<(OrdF32, FrameKey)>> =
+            BinaryHeap::with_capacity(top_k + 1);
+        self.scan(filter, |key| {
+            let Some(e) = self.embeddings.get(key.encode()).map_err(|e| self.err(e))? else {
+                return Ok(true);
+            };
+            let score: f32 = schema::decode_embedding(&e)
+                .iter()
+                .zip(query)
+                .map(|(a, b)| a * b)
+                .sum();
+            if min_score.is_none_or(|m| score >= m) {
+                heap.push(std::cmp::Reverse((OrdF32(score), key)));
+                if heap.len() > top_k {
+                    heap.pop();
+                }
+            }
+            Ok(true)
+        })?;
+        let names = self.stream_names()?;
+        let mut hits = Vec::with_capacity(heap.len());
+        for std::cmp::Reverse((OrdF32(score), key)) in heap.into_sorted_vec() {
+            if let Some(frame) = self.entry(&key, &names)? {
+                hits.push(SearchHit { score, frame });
+            }
+        }
+        Ok(hits)
+    }
+
+    /// The stored embedding of a frame (current model).
+    pub fn embedding(&self, key: &FrameKey) -> Result<Option<Vec<f32>>, StoreError> {
+        Ok(self
+            .embeddings
+            .get(key.encode())
+            .map_err(|e| self.err(e))?
+            .map(|v| schema::decode_embedding(&v)))
+    }
+
+    /// Frame counts per stream and bytes on disk.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let mut frames = Vec::new();
+        for s in self.streams()? {
+            let n = self
+                .frames
+                .range(FrameKey::range(s.id, i64::MIN, i64::MAX))
+                .count() as u64;
+            frames.push((s.name, n));
+        }
+        Ok(StoreStats {
+            frames,
+            disk_bytes: self.db.size_on_disk().map_err(|e| self.err(e))?,
+        })
+    }
+}
+
+/// Total order on scores for the heap (NaN sorts lowest).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrdF32(f32);
+impl Eq for OrdF32 {}
+impl PartialOrd for OrdF32 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for OrdF32 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+fn open_error(path: &Path, e: sled::Error) -> StoreError {
+    let msg = e.to_string();
+    // sled reports a held lock as an I/O error ("could not acquire lock").
+    if msg.contains("lock") || msg.contains("WouldBlock") || msg.contains("temporarily unavailable")
+    {
+        StoreError::Locked {
+            path: path.to_path_buf(),
+        }
+    } else {
+        StoreError::Sled {
+            path: path.to_path_buf(),
+            message: msg,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+//! Stored value types. Every value is one schema-version byte followed by
+//! its postcard encoding, so a later version can read (or migrate) older
+//! values instead of misreading them.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::StoreError;
+
+/// Version of the value encodings and tree layout.
+pub const SCHEMA_VERSION: u8 = 1;
+
+/// One stored frame's metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameRecord {
+    /// Presentation timestamp in the source, ns.
+    pub pts_ns: u64,
+    /// Wall-clock time, ns since the Unix epoch (equals the key time).
+    pub wall_ns: i64,
+    /// Decoded frame width.
+    pub width: u32,
+    /// Decoded frame height.
+    pub height: u32,
+    /// The source the frame came from (file path, URL, device).
+    pub source: String,
+}
+
+/// Zero-shot tags of one frame: per label set, its top class and scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TagRecord {
+    /// One entry per label set, in label-file order.
+    pub sets: Vec<SetTag>,
+}
+
+/// Tags of one label set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetTag {
+    /// Label set name.
+    pub set: String,
+    /// Top class.
+    pub top: String,
+    /// Probability of the top class.
+    pub score: f32,
+    /// (class, probability) for every class.
+    pub scores: Vec<(String, f32)>,
+}
+
+impl TagRecord {
+    /// The tag of a set, if tagged.
+    pub fn get(&self, set: &str) -> Option<&SetTag> {
+        self.sets.iter().find(|s| s.set == set)
+    }
+}
+
+/// A stream (camera) known to the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamRecord {
+    /// Id used in keys.
+    pub id: u32,
+    /// Name (camera id in the config, or `--camera`).
+    pub name: String,
+}
+
+/// Replay progress of one source on one stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Pts of the last frame stored, ns.
+    pub last_pts_ns: Option<u64>,
+    /// Frames stored so far.
+    pub frames: u64,
+    /// The source was read to its end.
+    pub complete: bool,
+}
+
+/// Encodes a value with the schema version byte.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![SCHEMA_VERSION];
+    // postcard only fails on writer errors, and a Vec never fails.
+    out.extend(postcard::to_stdvec(value).expect("postcard encoding into a Vec"));
+    out
+}
+
+/// Decodes a value, checking its schema version.
+pub fn decode<T: DeserializeOwned>(tree: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&SCHEMA_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| StoreError::Corrupt {
+                tree: tree.to_string(),
+                message: e.to_string(),
+            })
+        }
+        Some((v, _)) => Err(StoreError::Corrupt {
+            tree: tree.to_string(),
+            message: format!("value of schema version {v}, this build reads {SCHEMA_VERSION}"),
+        }),
+        None => Err(StoreError::Corrupt {
+            tree: tree.to_string(),
+            message: "empty value".into(),
+        }),
+    }
+}
+
+/// Embedding bytes: little-endian f32s.
+pub fn encode_embedding(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Inverse of [`encode_embedding`].
+pub fn decode_embedding(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_and_foreign_versions_are_refused() {
+        let r = FrameRecord {
+            pts_ns: 5,
+            wall_ns: -3,
+            width: 640,
+            height: 360,
+            source: "a.mp4".into(),
+        };
+        let bytes = encode(&r);
+        assert_eq!(decode::<FrameRecord>("frames", &bytes).unwrap(), r);
+        let mut future = bytes.clone();
+        future[0] = SCHEMA_VERSION + 1;
+        let e = decode::<FrameRecord>("frames", &future)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("frames") && e.contains("schema version"), "{e}");
+        assert_eq!(
+            decode_embedding(&encode_embedding(&[1.5, -0.25])),
+            vec![1.5, -0.25]
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! Store behaviour: idempotent writes, filters, search order, checkpoints.
+
+use super::*;
+
+const DIM: usize = 4;
+
+fn open(dir: &Path) -> Store {
+    Store::open(&dir.join("db"), "fingerprint-a", DIM).unwrap()
+}
+
+fn unit(v: [f32; DIM]) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+fn frame(store: &Store, stream: &str, ts_ns: i64, emb: [f32; DIM], weather: &str) -> StoredFrame {
+    StoredFrame {
+        key: FrameKey {
+            stream_id: store.stream_id(stream).unwrap(),
+            ts_ns,
+        },
+        record: FrameRecord {
+            pts_ns: ts_ns as u64,
+            wall_ns: ts_ns,
+            width: 64,
+            height: 32,
+            source: "clip.mp4".into(),
+        },
+        embedding: unit(emb),
+        tags: TagRecord {
+            sets: vec![SetTag {
+                set: "weather".into(),
+                top: weather.into(),
+                score: 0.8,
+                scores: vec![(weather.into(), 0.8), ("other".into(), 0.2)],
+            }],
+        },
+    }
+}
+
+#[test]
+fn rewriting_a_frame_stores_it_once_and_reindexes_its_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let f = frame(&s, "front", 10, [1.0, 0.0, 0.0, 0.0], "clear");
+    assert_eq!(s.write_batch(std::slice::from_ref(&f), &[]).unwrap(), 1);
+    assert_eq!(
+        s.write_batch(std::slice::from_ref(&f), &[]).unwrap(),
+        0,
+        "same key is not new"
+    );
+    let mut retagged = f.clone();
+    retagged.tags.sets[0].top = "foggy".into();
+    s.write_batch(&[retagged], &[]).unwrap();
+    let all = s.frames(&FrameFilter::default(), 100).unwrap();
+    assert_eq!(all.len(), 1);
+    let clear = FrameFilter {
+        tags: vec![("weather".into(), "clear".into())],
+        ..Default::default()
+    };
+    assert!(
+        s.frames(&clear, 100).unwrap().is_empty(),
+        "stale index entry removed"
+    );
+    let foggy = FrameFilter {
+        tags: vec![("weather".into(), "foggy".into())],
+        ..Default::default()
+    };
+    assert_eq!(s.frames(&foggy, 100).unwrap().len(), 1);
+}
+
+#[test]
+fn filters_by_stream_time_and_tag_and_search_ranks_by_cosine() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let frames = vec![
+        frame(&s, "front", 100, [1.0, 0.0, 0.0, 0.0], "clear"),
+        frame(&s, "front", 200, [0.9, 0.1, 0.0, 0.0], "foggy"),
+        frame(&s, "front", 300, [0.0, 1.0, 0.0, 0.0], "foggy"),
+        frame(&s, "rear", 150, [1.0, 0.05, 0.0, 0.0], "foggy"),
+    ];
+    s.write_batch(&frames, &[]).unwrap();
+
+    let q = unit([1.0, 0.0, 0.0, 0.0]);
+    let hits = s.search(&q, &FrameFilter::default(), 3, None).unwrap();
+    let order: Vec<(String, i64)> = hits
+        .iter()
+        .map(|h| (h.frame.stream.clone(), h.frame.ts_ns))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("front".into(), 100),
+            ("rear".into(), 150),
+            ("front".into(), 200)
+        ]
+    );
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+
+    let front_only = FrameFilter {
+        streams: Some(vec!["front".into()]),
+        ..Default::default()
+    };
+    assert!(
+        s.search(&q, &front_only, 10, None)
+            .unwrap()
+            .iter()
+            .all(|h| h.frame.stream == "front")
+    );
+    let window = FrameFilter {
+        from_ns: Some(150),
+        to_ns: Some(250),
+        ..Default::default()
+    };
+    let ts: Vec<i64> = s
+        .frames(&window, 10)
+        .unwrap()
+        .iter()
+        .map(|f| f.ts_ns)
+        .collect();
+    assert_eq!(ts, [200, 150], "per stream, in time order");
+    let foggy_front = FrameFilter {
+        streams: Some(vec!["front".into()]),
+        tags: vec![("weather".into(), "foggy".into())],
+        ..Default::default()
+    };
+    let ts: Vec<i64> = s
+        .search(&q, &foggy_front, 10, None)
+        .unwrap()
+        .iter()
+        .map(|h| h.frame.ts_ns)
+        .collect();
+    assert_eq!(ts, [200, 300]);
+    let strict = s
+        .search(&q, &FrameFilter::default(), 10, Some(0.995))
+        .unwrap();
+    assert_eq!(strict.len(), 2, "min_score keeps only near matches");
+    let tag_score = FrameFilter {
+        tags: vec![("weather".into(), "foggy".into())],
+        min_tag_score: Some(0.9),
+        ..Default::default()
+    };
+    assert!(s.frames(&tag_score, 10).unwrap().is_empty());
+
+    let unknown = FrameFilter {
+        streams: Some(vec!["side".into()]),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.frames(&unknown, 10).unwrap_err().to_string(),
+        "unknown camera 'side'"
+    );
+    assert!(
+        s.search(&[1.0], &FrameFilter::default(), 1, None).is_err(),
+        "wrong query dimension"
+    );
+}
+
+#[test]
+fn checkpoints_and_frames_persist_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        let f = frame(&s, "front", 5, [0.0, 0.0, 1.0, 0.0], "clear");
+        let ckpt = CheckpointUpdate {
+            stream_id: f.key.stream_id,
+            source: "file:/a.mp4:1:2".into(),
+            checkpoint: Checkpoint {
+                last_pts_ns: Some(5),
+                frames: 1,
+                complete: false,
+            },
+        };
+        s.write_batch(&[f], &[ckpt]).unwrap();
+        s.flush().unwrap();
+    }
+    let s = open(dir.path());
+    let id = s.stream_id("front").unwrap();
+    assert_eq!(id, 1);
+    assert_eq!(s.stream_id("rear").unwrap(), 2);
+    let c = s.checkpoint(id, "file:/a.mp4:1:2").unwrap().unwrap();
+    assert_eq!((c.last_pts_ns, c.frames, c.complete), (Some(5), 1, false));
+    assert_eq!(
+        s.stats().unwrap().frames,
+        vec![("front".to_string(), 1), ("rear".to_string(), 0)]
+    );
+}
+
+#[test]
+fn another_model_does_not_see_these_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        s.write_batch(&[frame(&s, "front", 1, [1.0, 0.0, 0.0, 0.0], "clear")], &[])
+            .unwrap();
+    }
+    let other = Store::open(&dir.path().join("db"), "fingerprint-b", DIM).unwrap();
+    assert_eq!(
+        other.frames(&FrameFilter::default(), 10).unwrap().len(),
+        1,
+        "frames are shared"
+    );
+    assert!(
+        other
+            .search(
+                &unit([1.0, 0.0, 0.0, 0.0]),
+                &FrameFilter::default(),
+                10,
+                None
+            )
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -1,0 +1,24 @@
+//! Metric names and logging set-up shared by the stages.
+//!
+//! Metrics go through the `metrics` facade; the daemon installs a
+//! Prometheus recorder and serves it at `/metrics`. Without a recorder
+//! (tests, one-shot commands) the macros are no-ops.
+
+/// Counter: frames delivered by ingest, label `stream`.
+pub const FRAMES_IN: &str = "roadrep_frames_in_total";
+/// Counter: frames sampled but dropped, labels `stream`, `reason`.
+pub const FRAMES_DROPPED: &str = "roadrep_frames_dropped_total";
+/// Counter: frames written to the store (new keys), label `stream`.
+pub const FRAMES_STORED: &str = "roadrep_frames_stored_total";
+/// Histogram: frames per encoder batch.
+pub const BATCH_SIZE: &str = "roadrep_batch_frames";
+/// Counter: batches flushed, label `reason` (`full`, `timeout`, `drain`).
+pub const BATCHES_FLUSHED: &str = "roadrep_batches_flushed_total";
+/// Histogram: image encoder run time per batch, seconds.
+pub const INFERENCE_SECONDS: &str = "roadrep_inference_seconds";
+/// Gauge: frames waiting between ingest and inference.
+pub const QUEUE_DEPTH: &str = "roadrep_queue_frames";
+/// Counter: source failures, labels `stream`.
+pub const SOURCE_ERRORS: &str = "roadrep_source_errors_total";
+/// Gauge: 1 while a stream is running, label `stream`.
+pub const STREAM_UP: &str = "roadrep_stream_up";

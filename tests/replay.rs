@@ -1,0 +1,258 @@
+//! `roadrep replay` on clips the tests generate with GStreamer, and on the
+//! real dash-cam clip when `../shared/realdata` is present.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use roadrep::models::ModelManifest;
+use roadrep::store::{FrameEntry, FrameFilter, Store};
+
+/// Writes an H.264 MP4 test clip of `frames` frames at `fps`.
+fn make_clip(path: &Path, frames: u32, fps: u32, width: u32, height: u32, pattern: &str) {
+    let status = Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "videotestsrc",
+            &format!("pattern={pattern}"),
+            &format!("num-buffers={frames}"),
+            "!",
+        ])
+        .arg(format!(
+            "video/x-raw,width={width},height={height},framerate={fps}/1"
+        ))
+        .args([
+            "!",
+            "videoconvert",
+            "!",
+            "x264enc",
+            "speed-preset=ultrafast",
+            "key-int-max=25",
+            "!",
+            "mp4mux",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", path.display()))
+        .status()
+        .expect("gst-launch-1.0 (make setup installs gstreamer1.0-tools)");
+    assert!(status.success());
+}
+
+fn replay_cmd(files: &[&Path], store: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_roadrep"));
+    c.arg("replay")
+        .args(files)
+        .arg("--store")
+        .arg(store)
+        .args(extra)
+        .current_dir(common::root());
+    c.env("XDG_CACHE_HOME", store.parent().unwrap().join("cache"))
+        .env_remove("ROADREP_CONFIG");
+    c
+}
+
+fn replay(files: &[&Path], store: &Path, extra: &[&str]) -> Output {
+    replay_cmd(files, store, extra).output().unwrap()
+}
+
+fn open_store(path: &Path) -> Store {
+    let m = ModelManifest::read(&common::tiny_model_dir()).unwrap();
+    Store::open(path, &m.fingerprint, m.clip.embed_dim).unwrap()
+}
+
+fn frames(store: &Path, camera: &str) -> Vec<FrameEntry> {
+    let s = open_store(store);
+    let filter = FrameFilter {
+        streams: Some(vec![camera.into()]),
+        ..Default::default()
+    };
+    s.frames(&filter, usize::MAX).unwrap()
+}
+
+const START: &str = "2026-01-02T03:04:05Z";
+const START_NS: i64 = 1_767_323_045_000_000_000;
+
+#[test]
+fn two_fps_replay_stores_the_expected_frames_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("ten_seconds.mp4");
+    make_clip(&clip, 250, 25, 320, 240, "smpte");
+    let store = dir.path().join("store");
+
+    let o = replay(
+        &[&clip],
+        &store,
+        &["--camera", "front", "--fps", "2", "--start", START],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stored = frames(&store, "front");
+    // 25 fps for 10 s at 2 fps: one frame per half-second cell, the first at
+    // or after each cell start: 0, 0.52, 1.0, 1.52, ... 9.52 s.
+    let want: Vec<u64> = (0..20u64)
+        .map(|k| if k % 2 == 0 { k * 500 } else { k * 500 + 20 } * 1_000_000)
+        .collect();
+    let pts: Vec<u64> = stored.iter().map(|f| f.record.pts_ns).collect();
+    assert_eq!(pts, want);
+    for f in &stored {
+        assert_eq!(
+            f.ts_ns,
+            START_NS + f.record.pts_ns as i64,
+            "time = --start + pts"
+        );
+        assert_eq!((f.record.width, f.record.height), (320, 240));
+        assert_eq!(f.tags.len(), 4, "every label set tagged");
+    }
+    assert!(stored.windows(2).all(|w| w[0].ts_ns < w[1].ts_ns));
+
+    // Again: nothing new.
+    let o = replay(
+        &[&clip],
+        &store,
+        &["--camera", "front", "--fps", "2", "--start", START],
+    );
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already replayed"));
+    assert_eq!(frames(&store, "front").len(), 20);
+}
+
+#[test]
+fn a_bad_file_fails_alone_and_the_exit_code_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.mp4");
+    make_clip(&good, 50, 25, 160, 120, "ball");
+    let garbage = dir.path().join("garbage.mp4");
+    std::fs::write(
+        &garbage,
+        (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.mp4");
+    let store = dir.path().join("store");
+    let o = replay(&[&garbage, &missing, &good], &store, &["--fps", "2"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 2, "{err}");
+    assert!(
+        errors[0].contains("stream 'garbage'") && errors[0].contains("type of stream"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].contains("missing.mp4") && errors[1].contains("No such file"),
+        "{}",
+        errors[1]
+    );
+    assert_eq!(frames(&store, "good").len(), 4, "the good clip still lands");
+}
+
+#[test]
+fn a_killed_replay_resumes_to_the_same_store_as_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("long.mp4");
+    // 60 s at 25 fps, 640x360: long enough to kill midway.
+    make_clip(&clip, 1500, 25, 640, 360, "snow");
+    let args = ["--camera", "cam", "--fps", "2", "--start", START];
+
+    let whole = dir.path().join("whole");
+    assert!(replay(&[&clip], &whole, &args).status.success());
+    let reference = frames(&whole, "cam");
+    assert_eq!(reference.len(), 120);
+
+    let killed = dir.path().join("killed");
+    let mut child = replay_cmd(&[&clip], &killed, &args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill once some frames are stored (progress lines go to stderr).
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = 0;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+        let line = line.unwrap();
+        if let Some(n) = line
+            .split(", ")
+            .find_map(|p| p.strip_suffix(" stored"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            seen = n;
+            if n >= 10 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = frames(&killed, "cam").len();
+    assert!(
+        seen >= 10 && partial < 120,
+        "killed after {seen} stored, store holds {partial}"
+    );
+
+    let o = replay(&[&clip], &killed, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("resum"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let resumed = frames(&killed, "cam");
+    let key = |f: &FrameEntry| (f.ts_ns, f.record.pts_ns);
+    assert_eq!(
+        resumed.iter().map(key).collect::<Vec<_>>(),
+        reference.iter().map(key).collect::<Vec<_>>()
+    );
+    let (a, b) = (open_store(&whole), open_store(&killed));
+    let id_a = a.stream_id("cam").unwrap();
+    let id_b = b.stream_id("cam").unwrap();
+    for f in &reference {
+        let ea = a
+            .embedding(&roadrep::store::FrameKey {
+                stream_id: id_a,
+                ts_ns: f.ts_ns,
+            })
+            .unwrap()
+            .unwrap();
+        let eb = b
+            .embedding(&roadrep::store::FrameKey {
+                stream_id: id_b,
+                ts_ns: f.ts_ns,
+            })
+            .unwrap()
+            .unwrap();
+        let d = ea
+            .iter()
+            .zip(&eb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-5, "embedding of {} differs by {d}", f.ts_ns);
+    }
+}
+
+#[test]
+fn the_real_dashcam_clip_with_audio_replays() {
+    let Some(realdata) = common::realdata() else {
+        eprintln!("skipped: ../shared/realdata is absent");
+        return;
+    };
+    let clip: PathBuf = realdata.join("udacity_lanelines_p1/solidWhiteRight.mp4");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let o = replay(&[&clip], &store, &["--camera", "front", "--fps", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // 221 frames at 25 fps = 0 .. 8.8 s: cells 0 .. 17 at 2 fps.
+    let stored = frames(&store, "front");
+    assert_eq!(stored.len(), 18);
+    assert_eq!(
+        (stored[0].record.width, stored[0].record.height),
+        (960, 540)
+    );
+    assert!(
+        stored
+            .windows(2)
+            .all(|w| w[0].record.pts_ns < w[1].record.pts_ns)
+    );
+}
