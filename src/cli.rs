@@ -34,6 +34,10 @@ pub enum LogFormat {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: every configured stream, until SIGTERM/SIGINT.
+    Run,
+    /// Search stored frames by text or image, with filters.
+    Search(SearchArgs),
     /// Print zero-shot scene tags of images.
     Tag(TagArgs),
     /// Measure model throughput (see BENCHMARKS.md).
@@ -121,6 +125,44 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub start: Option<String>,
     /// Store directory [default: store.path].
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+/// `roadrep search`
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// What to look for ("foggy highway at night").
+    #[arg(required_unless_present = "image")]
+    pub text: Option<String>,
+    /// Search by an example image instead of text.
+    #[arg(long, conflicts_with = "text")]
+    pub image: Option<PathBuf>,
+    /// Only these cameras (repeatable).
+    #[arg(long)]
+    pub camera: Vec<String>,
+    /// Earliest time (RFC 3339 or Unix seconds).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Latest time (RFC 3339 or Unix seconds).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only frames whose top class is this, as SET=CLASS (repeatable), e.g. weather=foggy.
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Minimum probability of each --tag.
+    #[arg(long)]
+    pub min_tag_score: Option<f32>,
+    /// Minimum similarity of a hit.
+    #[arg(long)]
+    pub min_score: Option<f32>,
+    /// Number of results.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Store directory [default: store.path]; read directly when no daemon answers.
     #[arg(long)]
     pub store: Option<PathBuf>,
 }

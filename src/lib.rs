@@ -21,18 +21,22 @@
 //! - [`infer`]: the inference worker: batch -> CLIP -> tags -> store.
 //! - [`store`]: sled trees, keys, versioned values, search scans.
 //! - [`replay`], [`daemon`]: the two ways frames flow (recorded clips, live).
+//! - [`search`]: text/image queries with camera, time and tag filters.
 //! - [`api`]: HTTP API (search, frames, timeline, health, metrics).
 //! - [`telemetry`]: metric names.
 //! - [`bench`]: throughput measurements reported in `BENCHMARKS.md`.
 
+pub mod api;
 pub mod batcher;
 pub mod bench;
 pub mod config;
+pub mod daemon;
 pub mod frame;
 pub mod infer;
 pub mod ingest;
 pub mod models;
 pub mod replay;
+pub mod search;
 pub mod store;
 pub mod tagging;
 pub mod telemetry;

@@ -14,6 +14,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.verbose);
     let result = match &cli.command {
+        Command::Run => commands::run::run(cli.config.as_deref()),
+        Command::Search(args) => commands::search::run(cli.config.as_deref(), args),
         Command::Tag(args) => commands::tag::run(cli.config.as_deref(), args),
         Command::Bench(cli::BenchCommand::Clip(args)) => {
             commands::bench::run_clip(cli.config.as_deref(), args)

@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod replay;
+pub mod run;
+pub mod search;
 pub mod tag;
 
 use std::path::Path;
@@ -52,17 +54,6 @@ pub fn load_pipeline_parts(
         tagger: Arc::new(tagger),
         store,
     })
-}
-
-/// A time given as RFC 3339 or Unix seconds, in ns since the epoch.
-pub fn parse_time(s: &str) -> anyhow::Result<i64> {
-    if let Ok(secs) = s.parse::<f64>() {
-        return Ok((secs * 1e9) as i64);
-    }
-    let t = chrono::DateTime::parse_from_rfc3339(s).with_context(|| {
-        format!("'{s}' is not a time (RFC 3339 like 2026-11-22T08:00:00Z, or Unix seconds)")
-    })?;
-    t.timestamp_nanos_opt().context("time out of range")
 }
 
 /// `roadrep verify-model DIR`

@@ -23,7 +23,12 @@ pub fn run(config_path: Option<&Path>, args: &ReplayArgs) -> anyhow::Result<Exit
         files: args.files.clone(),
         camera: args.camera.clone(),
         sample_fps: args.fps.unwrap_or(config.ingest.sample_fps),
-        file_start_ns: args.start.as_deref().map(super::parse_time).transpose()?,
+        file_start_ns: args
+            .start
+            .as_deref()
+            .map(roadrep::search::parse_time)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--start: {e}"))?,
         queue_frames: config.ingest.queue_frames,
         batcher: config.batcher.clone(),
     };

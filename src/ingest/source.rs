@@ -366,8 +366,10 @@ fn build_pipeline(spec: &SourceSpec) -> Result<gst::Pipeline, String> {
             d
         }
         SourceKind::Pipeline(desc) => {
-            let bin = gst::parse::bin_from_description(desc, true)
-                .map_err(|e| format!("invalid source description: {e}"))?;
+            // A trailing queue lets the description end in caps (which the
+            // parser only accepts between elements) and decouples the source.
+            let bin = gst::parse::bin_from_description(&format!("{desc} ! queue"), true)
+                .map_err(|e| format!("invalid source description '{desc}': {e}"))?;
             let d = make("decodebin", Some("decode"))?;
             pipeline
                 .add_many([bin.upcast_ref(), &d])

@@ -1,0 +1,75 @@
+//! HTTP API (axum), bound to localhost by default.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /health` | liveness, streams and their state |
+//! | `GET /metrics` | Prometheus metrics |
+//! | `GET /api/search?q=...` | text search; filters below |
+//! | `POST /api/search/image` | image search; body = image file bytes |
+//! | `GET /api/frames` | frames in (camera, time) order |
+//! | `GET /api/timeline?camera=..&set=..` | runs of one label set's top class |
+//! | `GET /api/streams` | cameras, frame counts, store size |
+//!
+//! Filters (query string): `camera=a,b`, `from`, `to` (RFC 3339 or Unix
+//! seconds), `tag=set:class,...`, `min_tag_score`, `min_score`, `top`.
+//! Searches run the text or image encoder on blocking threads, at most
+//! `api.max_concurrent_requests` at once.
+
+mod error;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
+
+pub use error::ApiError;
+
+use crate::models::ClipModel;
+use crate::store::Store;
+
+/// Live state of one stream, shown by `/health`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StreamStatus {
+    /// Camera name.
+    pub name: String,
+    /// `starting`, `running`, `retrying`, `finished`, `stopped`.
+    pub state: String,
+    /// Last error, if any.
+    pub last_error: Option<String>,
+    /// Frames delivered to inference by the current run.
+    pub frames: u64,
+    /// Frames dropped because inference was behind (live sources).
+    pub dropped: u64,
+}
+
+/// Shared handler state.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The store.
+    pub store: Store,
+    /// Model for query embeddings.
+    pub model: Arc<ClipModel>,
+    /// Prometheus renderer, if metrics are installed.
+    pub metrics: Option<PrometheusHandle>,
+    /// Stream states, updated by the daemon.
+    pub streams: Arc<std::sync::RwLock<Vec<StreamStatus>>>,
+    /// Bounds concurrent model runs from requests.
+    pub limit: Arc<Semaphore>,
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(routes::health))
+        .route("/metrics", get(routes::metrics))
+        .route("/api/search", get(routes::text_search))
+        .route("/api/search/image", post(routes::image_search))
+        .route("/api/frames", get(routes::frames))
+        .route("/api/timeline", get(routes::timeline))
+        .route("/api/streams", get(routes::streams))
+        .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
+        .with_state(state)
+}

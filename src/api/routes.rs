@@ -1,0 +1,267 @@
+//! Handlers. Model runs and store scans go to blocking threads.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState};
+use crate::ingest::still;
+use crate::models::RgbFrame;
+use crate::search::{self, SearchRequest};
+use crate::store::{FrameEntry, FrameFilter, SearchHit};
+
+/// Runs blocking work under the request limit.
+async fn blocking<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = state
+        .limit
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "shutting down".into(),
+        })?;
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("worker failed: {e}"),
+    })?
+}
+
+pub async fn health(State(state): State<ApiState>) -> impl IntoResponse {
+    let streams = state.streams.read().map(|s| s.clone()).unwrap_or_default();
+    Json(serde_json::json!({
+        "status": "ok",
+        "model": state.model.manifest().name,
+        "fingerprint": state.model.fingerprint(),
+        "streams": streams,
+    }))
+}
+
+pub async fn metrics(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+    let handle = state.metrics.as_ref().ok_or(ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: "metrics are off".into(),
+    })?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    ))
+}
+
+/// Search results as returned by the API.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SearchResponse {
+    /// Best first.
+    pub hits: Vec<HitView>,
+}
+
+/// One hit with its time as RFC 3339.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HitView {
+    /// Cosine similarity.
+    pub score: f32,
+    /// Camera.
+    pub camera: String,
+    /// Frame time (RFC 3339, UTC).
+    pub time: String,
+    /// Frame time, ns since the epoch.
+    pub ts_ns: i64,
+    /// Pts in the source, seconds.
+    pub pts_s: f64,
+    /// Source file or URL.
+    pub source: String,
+    /// Top class per label set.
+    pub tags: std::collections::BTreeMap<String, (String, f32)>,
+}
+
+impl From<SearchHit> for HitView {
+    fn from(h: SearchHit) -> Self {
+        let f = FrameView::from(h.frame);
+        Self {
+            score: h.score,
+            camera: f.camera,
+            time: f.time,
+            ts_ns: f.ts_ns,
+            pts_s: f.pts_s,
+            source: f.source,
+            tags: f.tags,
+        }
+    }
+}
+
+/// A frame as listed by the API.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FrameView {
+    /// Camera.
+    pub camera: String,
+    /// Frame time (RFC 3339, UTC).
+    pub time: String,
+    /// Frame time, ns since the epoch.
+    pub ts_ns: i64,
+    /// Pts in the source, seconds.
+    pub pts_s: f64,
+    /// Source file or URL.
+    pub source: String,
+    /// Top class and its probability per label set.
+    pub tags: std::collections::BTreeMap<String, (String, f32)>,
+}
+
+impl From<FrameEntry> for FrameView {
+    fn from(f: FrameEntry) -> Self {
+        Self {
+            camera: f.stream,
+            time: search::format_time(f.ts_ns),
+            ts_ns: f.ts_ns,
+            pts_s: f.record.pts_ns as f64 / 1e9,
+            source: f.record.source,
+            tags: f
+                .tags
+                .into_iter()
+                .map(|t| (t.set, (t.top, t.score)))
+                .collect(),
+        }
+    }
+}
+
+pub async fn text_search(
+    State(state): State<ApiState>,
+    Query(req): Query<SearchRequest>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let s = state.clone();
+    let hits = blocking(&state, move || {
+        Ok(search::text_search(&s.store, &s.model, &req)?)
+    })
+    .await?;
+    Ok(Json(SearchResponse {
+        hits: hits.into_iter().map(HitView::from).collect(),
+    }))
+}
+
+pub async fn image_search(
+    State(state): State<ApiState>,
+    Query(req): Query<SearchRequest>,
+    body: Bytes,
+) -> Result<Json<SearchResponse>, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("body: send the query image's bytes"));
+    }
+    let s = state.clone();
+    let hits = blocking(&state, move || {
+        let img = still::decode(std::path::Path::new("request body"), &body)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(search::image_search(
+            &s.store,
+            &s.model,
+            &RgbFrame::from_image(&img),
+            &req,
+        )?)
+    })
+    .await?;
+    Ok(Json(SearchResponse {
+        hits: hits.into_iter().map(HitView::from).collect(),
+    }))
+}
+
+pub async fn frames(
+    State(state): State<ApiState>,
+    Query(req): Query<SearchRequest>,
+) -> Result<Json<Vec<FrameView>>, ApiError> {
+    let limit = req.top.unwrap_or(100).min(search::MAX_RESULTS);
+    let filter = req.filter()?;
+    let s = state.clone();
+    let frames = blocking(&state, move || Ok(s.store.frames(&filter, limit)?)).await?;
+    Ok(Json(frames.into_iter().map(FrameView::from).collect()))
+}
+
+/// `/api/timeline` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineQuery {
+    /// Camera (required).
+    pub camera: String,
+    /// Label set (required), e.g. `weather`.
+    pub set: String,
+    /// Earliest time.
+    pub from: Option<String>,
+    /// Latest time.
+    pub to: Option<String>,
+}
+
+/// A run of consecutive frames with the same top class.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct TimelineRun {
+    /// Class.
+    pub class: String,
+    /// First frame time (RFC 3339).
+    pub start: String,
+    /// Last frame time (RFC 3339).
+    pub end: String,
+    /// Frames in the run.
+    pub frames: u64,
+    /// Mean probability of the class over the run.
+    pub mean_score: f32,
+}
+
+pub async fn timeline(
+    State(state): State<ApiState>,
+    Query(q): Query<TimelineQuery>,
+) -> Result<Json<Vec<TimelineRun>>, ApiError> {
+    let req = SearchRequest {
+        camera: Some(q.camera.clone()),
+        from: q.from,
+        to: q.to,
+        ..Default::default()
+    };
+    let filter: FrameFilter = req.filter()?;
+    let s = state.clone();
+    let set = q.set.clone();
+    let runs = blocking(&state, move || {
+        let frames = s.store.frames(&filter, usize::MAX)?;
+        let mut runs: Vec<(String, i64, i64, u64, f32)> = Vec::new();
+        let mut seen_set = frames.is_empty();
+        for f in &frames {
+            let Some(t) = f.tags.iter().find(|t| t.set == set) else {
+                continue;
+            };
+            seen_set = true;
+            match runs.last_mut() {
+                Some(r) if r.0 == t.top => {
+                    r.2 = f.ts_ns;
+                    r.3 += 1;
+                    r.4 += t.score;
+                }
+                _ => runs.push((t.top.clone(), f.ts_ns, f.ts_ns, 1, t.score)),
+            }
+        }
+        if !seen_set {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!("set '{set}': no such label set in the stored tags"),
+            });
+        }
+        Ok(runs
+            .into_iter()
+            .map(|(class, a, b, n, sum)| TimelineRun {
+                class,
+                start: search::format_time(a),
+                end: search::format_time(b),
+                frames: n,
+                mean_score: sum / n as f32,
+            })
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(Json(runs))
+}
+
+pub async fn streams(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+    let s = state.clone();
+    let stats = blocking(&state, move || Ok(s.store.stats()?)).await?;
+    Ok(Json(stats))
+}

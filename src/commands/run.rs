@@ -1,0 +1,45 @@
+//! `roadrep run`: the daemon, until SIGTERM or SIGINT.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use roadrep::config::RoadrepConfig;
+use roadrep::daemon::{DaemonParts, run as run_daemon};
+
+pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = RoadrepConfig::load(config_path)?;
+    anyhow::ensure!(
+        !config.streams.is_empty(),
+        "no [[streams]] configured: nothing to run"
+    );
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let parts = super::load_pipeline_parts(&config, &config.store.path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let totals = runtime.block_on(async {
+        let parts = DaemonParts {
+            model: parts.model,
+            tagger: parts.tagger,
+            store: parts.store,
+            metrics: Some(metrics),
+        };
+        run_daemon(&config, parts, shutdown_signal(), None).await
+    })?;
+    eprintln!("roadrep: stopped after storing {} frames", totals.frames);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

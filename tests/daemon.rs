@@ -1,0 +1,262 @@
+//! The daemon end to end: several streams at once, a broken one failing on
+//! its own, and search through the HTTP API with each filter.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use roadrep::config::RoadrepConfig;
+use roadrep::daemon::{DaemonParts, run};
+use roadrep::models::{ClipModel, ClipOptions, ImagePrecision};
+use roadrep::store::Store;
+use roadrep::tagging::{LabelSets, SceneTagger};
+use serde_json::Value;
+
+fn gst(args: &str) {
+    let status = Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(args.split_whitespace())
+        .status()
+        .unwrap();
+    assert!(status.success(), "gst-launch-1.0 {args}");
+}
+
+fn make_clip(path: &Path, pattern: &str) {
+    gst(&format!(
+        "videotestsrc pattern={pattern} num-buffers=100 ! video/x-raw,width=320,height=240,framerate=25/1 \
+         ! videoconvert ! x264enc speed-preset=ultrafast ! mp4mux ! filesink location={}",
+        path.display()
+    ));
+}
+
+fn get(addr: &str, path: &str) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent.get(format!("http://{addr}{path}")).call().unwrap();
+    (r.status().as_u16(), r.body_mut().read_json().unwrap())
+}
+
+fn hits(v: &Value) -> &Vec<Value> {
+    v["hits"].as_array().unwrap()
+}
+
+#[test]
+fn streams_land_together_a_broken_one_fails_alone_and_search_filters_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (front, rear, broken) = (
+        dir.path().join("front.mp4"),
+        dir.path().join("rear.mp4"),
+        dir.path().join("broken.mp4"),
+    );
+    make_clip(&front, "smpte");
+    make_clip(&rear, "snow");
+    std::fs::write(&broken, vec![0x5au8; 50_000]).unwrap();
+    let query_png = dir.path().join("query.png");
+    gst(&format!(
+        "videotestsrc pattern=smpte num-buffers=1 ! video/x-raw,width=320,height=240 ! videoconvert ! pngenc ! filesink location={}",
+        query_png.display()
+    ));
+
+    let config_text = format!(
+        "[models]\nclip = \"{model}\"\nintra_threads = 1\n[tagging]\nlabels = \"{labels}\"\ncache_dir = \"{cache}\"\n\
+         [store]\npath = \"{store}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[ingest]\nretry_initial_secs = 0.2\nretry_max_secs = 0.5\n\
+         [[streams]]\nname = \"front\"\nsource = \"{front}\"\n[[streams]]\nname = \"rear\"\nsource = \"{rear}\"\n\
+         [[streams]]\nname = \"broken\"\nsource = \"{broken}\"\n",
+        model = common::tiny_model_dir().display(),
+        labels = common::root().join("config/labels.toml").display(),
+        cache = dir.path().join("cache").display(),
+        store = dir.path().join("store").display(),
+        front = front.display(),
+        rear = rear.display(),
+        broken = broken.display(),
+    );
+    let config_path = dir.path().join("roadrep.toml");
+    std::fs::write(&config_path, config_text).unwrap();
+    let config = RoadrepConfig::from_file(&config_path).unwrap();
+
+    let options = ClipOptions {
+        precision: ImagePrecision::Fp32,
+        intra_threads: 1,
+        load_text_encoder: true,
+    };
+    let model = ClipModel::load(&config.models.clip, &common::runtime(), &options).unwrap();
+    let labels = LabelSets::from_file(&config.tagging.labels).unwrap();
+    let tagger = SceneTagger::new(&model, &labels, None).unwrap();
+    let store = Store::open(&config.store.path, model.fingerprint(), model.embed_dim()).unwrap();
+    let parts = DaemonParts {
+        model: Arc::new(model),
+        tagger: Arc::new(tagger),
+        store: store.clone(),
+        metrics: None,
+    };
+
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let daemon = std::thread::spawn(move || {
+        rt.block_on(run(
+            &config,
+            parts,
+            async {
+                let _ = stop_rx.await;
+            },
+            Some(Box::new(move |addr| {
+                addr_tx.send(addr.to_string()).unwrap()
+            })),
+        ))
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+
+    // Both 4 s clips land (8 frames each at 2 fps) while "broken" retries.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, streams) = get(&addr, "/api/streams");
+        let counts: Vec<(String, u64)> = serde_json::from_value(streams["frames"].clone()).unwrap();
+        let n = |name: &str| counts.iter().find(|c| c.0 == name).map_or(0, |c| c.1);
+        if n("front") == 8 && n("rear") == 8 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "streams did not land: {counts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, health) = get(&addr, "/health");
+    let state = |name: &str| {
+        health["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(state("front")["state"], "finished");
+    assert_eq!(state("rear")["state"], "finished");
+    assert_eq!(state("broken")["state"], "retrying");
+    assert!(
+        state("broken")["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("stream 'broken'")
+    );
+
+    // Text search, best first.
+    let (status, all) = get(&addr, "/api/search?q=a%20dashcam%20photo&top=5");
+    assert_eq!(status, 200, "{all}");
+    let scores: Vec<f64> = hits(&all)
+        .iter()
+        .map(|h| h["score"].as_f64().unwrap())
+        .collect();
+    assert_eq!(scores.len(), 5);
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]));
+    // Camera filter.
+    let (_, rear_only) = get(
+        &addr,
+        "/api/search?q=a%20dashcam%20photo&camera=rear&top=20",
+    );
+    assert_eq!(hits(&rear_only).len(), 8);
+    assert!(hits(&rear_only).iter().all(|h| h["camera"] == "rear"));
+    // Time filter: the front frames between 1 s and 2 s of the clip.
+    let (_, listed) = get(&addr, "/api/frames?camera=front&top=100");
+    let listed = listed.as_array().unwrap().clone();
+    let t0 = listed[0]["ts_ns"].as_i64().unwrap();
+    let (from, to) = (t0 + 1_000_000_000, t0 + 2_000_000_000);
+    let rfc = |ns: i64| {
+        chrono::DateTime::from_timestamp_nanos(ns)
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    };
+    let (_, windowed) = get(
+        &addr,
+        &format!(
+            "/api/search?q=road&camera=front&from={}&to={}&top=20",
+            rfc(from),
+            rfc(to)
+        ),
+    );
+    let pts: Vec<f64> = hits(&windowed)
+        .iter()
+        .map(|h| h["pts_s"].as_f64().unwrap())
+        .collect();
+    assert_eq!(pts.len(), 3, "{pts:?}"); // 1.0, 1.52, 2.0
+    // Tag filter: frames whose top weather class is the first frame's.
+    let weather = listed[0]["tags"]["weather"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, tagged) = get(
+        &addr,
+        &format!("/api/search?q=road&tag=weather:{weather}&top=100"),
+    );
+    assert!(!hits(&tagged).is_empty());
+    assert!(
+        hits(&tagged)
+            .iter()
+            .all(|h| h["tags"]["weather"][0] == weather.as_str())
+    );
+    // Minimum score.
+    let cut = scores[2];
+    let (_, strict) = get(
+        &addr,
+        &format!("/api/search?q=a%20dashcam%20photo&top=5&min_score={cut}"),
+    );
+    assert!(
+        hits(&strict).len() <= 3
+            && hits(&strict)
+                .iter()
+                .all(|h| h["score"].as_f64().unwrap() >= cut)
+    );
+    // Errors name the problem.
+    let (status, e) = get(&addr, "/api/search?q=x&camera=side");
+    assert_eq!(
+        (status, e["error"].as_str().unwrap()),
+        (404, "unknown camera 'side'")
+    );
+    let (status, e) = get(&addr, "/api/search?q=x&tag=foggy");
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("tag 'foggy'"));
+    // Timeline.
+    let (status, tl) = get(&addr, "/api/timeline?camera=front&set=weather");
+    assert_eq!(status, 200);
+    assert_eq!(
+        tl.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["frames"].as_u64().unwrap())
+            .sum::<u64>(),
+        8
+    );
+
+    // Image search: the smpte pattern finds the smpte camera.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let png = std::fs::read(&query_png).unwrap();
+    let mut r = agent
+        .post(format!("http://{addr}/api/search/image?top=3"))
+        .send(&png[..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let by_image: Value = r.body_mut().read_json().unwrap();
+    assert_eq!(hits(&by_image)[0]["camera"], "front");
+    assert!(
+        hits(&by_image)[0]["score"].as_f64().unwrap() > 0.9,
+        "{by_image}"
+    );
+
+    stop_tx.send(()).unwrap();
+    let totals = daemon.join().unwrap().unwrap();
+    assert_eq!(totals.frames, 16);
+    drop(store);
+}
