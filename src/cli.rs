@@ -80,6 +80,8 @@ pub struct TagArgs {
 pub enum BenchCommand {
     /// CLIP image encoder images/s (fp32, INT8; several batch sizes) and preprocessing cost.
     Clip(BenchClipArgs),
+    /// Replay of a 720p clip: end to end vs. decode-only and model-only, peak RSS, store size.
+    Replay(BenchReplayArgs),
 }
 
 /// `roadrep bench clip`
@@ -165,4 +167,27 @@ pub struct SearchArgs {
     /// Store directory [default: store.path]; read directly when no daemon answers.
     #[arg(long)]
     pub store: Option<PathBuf>,
+}
+
+/// `roadrep bench replay`
+#[derive(Debug, Args)]
+pub struct BenchReplayArgs {
+    /// Model directory [default: models/clip-random-full if generated, else models/clip-tiny].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Clip to replay; generated (1280x720, 25 fps, H.264) when missing.
+    #[arg(long, default_value = "target/bench-720p25.mp4")]
+    pub clip: PathBuf,
+    /// Length of a generated clip, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u32,
+    /// Frames kept per second.
+    #[arg(long, default_value_t = 2.0)]
+    pub fps: f64,
+    /// Image encoder precision.
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: ImagePrecision,
+    /// Print JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -20,6 +20,9 @@ fn main() -> ExitCode {
         Command::Bench(cli::BenchCommand::Clip(args)) => {
             commands::bench::run_clip(cli.config.as_deref(), args)
         }
+        Command::Bench(cli::BenchCommand::Replay(args)) => {
+            commands::bench::run_replay(cli.config.as_deref(), args)
+        }
         Command::Replay(args) => commands::replay::run(cli.config.as_deref(), args),
         Command::VerifyModel { dir } => commands::verify_model(dir),
     };

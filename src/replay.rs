@@ -169,8 +169,14 @@ pub fn replay(
                 );
                 *result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
             });
+            // Short polls: the end of a file should not wait for a tick.
+            let mut ticks = 0u32;
             while !ingest.is_finished() {
-                std::thread::sleep(Duration::from_millis(200));
+                std::thread::sleep(Duration::from_millis(20));
+                ticks += 1;
+                if ticks % 10 != 0 {
+                    continue;
+                }
                 progress.tick(
                     counters.delivered.load(Ordering::Relaxed),
                     counters.last_pts_ns.load(Ordering::Relaxed),

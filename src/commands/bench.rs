@@ -9,7 +9,7 @@ use roadrep::bench::{ClipBenchSettings, bench_clip, default_bench_model};
 use roadrep::config::RoadrepConfig;
 use roadrep::models::OrtRuntime;
 
-use crate::cli::BenchClipArgs;
+use crate::cli::{BenchClipArgs, BenchReplayArgs};
 
 pub fn run_clip(config_path: Option<&Path>, args: &BenchClipArgs) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
@@ -42,4 +42,37 @@ fn parse_size(s: &str) -> anyhow::Result<(u32, u32)> {
     let (w, h): (u32, u32) = (w.parse()?, h.parse()?);
     anyhow::ensure!(w > 0 && h > 0, "width and height must be positive");
     Ok((w, h))
+}
+
+pub fn run_replay(config_path: Option<&Path>, args: &BenchReplayArgs) -> anyhow::Result<ExitCode> {
+    let mut config = RoadrepConfig::load(config_path)?;
+    config.models.clip = args.model.clone().unwrap_or_else(default_bench_model);
+    config.models.precision = args.precision;
+    let parts = super::load_pipeline_parts(
+        &config,
+        &std::env::temp_dir().join(format!("roadrep-bench-open-{}", std::process::id())),
+    )?;
+    drop(parts.store);
+    let settings = roadrep::bench::ReplayBenchSettings {
+        clip: args.clip.clone(),
+        generate_secs: args.seconds,
+        sample_fps: args.fps,
+        batcher: config.batcher.clone(),
+    };
+    eprintln!(
+        "benchmarking replay with {} ...",
+        config.models.clip.display()
+    );
+    let report =
+        roadrep::bench::bench_replay(parts.model, parts.tagger, &settings, |l| eprintln!("  {l}"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("roadrep-bench-open-{}", std::process::id())),
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_markdown());
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -9,10 +9,9 @@ use roadrep::daemon::{DaemonParts, run as run_daemon};
 
 pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
-    anyhow::ensure!(
-        !config.streams.is_empty(),
-        "no [[streams]] configured: nothing to run"
-    );
+    if config.streams.is_empty() {
+        tracing::warn!("No [[streams]] configured: serving the store only.");
+    }
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
