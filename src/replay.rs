@@ -174,7 +174,7 @@ pub fn replay(
             while !ingest.is_finished() {
                 std::thread::sleep(Duration::from_millis(20));
                 ticks += 1;
-                if ticks % 10 != 0 {
+                if !ticks.is_multiple_of(10) {
                     continue;
                 }
                 progress.tick(
