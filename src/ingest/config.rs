@@ -130,7 +130,9 @@ impl SourceKind {
         Ok(Self::File(PathBuf::from(s)))
     }
 
-    /// Whether frames arrive in real time (newest wins when behind).
+    /// Whether the source is expected to run in real time (reconnected when
+    /// it ends). A `gst:` description counts as live; at run time the
+    /// pipeline itself decides whether it drops frames (see `source`).
     pub fn is_live(&self) -> bool {
         !matches!(self, Self::File(_))
     }

@@ -198,14 +198,15 @@ pub fn run_source(
         .by_name("sink")
         .and_then(|s| s.downcast::<gst_app::AppSink>().ok())
         .expect("built with an appsink");
-    let live = spec.kind.is_live();
-    if live {
-        sink.set_max_buffers(1);
-        sink.set_drop(true);
-    } else {
-        sink.set_max_buffers(2);
-        sink.set_drop(false);
-    }
+    // Live sources run in real time: keep only the newest frame when
+    // inference is behind. Others (files, non-live test sources) wait.
+    let live = match spec.kind {
+        SourceKind::File(_) => false,
+        SourceKind::Rtsp(_) | SourceKind::V4l2(_) => true,
+        SourceKind::Pipeline(_) => has_live_source(&pipeline),
+    };
+    sink.set_max_buffers(if live { 1 } else { 2 });
+    sink.set_drop(live);
 
     // Sampling on decoded buffers, before conversion.
     let sampler = Arc::new(Mutex::new(match resume_after_pts {
@@ -292,6 +293,17 @@ pub fn run_source(
     };
     drop(guard);
     Ok(end)
+}
+
+/// Whether any source element of the pipeline is live (cameras, network,
+/// `is-live=true` test sources).
+fn has_live_source(pipeline: &gst::Pipeline) -> bool {
+    pipeline
+        .iterate_recurse()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.downcast::<gstreamer_base::BaseSrc>().ok())
+        .any(|src| gstreamer_base::prelude::BaseSrcExt::is_live(&src))
 }
 
 /// Sets the pipeline to NULL when dropped (error paths included).
