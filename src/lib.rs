@@ -16,9 +16,14 @@
 //! - [`tagging`]: label sets, prompt ensembles, zero-shot scores (pure), and
 //!   the on-disk cache of class text embeddings.
 //! - [`bench`]: throughput measurements reported in `BENCHMARKS.md`.
+//! - `trainer` (feature `trainer`): CLIP in candle from our ONNX
+//!   initializers, LoRA adapters, and merging them back into a model
+//!   directory the daemon loads.
 
 pub mod bench;
 pub mod config;
 pub mod ingest;
 pub mod models;
 pub mod tagging;
+#[cfg(feature = "trainer")]
+pub mod trainer;
