@@ -1,5 +1,5 @@
-//! The trainer against the daemon's ONNX Runtime path: candle forward parity
-//! and exact LoRA merges.
+//! The trainer against the daemon's ONNX Runtime path: candle forward parity,
+//! exact LoRA merges, and data loading errors with line numbers.
 #![cfg(feature = "trainer")]
 
 mod common;
@@ -7,6 +7,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use roadrep::models::{ClipModel, ClipOptions, ImagePrecision, ModelManifest, RgbFrame};
 use roadrep::trainer::clip::{CandleClip, Forward, read_initializers};
+use roadrep::trainer::dataset::{self, OnBadRecord};
 use roadrep::trainer::lora::{LoraAdapter, LoraConfig};
 use roadrep::trainer::merge::merge_into;
 use roadrep::trainer::rng::SplitMix64;
@@ -206,4 +207,130 @@ fn trained_adapter_merge_matches_candle() {
     let (_, (bi, bt)) = both(&dir, &candle, None);
     assert!(max_abs_diff(&bi, &ci) > 1e-2);
     assert!(max_abs_diff(&bt, &ct) > 1e-2);
+}
+
+fn write_png(path: &std::path::Path, rgb: [u8; 3]) {
+    image::RgbImage::from_pixel(64, 48, image::Rgb(rgb))
+        .save(path)
+        .unwrap();
+}
+
+#[test]
+fn bad_records_are_reported_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_png(&d.join("ok.png"), [200, 10, 10]);
+    std::fs::write(d.join("corrupt.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let jsonl = d.join("data.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"image\": \"ok.png\", \"caption\": \"a red square\", \"labels\": {\"color\": \"red\"}}\n\
+         {\"image\": \"missing.png\", \"caption\": \"a blue square\"}\n\
+         \n\
+         {\"image\": \"corrupt.png\", \"caption\": \"a green square\"}\n",
+    )
+    .unwrap();
+    let csv = d.join("data.csv");
+    std::fs::write(
+        &csv,
+        "image,caption,labels\nmissing.png,a blue square,\nok.png,\"a red, square\",color=red\n",
+    )
+    .unwrap();
+    let pre = ModelManifest::read(&common::tiny_model_dir())
+        .unwrap()
+        .image_preprocessor(&common::tiny_model_dir())
+        .unwrap();
+    let samples = dataset::read_samples(&jsonl, Default::default(), None, &[]).unwrap();
+    assert_eq!(samples.len(), 3);
+    let loaded = dataset::load_images(samples.clone(), &pre, OnBadRecord::Skip).unwrap();
+    assert_eq!(loaded.samples.len(), 1);
+    assert_eq!(loaded.samples[0].labels["color"], "red");
+    assert_eq!(loaded.skipped.len(), 2);
+    assert!(
+        loaded.skipped[0].contains("data.jsonl' line 2"),
+        "{}",
+        loaded.skipped[0]
+    );
+    assert!(loaded.skipped[0].contains("missing.png"));
+    assert!(
+        loaded.skipped[1].contains("line 4"),
+        "{}",
+        loaded.skipped[1]
+    );
+    let err = dataset::load_images(samples, &pre, OnBadRecord::Fail).unwrap_err();
+    assert!(err.to_string().contains("line 2"), "{err}");
+
+    let samples = dataset::read_samples(&csv, Default::default(), None, &[]).unwrap();
+    assert_eq!(samples[1].caption, "a red, square");
+    let err = dataset::load_images(samples, &pre, OnBadRecord::Fail).unwrap_err();
+    assert!(err.to_string().contains("data.csv' line 2"), "{err}");
+
+    // A malformed record is an error naming its line.
+    std::fs::write(
+        &jsonl,
+        "{\"image\": \"ok.png\", \"caption\": \"x\"}\n{\"image\": 3}\n",
+    )
+    .unwrap();
+    let err = dataset::read_samples(&jsonl, Default::default(), None, &[]).unwrap_err();
+    assert!(err.to_string().contains("line 2"), "{err}");
+}
+
+#[test]
+fn bdd100k_labels_and_class_folders_give_captions() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let labels = d.join("bdd100k_labels_images_val.json");
+    std::fs::write(
+        &labels,
+        r#"[{"name": "b1.jpg",
+             "attributes": {"weather": "rainy", "scene": "highway", "timeofday": "night"},
+             "labels": [
+               {"category": "car", "attributes": {"occluded": false, "truncated": false, "trafficLightColor": "none"}},
+               {"category": "car", "attributes": {"occluded": false, "truncated": false, "trafficLightColor": "none"}},
+               {"category": "car", "attributes": {"occluded": false, "truncated": false, "trafficLightColor": "none"}},
+               {"category": "traffic light", "attributes": {"occluded": false, "truncated": false, "trafficLightColor": "yellow"}},
+               {"category": "traffic light", "attributes": {"occluded": false, "truncated": false, "trafficLightColor": "red"}},
+               {"category": "person", "attributes": {"occluded": false, "truncated": true, "trafficLightColor": "none"}},
+               {"category": "drivable area", "poly2d": []}]},
+            {"name": "b2.jpg",
+             "attributes": {"weather": "clear", "scene": "city street", "timeofday": "daytime"},
+             "labels": []}]"#,
+    )
+    .unwrap();
+    let s = dataset::read_samples(&labels, Default::default(), Some(d), &[]).unwrap();
+    assert_eq!(
+        s[0].caption,
+        "It is a night scene in rainy weather on a highway road. The traffic light is red. \
+         There are 3 cars. There is one truncated pedestrian. There are 2 traffic lights."
+    );
+    assert_eq!(s[0].image, d.join("b1.jpg"));
+    assert_eq!(s[0].labels["time_of_day"], "night");
+    assert_eq!(
+        s[1].caption,
+        "It is a daytime scene in clear weather on a city street."
+    );
+    assert_eq!(s[1].labels["scene"], "city_street");
+
+    let root = d.join("signs");
+    for class in ["stop_sign", "speed-limit"] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        write_png(&root.join(class).join("1.png"), [1, 2, 3]);
+        write_png(&root.join(class).join("2.png"), [1, 2, 3]);
+    }
+    let templates = vec![
+        "a photo of a {}.".to_string(),
+        "a {} on the road.".to_string(),
+    ];
+    let s = dataset::read_samples(&root, Default::default(), None, &templates).unwrap();
+    let captions: Vec<&str> = s.iter().map(|s| s.caption.as_str()).collect();
+    assert_eq!(
+        captions,
+        [
+            "a photo of a speed limit.",
+            "a speed limit on the road.",
+            "a photo of a stop sign.",
+            "a stop sign on the road."
+        ]
+    );
+    assert_eq!(s[0].labels["class"], "speed-limit");
 }

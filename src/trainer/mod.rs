@@ -18,7 +18,9 @@
 //! trainer merge --model models/clip-tiny --adapter runs/a/adapter --out models/clip-tiny-ft
 //! ```
 
+pub mod bdd100k;
 pub mod clip;
+pub mod dataset;
 pub mod lora;
 pub mod merge;
 pub mod rng;
