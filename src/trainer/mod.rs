@@ -19,12 +19,18 @@
 //! ```
 
 pub mod bdd100k;
+pub mod bench;
 pub mod clip;
+pub mod config;
 pub mod dataset;
+pub mod eval;
 pub mod lora;
 pub mod merge;
+pub mod optim;
+pub mod report;
 pub mod rng;
 pub mod tokens;
+pub mod train;
 
 use std::path::PathBuf;
 
