@@ -130,6 +130,15 @@ fn zero_adapter_merge_is_bit_identical() {
     let merged_dir = out.path().join("merged");
     let outcome = merge_into(&dir, &adapter, &merged_dir, "clip-tiny-zero").unwrap();
     assert!(outcome.changed.is_empty(), "{:?}", outcome.changed);
+    // Same bytes, so the same embedding space.
+    for file in ["image_encoder.onnx", "text_encoder.onnx"] {
+        assert!(
+            std::fs::read(dir.join(file)).unwrap() == std::fs::read(merged_dir.join(file)).unwrap(),
+            "{file} differs"
+        );
+    }
+    let base_manifest = ModelManifest::read(&dir).unwrap();
+    assert_eq!(outcome.fingerprint, base_manifest.fingerprint);
     for file in ["image_encoder.onnx", "text_encoder.onnx"] {
         let a = read_initializers(&dir.join(file), &Device::Cpu).unwrap();
         let b = read_initializers(&merged_dir.join(file), &Device::Cpu).unwrap();

@@ -99,8 +99,8 @@ impl TrainConfig {
         if self.batch_size < 2 {
             return bad("batch_size must be at least 2 (contrastive loss needs negatives)");
         }
-        if self.grad_accum_steps == 0 || self.epochs == 0 {
-            return bad("epochs and grad_accum_steps must be at least 1");
+        if self.grad_accum_steps == 0 || self.epochs == 0 || self.max_steps == Some(0) {
+            return bad("epochs, grad_accum_steps and max_steps must be at least 1");
         }
         if self.learning_rate.is_nan()
             || self.learning_rate <= 0.0

@@ -1,10 +1,12 @@
 //! Folding a LoRA adapter into the base ONNX files: a new model directory.
 //!
-//! Each adapted weight becomes `W + (α / r) · B A`; every other byte of the
-//! graph is decoded and re-encoded unchanged (prost, candle-onnx's ONNX
-//! types). Weights whose update is exactly zero are not touched at all, so a
-//! zero adapter leaves every initializer bit-identical (adding `+0.0` would
-//! turn `-0.0` into `+0.0`). The directory gets the base's tokenizer and
+//! Each adapted weight becomes `W + (α / r) · B A`; the rest of the graph is
+//! decoded and re-encoded unchanged (prost, candle-onnx's ONNX types).
+//! Weights whose update is exactly zero are not touched (adding `+0.0` would
+//! turn `-0.0` into `+0.0`), and a file with no changed weight is copied
+//! byte for byte, because prost's re-encoding is equivalent but not
+//! byte-identical. So a zero adapter leaves the model bit-identical: same
+//! files, same sha256s, same fingerprint. The directory gets the base's tokenizer and
 //! configs, and a manifest with the new sha256s and fingerprint, computed by
 //! the same code the daemon verifies with ([`ModelManifest`]).
 //!
@@ -67,7 +69,14 @@ pub fn merge_into(
         let dst = out_dir.join(&entry.path);
         std::fs::copy(&src, &dst).map_err(|e| TrainerError::io(&src, e))?;
     }
-    let logit_scale = adapter.logit_scale()?;
+    // An untrained temperature keeps the base's value verbatim: exp(ln(x))
+    // may differ from x in the last bit.
+    let log_scale = adapter.log_logit_scale.as_tensor().to_scalar::<f32>()?;
+    let logit_scale = if log_scale.to_bits() == manifest.clip.logit_scale.ln().to_bits() {
+        manifest.clip.logit_scale
+    } else {
+        log_scale.exp()
+    };
     let source = format!(
         "{} ({}) + LoRA r={} alpha={} on {}",
         manifest.name,
@@ -140,8 +149,11 @@ fn merge_onnx(src: &Path, dst: &Path, adapter: &LoraAdapter) -> Result<Vec<Strin
         init.float_data.clear();
         changed.push(init.name.clone());
     }
-    let bytes = model.encode_to_vec();
-    std::fs::write(dst, bytes).map_err(|e| TrainerError::io(dst, e))?;
+    if changed.is_empty() {
+        std::fs::copy(src, dst).map_err(|e| TrainerError::io(src, e))?;
+    } else {
+        std::fs::write(dst, model.encode_to_vec()).map_err(|e| TrainerError::io(dst, e))?;
+    }
     Ok(changed)
 }
 
