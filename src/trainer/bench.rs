@@ -53,8 +53,18 @@ pub fn synthetic_dataset(pre: &ImagePreprocessor, n: usize) -> LoadedDataset {
     out
 }
 
+/// Timings of [`seconds_per_step`], in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepTimes {
+    /// Forward of both towers with the adapter, no backward.
+    pub forward: f64,
+    /// Whole optimizer step (forward, loss, backward, AdamW).
+    pub step: f64,
+}
+
 /// Seconds per optimizer step (batch of `batch_size` pairs, LoRA rank `r`),
-/// averaged over `steps` steps after one untimed warm-up step.
+/// averaged over `steps` steps after one untimed warm-up step, and the
+/// forward pass alone for comparison.
 pub fn seconds_per_step(
     model: &CandleClip,
     tokenizer: &ClipTokenizer,
@@ -62,7 +72,7 @@ pub fn seconds_per_step(
     batch_size: usize,
     r: usize,
     steps: usize,
-) -> Result<f64, TrainerError> {
+) -> Result<StepTimes, TrainerError> {
     let data = synthetic_dataset(pre, batch_size.max(2));
     let batcher = Batcher::new(&data, tokenizer, pre.clone(), model.base.device())?;
     let lora = LoraConfig {
@@ -90,5 +100,20 @@ pub fn seconds_per_step(
     for _ in 0..steps.max(1) {
         step()?;
     }
-    Ok(started.elapsed().as_secs_f64() / steps.max(1) as f64)
+    let step_secs = started.elapsed().as_secs_f64() / steps.max(1) as f64;
+    let fwd = super::clip::Forward {
+        adapter: Some(&adapter),
+        dropout: None,
+    };
+    let pixels = batcher.pixels(&idx, &Default::default(), None)?;
+    let ids = batcher.ids(&idx)?;
+    let started = Instant::now();
+    for _ in 0..steps.max(1) {
+        model.get_image_features(&pixels, fwd)?;
+        model.get_text_features(&ids, fwd)?;
+    }
+    Ok(StepTimes {
+        forward: started.elapsed().as_secs_f64() / steps.max(1) as f64,
+        step: step_secs,
+    })
 }
