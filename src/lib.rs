@@ -16,9 +16,10 @@
 //! - [`tagging`]: label sets, prompt ensembles, zero-shot scores (pure), and
 //!   the on-disk cache of class text embeddings.
 //! - [`bench`]: throughput measurements reported in `BENCHMARKS.md`.
-//! - `trainer` (feature `trainer`): CLIP in candle from our ONNX
-//!   initializers, LoRA adapters, and merging them back into a model
-//!   directory the daemon loads.
+//! - `trainer` (feature `trainer`, binary `trainer`): offline LoRA
+//!   fine-tuning of CLIP in candle from our ONNX initializers, datasets
+//!   (manifests, BDD100K labels, class folders), evaluation and reports, and
+//!   merging the adapter back into a model directory the daemon loads.
 
 pub mod bench;
 pub mod config;
