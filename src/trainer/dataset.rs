@@ -286,11 +286,12 @@ pub fn load_images(
         skipped: Vec::new(),
     };
     for sample in samples {
+        // Decode errors already name the image; preprocessing errors do not.
         let decoded = still::decode_file(&sample.image)
             .map_err(|e| e.to_string())
             .and_then(|img| {
                 pre.resize_crop(&RgbFrame::from_image(&img))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| format!("'{}': {e}", sample.image.display()))
             });
         match decoded {
             Ok(pixels) => {
@@ -301,7 +302,7 @@ pub fn load_images(
                 let error = TrainerError::Dataset {
                     path: sample.origin.0.clone(),
                     line: sample.origin.1,
-                    message: format!("image '{}': {message}", sample.image.display()),
+                    message,
                 };
                 match on_bad {
                     OnBadRecord::Fail => return Err(error),
