@@ -314,4 +314,5 @@ fn cli_trains_merges_and_evaluates() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("r must be at least 1"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }

@@ -343,6 +343,8 @@ fn run_train(a: TrainArgs, device: &Device) -> Result<()> {
     }
     cfg.augment.hflip |= a.hflip;
     cfg.lora.base_model_name_or_path = a.model.display().to_string();
+    // Bad settings fail before the dataset is read.
+    cfg.validate()?;
 
     let manifest = ModelManifest::read_verified(&a.model)?;
     let pre = manifest.image_preprocessor(&a.model)?;
