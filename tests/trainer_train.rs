@@ -276,6 +276,14 @@ fn cli_trains_merges_and_evaluates() {
     roadrep::models::ClipModel::load(&out.join("model"), &common::runtime(), &options).unwrap();
     let report = dir.path().join("eval.json");
     let adapter = out.join("adapter");
+    // Generated captions for BLEU: one exact, one partly right.
+    let captions = dir.path().join("captions.jsonl");
+    std::fs::write(
+        &captions,
+        "{\"image\": \"red_0.png\", \"caption\": \"a photo of a red square\"}\n\
+         {\"image\": \"blue_0.png\", \"caption\": \"a photo of a green circle\"}\n",
+    )
+    .unwrap();
     run(&[
         "eval",
         "--model",
@@ -286,6 +294,8 @@ fn cli_trains_merges_and_evaluates() {
         data.to_str().unwrap(),
         "--labels",
         labels.to_str().unwrap(),
+        "--captions",
+        captions.to_str().unwrap(),
         "--report",
         report.to_str().unwrap(),
     ]);
@@ -295,6 +305,10 @@ fn cli_trains_merges_and_evaluates() {
         "{v}"
     );
     assert!(v["before"]["image_to_text"]["r1"].is_number());
+    // 10 of 12 unigrams match ("a photo of a red square", "a photo of a"),
+    // equal lengths so no brevity penalty.
+    let bleu1 = v["bleu"][0].as_f64().unwrap();
+    assert!((bleu1 - 10.0 / 12.0).abs() < 1e-9, "{v}");
     assert!(dir.path().join("eval.svg").is_file());
     // A bad flag value is one line on stderr, not a panic.
     let bad = std::process::Command::new(exe)
