@@ -247,6 +247,12 @@ impl CandleClip {
                 });
             }
         }
+        if config.vision_config.patch_size == Some(0) {
+            return Err(TrainerError::Onnx {
+                path: config_path,
+                message: "vision_config: patch_size must be positive".into(),
+            });
+        }
         let base = BaseWeights::from_model_dir(dir, &manifest, device)?;
         Ok(Self {
             eos_token_id: config.text_config.eos_token_id.unwrap_or(DEFAULT_EOS),
@@ -264,12 +270,11 @@ impl CandleClip {
     ) -> Result<Tensor, TrainerError> {
         let c = &self.config.vision_config;
         let patch = c.patch_size.unwrap_or(32);
-        let b = pixel_values.dims()[0];
         let w = self
             .base
             .get("vision_model.embeddings.patch_embedding.weight")?;
         let h = c.hidden_size;
-        let (_, ch, height, width) = pixel_values.dims4()?;
+        let (b, ch, height, width) = pixel_values.dims4()?;
         if height % patch != 0 || width % patch != 0 || w.dims() != [h, ch, patch, patch] {
             return Err(TrainerError::Config(format!(
                 "pixel_values {:?} do not fit patch embedding {:?}",

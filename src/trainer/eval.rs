@@ -199,6 +199,12 @@ pub fn zero_shot(
             let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
             let emb = model.get_text_features(&tokenizer.batch_texts(&refs, device)?, fwd)?;
             let rows = emb.to_vec2::<f32>()?;
+            if rows.is_empty() {
+                return Err(TrainerError::Config(format!(
+                    "label set '{}': class '{}' has no prompts",
+                    set.name, class.name
+                )));
+            }
             let arr =
                 ndarray::Array2::from_shape_fn((rows.len(), rows[0].len()), |(i, j)| rows[i][j]);
             classes.push(ensemble(arr.view()).to_vec());
