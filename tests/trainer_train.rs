@@ -179,6 +179,7 @@ fn resumed_run_matches_an_uninterrupted_one() {
             ..Default::default()
         },
         grad_accum_steps: 2,
+        checkpoint_every_steps: 0,
         ..config()
     };
     let full = dir.path().join("full");
@@ -194,12 +195,15 @@ fn resumed_run_matches_an_uninterrupted_one() {
     .unwrap();
     let split = dir.path().join("split");
     let first = RunOptions {
-        stop_after_epochs: Some(2),
+        // 2 steps per epoch (3 batches, 2 per step): this stops inside the
+        // second epoch, where only the forced checkpoint exists.
+        stop_after_steps: Some(3),
         ..Default::default()
     };
     let (_, o1) =
         train::train(&s.clip, &s.tokenizer, &s.pre, &s.data, &cfg, &split, first).unwrap();
-    assert_eq!(o1.epochs, 2);
+    assert!(o1.interrupted);
+    assert_eq!((o1.steps, o1.epochs), (3, 1));
     let resume = RunOptions {
         resume: true,
         ..Default::default()

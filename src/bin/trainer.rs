@@ -165,6 +165,9 @@ struct TrainArgs {
     /// Early-stopping patience in epochs (0 = off).
     #[arg(long)]
     patience: Option<usize>,
+    /// Checkpoint every N optimizer steps too (0 = at epoch ends only).
+    #[arg(long)]
+    checkpoint_every_steps: Option<usize>,
     /// Allow horizontal flips (never for signs).
     #[arg(long)]
     hflip: bool,
@@ -338,6 +341,7 @@ fn run_train(a: TrainArgs, device: &Device) -> Result<()> {
     set!(cfg.val_fraction, a.val_fraction);
     set!(cfg.seed, a.seed);
     set!(cfg.early_stopping_patience, a.patience);
+    set!(cfg.checkpoint_every_steps, a.checkpoint_every_steps);
     if a.max_steps.is_some() {
         cfg.max_steps = a.max_steps;
     }
@@ -362,7 +366,7 @@ fn run_train(a: TrainArgs, device: &Device) -> Result<()> {
         RunOptions {
             resume: a.resume,
             show_progress: !a.quiet,
-            stop_after_epochs: None,
+            stop_after_steps: None,
         },
     )?;
     report::write_text(

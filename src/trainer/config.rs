@@ -53,6 +53,9 @@ pub struct TrainConfig {
     pub learn_temperature: bool,
     /// Upper bound of `logit_scale` (CLIP clamps at 100).
     pub max_logit_scale: f32,
+    /// Also checkpoint every this many optimizer steps (0 = at epoch ends
+    /// only).
+    pub checkpoint_every_steps: usize,
     /// Image augmentation.
     pub augment: AugmentConfig,
 }
@@ -74,6 +77,7 @@ impl Default for TrainConfig {
             early_stopping_patience: 3,
             learn_temperature: true,
             max_logit_scale: 100.0,
+            checkpoint_every_steps: 100,
             augment: AugmentConfig::default(),
         }
     }

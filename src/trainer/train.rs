@@ -5,9 +5,12 @@
 //! Output directory:
 //! - `adapter/`: the best adapter so far (lowest validation loss; the last
 //!   one without a validation split), PEFT layout.
-//! - `checkpoint/`: adapter + optimizer moments + `state.json` at the end of
-//!   the last finished epoch; `--resume` continues from there with the same
-//!   shuffles (each epoch's order is derived from the seed and its number).
+//! - `checkpoint/`: adapter + optimizer moments + `state.json`, written at
+//!   the end of every epoch and every `checkpoint_every_steps` optimizer
+//!   steps; `--resume` continues from there with the same shuffles (each
+//!   epoch's order is derived from the seed and its number) and the same
+//!   dropout/augmentation stream, so a resumed run equals an uninterrupted
+//!   one.
 //! - `train_config.json`, `history.json`.
 
 use std::cell::RefCell;
@@ -52,7 +55,11 @@ pub struct HistoryPoint {
 /// Resumable state saved at the end of an epoch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RunState {
+    /// The epoch in progress or to start.
     next_epoch: usize,
+    /// First batch of `next_epoch` still to run (mid-epoch checkpoints).
+    #[serde(default)]
+    next_batch: usize,
     step: usize,
     best_val_loss: Option<f32>,
     bad_epochs: usize,
@@ -72,6 +79,8 @@ pub struct TrainOutcome {
     pub best_val_loss: Option<f32>,
     /// Whether early stopping ended the run.
     pub stopped_early: bool,
+    /// Whether `stop_after_steps` ended it before the schedule did.
+    pub interrupted: bool,
     /// Loss curves.
     pub history: Vec<HistoryPoint>,
     /// Optimizer steps per second in this process (wall clock).
@@ -240,9 +249,9 @@ pub struct RunOptions {
     pub resume: bool,
     /// Draw a progress bar.
     pub show_progress: bool,
-    /// Leave after this many epochs in this process (a time-boxed run; the
-    /// checkpoint lets a later `resume` finish the schedule).
-    pub stop_after_epochs: Option<usize>,
+    /// Leave after this many optimizer steps in this process, with a
+    /// checkpoint (a time-boxed run; a later `resume` finishes the schedule).
+    pub stop_after_steps: Option<usize>,
 }
 
 /// Trains a fresh adapter (or resumes one) on `data`, writing into `out_dir`.
@@ -258,7 +267,7 @@ pub fn train(
     let RunOptions {
         resume,
         show_progress,
-        stop_after_epochs,
+        stop_after_steps,
     } = options;
     cfg.validate()?;
     let device = model.base.device().clone();
@@ -295,6 +304,7 @@ pub fn train(
     }
     let mut state = RunState {
         next_epoch: 0,
+        next_batch: 0,
         step: 0,
         best_val_loss: None,
         bad_epochs: 0,
@@ -321,11 +331,12 @@ pub fn train(
     let rng = RefCell::new(state.dropout_rng.clone());
     let started = Instant::now();
     let steps_at_start = state.step;
-    let mut stopped_early = false;
-    let first_epoch = state.next_epoch;
+    let (mut stopped_early, mut interrupted) = (false, false);
     let zero_grads = || vec![None::<Tensor>; vars.len()];
     'epochs: for epoch in state.next_epoch..cfg.epochs {
-        if state.step >= total {
+        // Only the resumed epoch starts part-way.
+        let skip = std::mem::take(&mut state.next_batch);
+        if state.step >= total && skip == 0 {
             break;
         }
         let mut order = train_idx.clone();
@@ -337,7 +348,10 @@ pub fn train(
             .collect();
         let mut acc = zero_grads();
         let (mut acc_loss, mut acc_n) = (0f32, 0usize);
-        for (b, chunk) in batches.iter().enumerate() {
+        for (b, chunk) in batches.iter().enumerate().skip(skip) {
+            if state.step >= total {
+                break;
+            }
             let loss = batch_loss(model, &adapter, &batcher, chunk, Some((cfg, &rng)))?;
             let grads = (&loss / cfg.grad_accum_steps as f64)?.backward()?;
             for (slot, var) in acc.iter_mut().zip(&vars) {
@@ -377,8 +391,20 @@ pub fn train(
                 tracing::debug!(step = state.step, loss = train_loss, lr, "Step done.");
                 acc = zero_grads();
                 (acc_loss, acc_n) = (0.0, 0);
-                if state.step >= total {
-                    break;
+                let stop = stop_after_steps.is_some_and(|n| state.step - steps_at_start >= n);
+                let every = cfg.checkpoint_every_steps;
+                if stop || (every > 0 && state.step.is_multiple_of(every)) {
+                    // After an optimizer step nothing is accumulated, so
+                    // the batch index is all a resume needs.
+                    state.next_epoch = epoch;
+                    state.next_batch = b + 1;
+                    state.dropout_rng = rng.borrow().clone();
+                    save_checkpoint(&ckpt_dir, &adapter, &names, &opt, &state)?;
+                    state.next_batch = 0;
+                }
+                if stop {
+                    interrupted = true;
+                    break 'epochs;
                 }
             }
         }
@@ -399,7 +425,8 @@ pub fn train(
         tracing::info!(epoch = epoch + 1, step = state.step, val_loss = ?val, "Epoch done.");
         state.dropout_rng = rng.borrow().clone();
         save_checkpoint(&ckpt_dir, &adapter, &names, &opt, &state)?;
-        if stop_after_epochs.is_some_and(|n| epoch + 1 - first_epoch >= n) {
+        if stop_after_steps.is_some_and(|n| state.step - steps_at_start >= n) {
+            interrupted = true;
             break 'epochs;
         }
         if cfg.early_stopping_patience > 0 && state.bad_epochs >= cfg.early_stopping_patience {
@@ -414,18 +441,24 @@ pub fn train(
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     write_json(&out_dir.join("history.json"), &state.history)?;
-    // The best adapter is the result (the last one without validation).
-    let best = LoraAdapter::load(&out_dir.join(ADAPTER_DIR), &model.base)?;
+    // The best adapter is the result (the last one without validation); an
+    // interrupted run may not have one yet and returns where it stopped.
+    let result = if interrupted {
+        adapter
+    } else {
+        LoraAdapter::load(&out_dir.join(ADAPTER_DIR), &model.base)?
+    };
     let outcome = TrainOutcome {
         steps: state.step,
         epochs: state.next_epoch,
         best_val_loss: state.best_val_loss,
         stopped_early,
+        interrupted,
         history: state.history,
         steps_per_sec: (state.step - steps_at_start) as f64 / elapsed.max(1e-9),
         split: (train_idx.len(), val_idx.len()),
     };
-    Ok((best, outcome))
+    Ok((result, outcome))
 }
 
 fn clamp_temperature(adapter: &LoraAdapter, max_scale: f32) -> Result<(), TrainerError> {
