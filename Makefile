@@ -9,7 +9,7 @@ CARGO ?= cargo
 # ort loads onnxruntime at run time (feature load-dynamic); setup installs it here.
 export ORT_DYLIB_PATH ?= $(CURDIR)/.venv/ort/libonnxruntime.so
 
-.PHONY: setup build demo test lint export-env fixtures random-full bench clean
+.PHONY: setup build demo test lint export-env fixtures random-full bench bench-trainer clean
 
 setup:
 	@scripts/setup.sh
@@ -20,12 +20,13 @@ build: setup
 demo: build
 	@scripts/demo.sh
 
+# The trainer (feature "trainer", candle) is linted and tested with the rest.
 lint: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) clippy --all-targets --locked --features trainer -- -D warnings
 
 test: lint
-	$(CARGO) test --locked
+	$(CARGO) test --locked --features trainer
 
 # --- models (need the export environment: torch, transformers; several GB) ---
 
@@ -45,6 +46,11 @@ random-full: models/clip-random-full/manifest.toml
 
 bench: build random-full
 	target/release/roadrep bench clip --model models/clip-random-full
+
+# Training steps/s of the LoRA trainer (BENCHMARKS.md, "Trainer").
+bench-trainer: setup
+	$(CARGO) build --release --locked --features trainer --bin trainer
+	target/release/trainer bench --model models/clip-tiny --steps 20 --batch-size 32
 
 clean:
 	$(CARGO) clean

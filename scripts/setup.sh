@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 ORT_VERSION=1.31.1
 APT_PACKAGES=(
-  pkg-config python3-venv cmake nasm
+  pkg-config python3-venv cmake nasm protobuf-compiler
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools

@@ -25,6 +25,10 @@
 //! - [`api`]: HTTP API (search, frames, timeline, health, metrics).
 //! - [`telemetry`]: metric names.
 //! - [`bench`]: throughput measurements reported in `BENCHMARKS.md`.
+//! - `trainer` (feature `trainer`, binary `trainer`): offline LoRA
+//!   fine-tuning of CLIP in candle from our ONNX initializers, datasets
+//!   (manifests, BDD100K labels, class folders), evaluation and reports, and
+//!   merging the adapter back into a model directory the daemon loads.
 
 pub mod api;
 pub mod batcher;
@@ -40,3 +44,5 @@ pub mod search;
 pub mod store;
 pub mod tagging;
 pub mod telemetry;
+#[cfg(feature = "trainer")]
+pub mod trainer;

@@ -1,0 +1,520 @@
+//! `trainer`: offline LoRA fine-tuning of roadrep's CLIP model directories
+//! (feature `trainer`). Thin: parses flags, sets up logs, calls
+//! `roadrep::trainer`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use roadrep::models::ModelManifest;
+use roadrep::tagging::LabelSets;
+use roadrep::trainer::clip::CandleClip;
+use roadrep::trainer::config::TrainConfig;
+use roadrep::trainer::dataset::{self, DataFormat, LoadedDataset, OnBadRecord};
+use roadrep::trainer::lora::LoraAdapter;
+use roadrep::trainer::report::{self, EvalReport};
+use roadrep::trainer::tokens::ClipTokenizer;
+use roadrep::trainer::train::{self, Batcher, RunOptions};
+use roadrep::trainer::{eval, merge};
+
+#[derive(Parser)]
+#[command(
+    name = "trainer",
+    version,
+    about = "LoRA fine-tuning of roadrep CLIP models (candle, CPU)"
+)]
+struct Cli {
+    /// Log filter (RUST_LOG syntax), e.g. `info`, `roadrep=debug`.
+    #[arg(long, default_value = "info", global = true)]
+    log: String,
+    /// Compute device.
+    #[arg(long, value_enum, default_value = "cpu", global = true)]
+    device: DeviceKind,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceKind {
+    Cpu,
+    /// Needs a build of candle with its `cuda` feature (not enabled here).
+    Cuda,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the linear layers of a model and which ones LoRA targets.
+    Inspect {
+        /// Model directory (manifest.toml, ONNX files).
+        #[arg(long)]
+        model: PathBuf,
+        /// Module name suffixes to target.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "q_proj,k_proj,v_proj,out_proj"
+        )]
+        target_modules: Vec<String>,
+    },
+    /// Train a LoRA adapter; optionally write the merged model directory.
+    Train(TrainArgs),
+    /// Evaluate a model (and an adapter against it) on a labelled dataset.
+    Eval(EvalArgs),
+    /// Fold an adapter into a new model directory the daemon loads.
+    Merge {
+        /// Base model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Adapter directory (adapter_config.json, adapter_model.safetensors).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Output model directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Name recorded in the new manifest (default: the folder name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Training steps per second on synthetic batches (no data needed).
+    Bench {
+        /// Model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Timed optimizer steps (after one warm-up step).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Pairs per batch.
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// LoRA rank.
+        #[arg(long, default_value_t = 8)]
+        rank: usize,
+    },
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// Dataset: CSV/JSONL manifest, BDD100K label JSON, or a class-folder root.
+    #[arg(long)]
+    data: PathBuf,
+    /// Dataset format.
+    #[arg(long, value_enum, default_value = "auto")]
+    data_format: DataFormat,
+    /// Image folder of a BDD100K label file (default: the file's folder).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Caption templates for class folders (`{}` = class name); repeatable.
+    #[arg(long = "class-template")]
+    class_templates: Vec<String>,
+    /// What to do with a record whose image is missing or corrupt.
+    #[arg(long, value_enum, default_value = "skip")]
+    on_bad_record: OnBadRecord,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Base model directory.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output directory (adapter/, checkpoint/, history.json, loss.svg).
+    #[arg(long)]
+    out: PathBuf,
+    /// TOML settings file (see `roadrep::trainer::config`); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// LoRA rank `r`.
+    #[arg(long)]
+    rank: Option<usize>,
+    /// LoRA `lora_alpha`.
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// LoRA `lora_dropout`.
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// LoRA `target_modules` (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    target_modules: Option<Vec<String>>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Pairs per micro-batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Warmup steps.
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Validation fraction.
+    #[arg(long)]
+    val_fraction: Option<f32>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Early-stopping patience in epochs (0 = off).
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Checkpoint every N optimizer steps too (0 = at epoch ends only).
+    #[arg(long)]
+    checkpoint_every_steps: Option<usize>,
+    /// Allow horizontal flips (never for signs).
+    #[arg(long)]
+    hflip: bool,
+    /// Continue from out/checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Also write the merged model directory to out/model.
+    #[arg(long)]
+    merge: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Base model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Adapter to compare against the base.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Label sets for zero-shot accuracy (e.g. config/labels.toml).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// JSONL of generated captions (`{"image", "caption"}`) for BLEU against
+    /// the dataset's captions.
+    #[arg(long)]
+    captions: Option<PathBuf>,
+    /// JSON report path.
+    #[arg(long)]
+    report: PathBuf,
+    /// SVG plot of before/after metrics (default: next to the report).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Batch size of the forward passes.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: `{:#}` joins the context chain (no backtrace dump).
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let device = match cli.device {
+        DeviceKind::Cpu => Device::Cpu,
+        DeviceKind::Cuda => Device::new_cuda(0).context("--device cuda")?,
+    };
+    match cli.command {
+        Command::Inspect {
+            model,
+            target_modules,
+        } => inspect(&model, &target_modules, &device),
+        Command::Train(args) => run_train(args, &device),
+        Command::Eval(args) => run_eval(args, &device),
+        Command::Merge {
+            model,
+            adapter,
+            out,
+            name,
+        } => {
+            let clip = CandleClip::load(&model, &device)?;
+            let adapter = LoraAdapter::load(&adapter, &clip.base)?;
+            let name = name.unwrap_or_else(|| folder_name(&out));
+            let outcome = merge::merge_into(&model, &adapter, &out, &name)?;
+            println!(
+                "merged {} initializers into {} (fingerprint {})",
+                outcome.changed.len(),
+                outcome.dir.display(),
+                outcome.fingerprint
+            );
+            Ok(())
+        }
+        Command::Bench {
+            model,
+            steps,
+            batch_size,
+            rank,
+        } => bench(&model, steps, batch_size, rank, &device),
+    }
+}
+
+fn folder_name(p: &Path) -> String {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("merged")
+        .to_string()
+}
+
+fn inspect(model: &Path, targets: &[String], device: &Device) -> Result<()> {
+    let clip = CandleClip::load(model, device)?;
+    let config = roadrep::trainer::lora::LoraConfig {
+        target_modules: targets.to_vec(),
+        ..Default::default()
+    };
+    let mut lora_params = 0usize;
+    for (module, (out, inp)) in clip.base.linear_modules() {
+        let hit = config.targets(&module);
+        if hit {
+            lora_params += config.r * (out + inp);
+        }
+        let file = clip
+            .base
+            .origin(&format!("{module}.weight"))
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+            .to_string();
+        println!(
+            "{} {module}.weight [{out}, {inp}] ({file})",
+            if hit { "LoRA" } else { "    " }
+        );
+    }
+    println!("trainable parameters at r={}: {lora_params}", config.r);
+    Ok(())
+}
+
+fn load_data(args: &DataArgs, pre: &roadrep::models::ImagePreprocessor) -> Result<LoadedDataset> {
+    let samples = dataset::read_samples(
+        &args.data,
+        args.data_format,
+        args.images.as_deref(),
+        &args.class_templates,
+    )?;
+    let loaded = dataset::load_images(samples, pre, args.on_bad_record)?;
+    if !loaded.skipped.is_empty() {
+        tracing::warn!(count = loaded.skipped.len(), "Records skipped.");
+    }
+    if loaded.samples.is_empty() {
+        bail!("'{}': no usable records", args.data.display());
+    }
+    Ok(loaded)
+}
+
+fn run_train(a: TrainArgs, device: &Device) -> Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => TrainConfig::from_file(p)?,
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($field:expr, $value:expr) => {
+            if let Some(v) = $value {
+                $field = v;
+            }
+        };
+    }
+    set!(cfg.lora.r, a.rank);
+    set!(cfg.lora.lora_alpha, a.alpha);
+    set!(cfg.lora.lora_dropout, a.dropout);
+    set!(cfg.lora.target_modules, a.target_modules);
+    set!(cfg.epochs, a.epochs);
+    set!(cfg.batch_size, a.batch_size);
+    set!(cfg.grad_accum_steps, a.grad_accum);
+    set!(cfg.learning_rate, a.lr);
+    set!(cfg.warmup_steps, a.warmup);
+    set!(cfg.val_fraction, a.val_fraction);
+    set!(cfg.seed, a.seed);
+    set!(cfg.early_stopping_patience, a.patience);
+    set!(cfg.checkpoint_every_steps, a.checkpoint_every_steps);
+    if a.max_steps.is_some() {
+        cfg.max_steps = a.max_steps;
+    }
+    cfg.augment.hflip |= a.hflip;
+    cfg.lora.base_model_name_or_path = a.model.display().to_string();
+    // Bad settings fail before the dataset is read.
+    cfg.validate()?;
+
+    let manifest = ModelManifest::read_verified(&a.model)?;
+    let pre = manifest.image_preprocessor(&a.model)?;
+    let tokenizer = ClipTokenizer::from_model_dir(&a.model, &manifest)?;
+    let clip = CandleClip::load(&a.model, device)?;
+    let data = load_data(&a.data, &pre)?;
+    tracing::info!(samples = data.samples.len(), "Dataset loaded.");
+    let (adapter, outcome) = train::train(
+        &clip,
+        &tokenizer,
+        &pre,
+        &data,
+        &cfg,
+        &a.out,
+        RunOptions {
+            resume: a.resume,
+            show_progress: !a.quiet,
+            stop_after_steps: None,
+        },
+    )?;
+    report::write_text(
+        &a.out.join("loss.svg"),
+        &report::loss_curve_svg(&outcome.history),
+    )?;
+    println!(
+        "trained {} steps in {} epochs ({:.2} steps/s), best val loss {:?}{}; adapter in {}",
+        outcome.steps,
+        outcome.epochs,
+        outcome.steps_per_sec,
+        outcome.best_val_loss,
+        if outcome.stopped_early {
+            ", stopped early"
+        } else {
+            ""
+        },
+        a.out.join(train::ADAPTER_DIR).display()
+    );
+    if a.merge {
+        let out = a.out.join("model");
+        let name = format!("{}-lora", manifest.name);
+        let merged = merge::merge_into(&a.model, &adapter, &out, &name)?;
+        println!(
+            "merged model in {} (fingerprint {})",
+            merged.dir.display(),
+            merged.fingerprint
+        );
+    }
+    Ok(())
+}
+
+fn run_eval(a: EvalArgs, device: &Device) -> Result<()> {
+    let manifest = ModelManifest::read_verified(&a.model)?;
+    let pre = manifest.image_preprocessor(&a.model)?;
+    let tokenizer = ClipTokenizer::from_model_dir(&a.model, &manifest)?;
+    let clip = CandleClip::load(&a.model, device)?;
+    let adapter = match &a.adapter {
+        Some(p) => Some(LoraAdapter::load(p, &clip.base)?),
+        None => None,
+    };
+    let data = load_data(&a.data, &pre)?;
+    let labels = match &a.labels {
+        Some(p) => Some(LabelSets::from_file(p)?),
+        None => None,
+    };
+    let batcher = Batcher::new(&data, &tokenizer, pre.clone(), device)?;
+    let sample_labels: Vec<_> = data.samples.iter().map(|s| &s.labels).collect();
+    let run = |adapter: Option<&LoraAdapter>| {
+        eval::evaluate(
+            &clip,
+            adapter,
+            &tokenizer,
+            &batcher,
+            &sample_labels,
+            labels.as_ref(),
+            a.batch_size,
+        )
+    };
+    let before = run(None)?;
+    let after = match &adapter {
+        Some(ad) => Some(run(Some(ad))?),
+        None => None,
+    };
+    let bleu = match &a.captions {
+        Some(p) => Some(bleu_of(p, &data)?),
+        None => None,
+    };
+    let report = EvalReport {
+        model: a.model.display().to_string(),
+        adapter: a.adapter.as_ref().map(|p| p.display().to_string()),
+        data: a.data.data.display().to_string(),
+        skipped: data.skipped.clone(),
+        before,
+        after,
+        bleu,
+    };
+    train::write_json(&a.report, &report)?;
+    let plot = a.plot.unwrap_or_else(|| a.report.with_extension("svg"));
+    report::write_text(
+        &plot,
+        &report::before_after_svg(&report.before, report.after.as_ref()),
+    )?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// BLEU of generated captions against every dataset caption of the same image.
+fn bleu_of(path: &Path, data: &LoadedDataset) -> Result<[f64; 4]> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        image: String,
+        caption: String,
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("'{}'", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    let (mut hyps, mut refs) = (Vec::new(), Vec::new());
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let l: Line = serde_json::from_str(line)
+            .with_context(|| format!("'{}' line {}", path.display(), i + 1))?;
+        let image = base.join(&l.image);
+        let r: Vec<String> = data
+            .samples
+            .iter()
+            .filter(|s| s.image == image)
+            .map(|s| s.caption.clone())
+            .collect();
+        if r.is_empty() {
+            bail!(
+                "'{}' line {}: image '{}' is not in the dataset",
+                path.display(),
+                i + 1,
+                l.image
+            );
+        }
+        hyps.push(l.caption);
+        refs.push(r);
+    }
+    Ok(eval::bleu(&hyps, &refs))
+}
+
+fn bench(
+    model: &Path,
+    steps: usize,
+    batch_size: usize,
+    rank: usize,
+    device: &Device,
+) -> Result<()> {
+    let manifest = ModelManifest::read_verified(model)?;
+    let pre = manifest.image_preprocessor(model)?;
+    let tokenizer = ClipTokenizer::from_model_dir(model, &manifest)?;
+    let clip = CandleClip::load(model, device)?;
+    let t = roadrep::trainer::bench::seconds_per_step(
+        &clip, &tokenizer, &pre, batch_size, rank, steps,
+    )?;
+    println!(
+        "{}: batch {batch_size}, LoRA r={rank} on q/k/v/out of both towers, {steps} timed steps: \
+         {:.3} s/step, {:.3} steps/s, {:.2} pairs/s; forward alone {:.3} s ({:.2} pairs/s)",
+        manifest.name,
+        t.step,
+        1.0 / t.step,
+        batch_size as f64 / t.step,
+        t.forward,
+        batch_size as f64 / t.forward
+    );
+    Ok(())
+}
