@@ -46,6 +46,8 @@ random-full: models/clip-random-full/manifest.toml
 
 bench: build random-full
 	target/release/roadrep bench clip --model models/clip-random-full
+	target/release/roadrep bench replay --model models/clip-random-full
+	target/release/roadrep bench replay --model models/clip-random-full --precision int8
 
 # Training steps/s of the LoRA trainer (BENCHMARKS.md, "Trainer").
 bench-trainer: setup

@@ -112,6 +112,7 @@ pub async fn run(
             last_error: None,
             frames: 0,
             dropped: 0,
+            current: None,
         });
         let supervisor = Supervisor {
             spec,
@@ -206,7 +207,12 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn set_status(&self, state: &str, error: Option<String>, counters: Option<&SourceCounters>) {
+    fn set_status(
+        &self,
+        state: &str,
+        error: Option<String>,
+        counters: Option<&Arc<SourceCounters>>,
+    ) {
         if let Ok(mut s) = self.statuses.write()
             && let Some(st) = s.get_mut(self.index)
         {
@@ -215,8 +221,7 @@ impl Supervisor {
                 st.last_error = error;
             }
             if let Some(c) = counters {
-                st.frames = c.delivered.load(Ordering::Relaxed);
-                st.dropped = c.dropped();
+                st.current = Some(c.clone());
             }
         }
         metrics::gauge!(telemetry::STREAM_UP, "stream" => self.spec.stream.to_string())
@@ -239,7 +244,7 @@ impl Supervisor {
                 _ => None,
             };
             let counters = Arc::new(SourceCounters::default());
-            self.set_status("running", None, None);
+            self.set_status("running", None, Some(&counters));
             let result = run_source(
                 &self.spec,
                 &self.preprocessor,

@@ -93,6 +93,8 @@ impl InferenceWorker {
                 });
             match rx.recv_timeout(timeout) {
                 Ok(IngestEvent::Frame(frame)) => {
+                    let queued = telemetry::QUEUED_FRAMES.fetch_sub(1, Ordering::Relaxed) - 1;
+                    metrics::gauge!(telemetry::QUEUE_DEPTH).set(queued.max(0) as f64);
                     if let Some(batch) = assembler.push(frame, Instant::now()) {
                         self.process(batch);
                     }

@@ -18,6 +18,11 @@ pub const BATCHES_FLUSHED: &str = "roadrep_batches_flushed_total";
 pub const INFERENCE_SECONDS: &str = "roadrep_inference_seconds";
 /// Gauge: frames waiting between ingest and inference.
 pub const QUEUE_DEPTH: &str = "roadrep_queue_frames";
+
+/// Frames sent to the inference worker and not yet taken out of the queue.
+/// The std channel does not expose its length, so senders count up after a
+/// send and the worker counts down after a receive.
+pub static QUEUED_FRAMES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 /// Counter: source failures, labels `stream`.
 pub const SOURCE_ERRORS: &str = "roadrep_source_errors_total";
 /// Gauge: 1 while a stream is running, label `stream`.

@@ -43,6 +43,21 @@ pub struct StreamStatus {
     pub frames: u64,
     /// Frames dropped because inference was behind (live sources).
     pub dropped: u64,
+    /// Counters of the current run, read when `/health` is asked.
+    #[serde(skip)]
+    pub current: Option<Arc<crate::ingest::source::SourceCounters>>,
+}
+
+impl StreamStatus {
+    /// The status with `frames`/`dropped` read from the current run.
+    pub fn snapshot(&self) -> Self {
+        let mut s = self.clone();
+        if let Some(c) = &self.current {
+            s.frames = c.delivered.load(std::sync::atomic::Ordering::Relaxed);
+            s.dropped = c.dropped();
+        }
+        s
+    }
 }
 
 /// Shared handler state.

@@ -34,7 +34,11 @@ async fn blocking<T: Send + 'static>(
 }
 
 pub async fn health(State(state): State<ApiState>) -> impl IntoResponse {
-    let streams = state.streams.read().map(|s| s.clone()).unwrap_or_default();
+    let streams: Vec<_> = state
+        .streams
+        .read()
+        .map(|s| s.iter().map(|st| st.snapshot()).collect())
+        .unwrap_or_default();
     Json(serde_json::json!({
         "status": "ok",
         "model": state.model.manifest().name,

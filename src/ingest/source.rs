@@ -274,6 +274,8 @@ pub fn run_source(
             if tx.send(IngestEvent::Frame(frame)).is_err() {
                 break SourceEnd::Stopped;
             }
+            let queued = telemetry::QUEUED_FRAMES.fetch_add(1, Ordering::Relaxed) + 1;
+            metrics::gauge!(telemetry::QUEUE_DEPTH).set(queued as f64);
             counters.delivered.fetch_add(1, Ordering::Relaxed);
             counters.last_pts_ns.store(pts, Ordering::Relaxed);
             metrics::counter!(telemetry::FRAMES_IN, "stream" => stream.clone()).increment(1);
