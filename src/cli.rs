@@ -123,7 +123,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub fps: Option<f64>,
     /// Recording time of each file's start (RFC 3339 or Unix seconds)
-    /// [default: the file's modification time].
+    /// [default: the file's modification time minus its duration].
     #[arg(long)]
     pub start: Option<String>,
     /// Store directory [default: store.path].

@@ -193,6 +193,17 @@ impl RoadrepConfig {
                 config.ingest.sample_fps
             )));
         }
+        for (name, v) in [
+            (
+                "ingest.retry_initial_secs",
+                config.ingest.retry_initial_secs,
+            ),
+            ("ingest.retry_max_secs", config.ingest.retry_max_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                return Err(invalid(format!("{name} {v} must be in (0, 86400]")));
+            }
+        }
         if config.ingest.queue_frames == 0 {
             return Err(invalid("ingest.queue_frames must be at least 1".into()));
         }

@@ -46,6 +46,9 @@ pub enum DaemonError {
     /// A stream entry is invalid.
     #[error("{0}")]
     Config(String),
+    /// The inference worker stopped (a panic): nothing would be stored.
+    #[error("the inference worker stopped unexpectedly; see the log")]
+    InferenceDied,
 }
 
 /// What the daemon runs on.
@@ -90,9 +93,24 @@ pub async fn run(
         parts.store.clone(),
         config.batcher.clone(),
     );
+    let inference_alive = Arc::new(AtomicBool::new(true));
+    let alive_flag = inference_alive.clone();
     let inference = std::thread::Builder::new()
         .name("inference".into())
-        .spawn(move || worker.run(rx))
+        .spawn(move || {
+            // Cleared only by a panic (the guard drops while unwinding). A
+            // normal return (every stream finished) leaves the API serving.
+            struct Alive(Arc<AtomicBool>);
+            impl Drop for Alive {
+                fn drop(&mut self) {
+                    if std::thread::panicking() {
+                        self.0.store(false, Ordering::Relaxed);
+                    }
+                }
+            }
+            let _alive = Alive(alive_flag);
+            worker.run(rx)
+        })
         .expect("spawn the inference thread");
 
     let mut ingest_threads = Vec::new();
@@ -158,9 +176,20 @@ pub async fn run(
     if let Some(cb) = on_ready {
         cb(addr);
     }
-    let watchdog = spawn_watchdog(stop.clone());
+    let alive = inference_alive.clone();
+    let watchdog = spawn_watchdog(stop.clone(), alive.clone());
 
-    shutdown.await;
+    // Run until asked to stop, or until the inference worker dies (then
+    // exit with an error so systemd restarts the service).
+    let inference_died = async move {
+        while alive.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let died = tokio::select! {
+        _ = shutdown => false,
+        _ = inference_died => true,
+    };
     tracing::info!("Shutting down: stopping ingest.");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     stop.store(true, Ordering::Relaxed);
@@ -179,14 +208,21 @@ pub async fn run(
     let _ = api_stop_tx.send(());
     let _ = server.await;
     tracing::info!(frames = totals.frames, "Stopped.");
+    if died {
+        return Err(DaemonError::InferenceDied);
+    }
     Ok(totals)
 }
 
-/// Pings the systemd watchdog (when systemd asked for it) until shutdown.
-fn spawn_watchdog(stop: Arc<AtomicBool>) -> Option<tokio::task::JoinHandle<()>> {
+/// Pings the systemd watchdog (when systemd asked for it) while the
+/// inference worker lives, until shutdown.
+fn spawn_watchdog(
+    stop: Arc<AtomicBool>,
+    alive: Arc<AtomicBool>,
+) -> Option<tokio::task::JoinHandle<()>> {
     let period = sd_notify::watchdog_enabled()? / 2;
     Some(tokio::spawn(async move {
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) && alive.load(Ordering::Relaxed) {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             tokio::time::sleep(period).await;
         }
@@ -230,9 +266,10 @@ impl Supervisor {
 
     fn run(self) {
         let stream = self.spec.stream.to_string();
-        let identity = source_identity(&self.spec.kind);
         let mut delay = self.retry_initial;
         while !self.stop.load(Ordering::Relaxed) {
+            // Per attempt: a file that was missing has a new identity once it exists.
+            let identity = source_identity(&self.spec.kind);
             // Files continue after their checkpoint; a finished file is done.
             let resume = match (&self.spec.kind, self.checkpoint(&identity)) {
                 (SourceKind::File(_), Some(c)) if c.complete => {
@@ -256,7 +293,9 @@ impl Supervisor {
             let delivered = counters.delivered.load(Ordering::Relaxed);
             self.set_status("running", None, Some(&counters));
             match result {
-                Ok(SourceEnd::Eos) if !self.spec.kind.is_live() => {
+                // A file, or a gst: description that is not live (a test
+                // source, a filesrc), is done at its end; live ones reconnect.
+                Ok(SourceEnd::Eos) if !counters.live.load(Ordering::Relaxed) => {
                     let _ = self.tx.send(IngestEvent::SourceEnded {
                         stream: self.spec.stream.clone(),
                         source: identity.clone().into(),
@@ -270,6 +309,10 @@ impl Supervisor {
                     self.set_status("retrying", Some("end of stream".into()), Some(&counters));
                 }
                 Ok(SourceEnd::Stopped) => {
+                    if !self.stop.load(Ordering::Relaxed) {
+                        // The inference worker is gone; the daemon notices and exits.
+                        tracing::error!(%stream, "Inference stopped taking frames; stream stopped.");
+                    }
                     self.set_status("stopped", None, Some(&counters));
                     return;
                 }

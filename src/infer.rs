@@ -53,6 +53,10 @@ pub struct InferenceWorker {
     store: Store,
     batcher: BatcherConfig,
     progress: HashMap<(Arc<str>, Arc<str>), SourceProgress>,
+    /// Sources that lost a batch in this run: their checkpoint must not move
+    /// past the hole, so it is frozen and never marked complete; the next
+    /// replay resumes before the gap and fills it.
+    damaged: std::collections::HashSet<(Arc<str>, Arc<str>)>,
     totals: InferenceTotals,
     stored: Option<Arc<AtomicU64>>,
 }
@@ -71,6 +75,7 @@ impl InferenceWorker {
             store,
             batcher,
             progress: HashMap::new(),
+            damaged: Default::default(),
             totals: InferenceTotals::default(),
             stored: None,
         }
@@ -108,9 +113,7 @@ impl InferenceWorker {
                     if let Some(batch) = assembler.drain() {
                         self.process(batch);
                     }
-                    if complete {
-                        self.mark_complete(&stream, &source);
-                    }
+                    self.end_source(&stream, &source, complete);
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if let Some(batch) = assembler.poll(Instant::now()) {
@@ -144,7 +147,7 @@ impl InferenceWorker {
             Ok(e) => e,
             Err(error) => {
                 tracing::error!(%error, frames = n, "Image encoder failed; batch dropped.");
-                self.count_failed(&batch.items, "inference_error");
+                self.fail_batch(&batch.items, "inference_error");
                 return;
             }
         };
@@ -204,6 +207,7 @@ impl InferenceWorker {
         }
         let checkpoints: Vec<CheckpointUpdate> = touched
             .iter()
+            .filter(|k| !self.damaged.contains(*k))
             .filter_map(|k| {
                 self.progress.get(k).map(|p| CheckpointUpdate {
                     stream_id: p.stream_id,
@@ -225,19 +229,15 @@ impl InferenceWorker {
             }
             Err(error) => {
                 tracing::error!(%error, frames = n, "Store write failed; batch dropped.");
-                // The checkpoint was not written either: forget the in-memory
-                // progress so the next batch does not claim these frames.
-                for k in &touched {
-                    self.progress.remove(k);
-                }
-                self.count_failed(&batch.items, "store_error");
+                self.fail_batch(&batch.items, "store_error");
             }
         }
     }
 
-    fn count_failed(&mut self, frames: &[Frame], reason: &'static str) {
+    fn fail_batch(&mut self, frames: &[Frame], reason: &'static str) {
         self.totals.failed += frames.len() as u64;
         for f in frames {
+            self.damaged.insert((f.stream.clone(), f.source.clone()));
             metrics::counter!(telemetry::FRAMES_DROPPED, "stream" => f.stream.to_string(), "reason" => reason).increment(1);
         }
     }
@@ -267,6 +267,18 @@ impl InferenceWorker {
             );
         }
         Ok(self.progress.get_mut(&key).expect("inserted above"))
+    }
+
+    /// A source ended: mark it complete if it was read to its end without
+    /// losing a batch, and forget its in-memory progress.
+    fn end_source(&mut self, stream: &Arc<str>, source: &Arc<str>, complete: bool) {
+        let key = (stream.clone(), source.clone());
+        if self.damaged.remove(&key) {
+            tracing::error!(%stream, %source, "Frames of this source were lost; it stays incomplete so a replay fills the gap.");
+        } else if complete {
+            self.mark_complete(stream, source);
+        }
+        self.progress.remove(&key);
     }
 
     fn mark_complete(&mut self, stream: &Arc<str>, source: &Arc<str>) {

@@ -74,9 +74,9 @@ pub struct ReplayReport {
 }
 
 impl ReplayReport {
-    /// Whether every file was read.
+    /// Whether every file was read and every frame stored.
     pub fn all_ok(&self) -> bool {
-        self.files.iter().all(|f| f.error.is_none())
+        self.files.iter().all(|f| f.error.is_none()) && self.totals.failed == 0
     }
 }
 
@@ -106,6 +106,15 @@ pub fn replay(
     stop: Arc<AtomicBool>,
     progress: &dyn ReplayProgress,
 ) -> Result<ReplayReport, StoreError> {
+    if settings.file_start_ns.is_some() && settings.files.len() > 1 && settings.camera.is_some() {
+        // Frame keys are (camera, start + pts): one start for several clips
+        // of one camera would make them overwrite each other.
+        return Err(StoreError::Sled {
+            path: store.path().to_path_buf(),
+            message: "--start applies to one clip per camera: replay the clips one at a time"
+                .into(),
+        });
+    }
     let (tx, rx) = sync_channel::<IngestEvent>(settings.queue_frames.max(1));
     let stored = Arc::new(AtomicU64::new(0));
     let worker = InferenceWorker::new(
@@ -199,7 +208,13 @@ pub fn replay(
         reports.push(report);
     }
     drop(tx);
-    let totals = worker.join().unwrap_or_default();
+    let totals = worker.join().unwrap_or_else(|_| {
+        tracing::error!("The inference thread panicked.");
+        InferenceTotals {
+            failed: u64::MAX,
+            ..Default::default()
+        }
+    });
     Ok(ReplayReport {
         files: reports,
         totals,

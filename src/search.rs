@@ -100,6 +100,11 @@ impl SearchRequest {
             tags,
             min_tag_score: self.min_tag_score,
         };
+        if filter.min_tag_score.is_some() && filter.tags.is_empty() {
+            return Err(SearchError::BadRequest(
+                "min_tag_score needs a tag filter".into(),
+            ));
+        }
         if let (Some(a), Some(b)) = (filter.from_ns, filter.to_ns)
             && a > b
         {
@@ -160,7 +165,15 @@ pub fn image_search(
 /// A time given as RFC 3339 or Unix seconds, in ns since the epoch.
 pub fn parse_time(s: &str) -> Result<i64, String> {
     let s = s.trim();
+    if let Ok(secs) = s.parse::<i64>() {
+        return secs
+            .checked_mul(1_000_000_000)
+            .ok_or_else(|| format!("'{s}' is out of range"));
+    }
     if let Ok(secs) = s.parse::<f64>() {
+        if !secs.is_finite() || secs.abs() > 9.2e9 {
+            return Err(format!("'{s}' is not a finite time"));
+        }
         return Ok((secs * 1e9) as i64);
     }
     let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|_| {

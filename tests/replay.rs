@@ -256,3 +256,67 @@ fn the_real_dashcam_clip_with_audio_replays() {
             .all(|w| w[0].record.pts_ns < w[1].record.pts_ns)
     );
 }
+
+#[test]
+fn a_batch_that_cannot_be_stored_leaves_its_clip_incomplete() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use roadrep::models::{ClipModel, ClipOptions, ImagePrecision};
+    use roadrep::replay::{ReplayProgress, ReplaySettings};
+    use roadrep::tagging::{LabelSets, SceneTagger};
+
+    struct Quiet;
+    impl ReplayProgress for Quiet {
+        fn file_started(&self, _: &Path, _: &str, _: Option<u64>) {}
+        fn tick(&self, _: u64, _: u64, _: u64) {}
+        fn file_finished(&self, _: &roadrep::replay::FileReport) {}
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip.mp4");
+    make_clip(&clip, 50, 25, 160, 120, "smpte");
+    let options = ClipOptions {
+        precision: ImagePrecision::Fp32,
+        intra_threads: 1,
+        load_text_encoder: true,
+    };
+    let model = ClipModel::load(&common::tiny_model_dir(), &common::runtime(), &options).unwrap();
+    let labels = LabelSets::from_file(&common::root().join("config/labels.toml")).unwrap();
+    let tagger = SceneTagger::new(&model, &labels, None).unwrap();
+    // A store that refuses every embedding (wrong dimension): each batch fails.
+    let store = Store::open(
+        &dir.path().join("store"),
+        model.fingerprint(),
+        model.embed_dim() + 1,
+    )
+    .unwrap();
+    let settings = ReplaySettings {
+        files: vec![clip.clone()],
+        camera: Some("cam".into()),
+        sample_fps: 2.0,
+        file_start_ns: None,
+        queue_frames: 4,
+        batcher: Default::default(),
+    };
+    let report = roadrep::replay::replay(
+        Arc::new(model),
+        Arc::new(tagger),
+        store.clone(),
+        &settings,
+        Arc::new(AtomicBool::new(false)),
+        &Quiet,
+    )
+    .unwrap();
+    assert_eq!(report.totals.failed, 4);
+    assert!(!report.all_ok(), "lost frames fail the run");
+    let id = store.stream_id("cam").unwrap();
+    let identity =
+        roadrep::ingest::source::source_identity(&roadrep::ingest::config::SourceKind::File(clip));
+    let checkpoint = store.checkpoint(id, &identity).unwrap();
+    assert!(
+        checkpoint
+            .as_ref()
+            .is_none_or(|c| !c.complete && c.last_pts_ns.is_none()),
+        "{checkpoint:?}"
+    );
+}

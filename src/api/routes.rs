@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -12,6 +13,11 @@ use crate::ingest::still;
 use crate::models::RgbFrame;
 use crate::search::{self, SearchRequest};
 use crate::store::{FrameEntry, FrameFilter, SearchHit};
+
+/// A query string that does not parse: 400 with the parser's message.
+fn query_error(e: QueryRejection) -> ApiError {
+    ApiError::bad_request(e.body_text())
+}
 
 /// Runs blocking work under the request limit.
 async fn blocking<T: Send + 'static>(
@@ -135,8 +141,9 @@ impl From<FrameEntry> for FrameView {
 
 pub async fn text_search(
     State(state): State<ApiState>,
-    Query(req): Query<SearchRequest>,
+    req: Result<Query<SearchRequest>, QueryRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
+    let Query(req) = req.map_err(query_error)?;
     let s = state.clone();
     let hits = blocking(&state, move || {
         Ok(search::text_search(&s.store, &s.model, &req)?)
@@ -149,9 +156,10 @@ pub async fn text_search(
 
 pub async fn image_search(
     State(state): State<ApiState>,
-    Query(req): Query<SearchRequest>,
+    req: Result<Query<SearchRequest>, QueryRejection>,
     body: Bytes,
 ) -> Result<Json<SearchResponse>, ApiError> {
+    let Query(req) = req.map_err(query_error)?;
     if body.is_empty() {
         return Err(ApiError::bad_request("body: send the query image's bytes"));
     }
@@ -174,8 +182,9 @@ pub async fn image_search(
 
 pub async fn frames(
     State(state): State<ApiState>,
-    Query(req): Query<SearchRequest>,
+    req: Result<Query<SearchRequest>, QueryRejection>,
 ) -> Result<Json<Vec<FrameView>>, ApiError> {
+    let Query(req) = req.map_err(query_error)?;
     let limit = req.top.unwrap_or(100).min(search::MAX_RESULTS);
     let filter = req.filter()?;
     let s = state.clone();
@@ -214,8 +223,9 @@ pub struct TimelineRun {
 
 pub async fn timeline(
     State(state): State<ApiState>,
-    Query(q): Query<TimelineQuery>,
+    q: Result<Query<TimelineQuery>, QueryRejection>,
 ) -> Result<Json<Vec<TimelineRun>>, ApiError> {
+    let Query(q) = q.map_err(query_error)?;
     let req = SearchRequest {
         camera: Some(q.camera.clone()),
         from: q.from,
@@ -226,23 +236,25 @@ pub async fn timeline(
     let s = state.clone();
     let set = q.set.clone();
     let runs = blocking(&state, move || {
-        let frames = s.store.frames(&filter, usize::MAX)?;
+        // Streamed: memory grows with the number of runs, not of frames.
         let mut runs: Vec<(String, i64, i64, u64, f32)> = Vec::new();
-        let mut seen_set = frames.is_empty();
-        for f in &frames {
-            let Some(t) = f.tags.iter().find(|t| t.set == set) else {
-                continue;
-            };
-            seen_set = true;
-            match runs.last_mut() {
-                Some(r) if r.0 == t.top => {
-                    r.2 = f.ts_ns;
-                    r.3 += 1;
-                    r.4 += t.score;
+        let (mut any_frame, mut seen_set) = (false, false);
+        s.store.for_each_frame(&filter, |f| {
+            any_frame = true;
+            if let Some(t) = f.tags.iter().find(|t| t.set == set) {
+                seen_set = true;
+                match runs.last_mut() {
+                    Some(r) if r.0 == t.top => {
+                        r.2 = f.ts_ns;
+                        r.3 += 1;
+                        r.4 += t.score;
+                    }
+                    _ => runs.push((t.top.clone(), f.ts_ns, f.ts_ns, 1, t.score)),
                 }
-                _ => runs.push((t.top.clone(), f.ts_ns, f.ts_ns, 1, t.score)),
             }
-        }
+            true
+        })?;
+        let seen_set = seen_set || !any_frame;
         if !seen_set {
             return Err(ApiError {
                 status: StatusCode::NOT_FOUND,

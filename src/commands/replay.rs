@@ -39,6 +39,8 @@ pub fn run(config_path: Option<&Path>, args: &ReplayArgs) -> anyhow::Result<Exit
     // SIGINT/SIGTERM stop after the frames in flight are stored.
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal exits at once (exit code 130).
+        signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())?;
         signal_hook::flag::register(signal, stop.clone())?;
     }
     let progress = Progress::new();
@@ -53,9 +55,15 @@ pub fn run(config_path: Option<&Path>, args: &ReplayArgs) -> anyhow::Result<Exit
     progress.bar.finish_and_clear();
     for f in &report.files {
         match &f.error {
-            Some(e) => eprintln!("error: {e}"),
+            Some(e) => eprintln!("error: {}: {e}", f.file.display()),
             None => eprintln!("{}", describe(f)),
         }
+    }
+    if report.totals.failed > 0 {
+        eprintln!(
+            "error: {} frames could not be stored (see the log); replay again to fill the gap",
+            report.totals.failed
+        );
     }
     eprintln!(
         "replay: {} frames stored ({} new), {} batches, {:.1} s in the image encoder",

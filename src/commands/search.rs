@@ -81,6 +81,7 @@ fn via_api(
 ) -> anyhow::Result<Option<Hits>> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(std::time::Duration::from_millis(500)))
+        .timeout_global(Some(std::time::Duration::from_secs(120)))
         .http_status_as_error(false)
         .build()
         .into();

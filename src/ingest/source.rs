@@ -92,6 +92,8 @@ pub struct SourceCounters {
     pub delivered: AtomicU64,
     /// Last delivered pts (progress).
     pub last_pts_ns: AtomicU64,
+    /// The running pipeline is live (decided when it starts).
+    pub live: AtomicBool,
 }
 
 impl SourceCounters {
@@ -168,7 +170,7 @@ pub fn run_source(
         what: what.to_string(),
         reason,
     };
-    let file_base_ns = match &spec.kind {
+    let mut file_base_ns = match &spec.kind {
         SourceKind::File(p) => {
             let meta = std::fs::metadata(p).map_err(|e| open_err(&p.display(), e.to_string()))?;
             if !meta.is_file() {
@@ -205,6 +207,7 @@ pub fn run_source(
         SourceKind::Rtsp(_) | SourceKind::V4l2(_) => true,
         SourceKind::Pipeline(_) => has_live_source(&pipeline),
     };
+    counters.live.store(live, Ordering::Relaxed);
     sink.set_max_buffers(if live { 1 } else { 2 });
     sink.set_drop(live);
 
@@ -259,6 +262,16 @@ pub fn run_source(
             break SourceEnd::Stopped;
         }
         if let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
+            if file_base_ns.is_some()
+                && spec.file_start_ns.is_none()
+                && counters.delivered.load(Ordering::Relaxed) == 0
+            {
+                // A recording's mtime is when it ended: its start is mtime -
+                // duration (known once the first frame is out).
+                if let Some(d) = pipeline.query_duration::<gst::ClockTime>() {
+                    file_base_ns = file_base_ns.map(|b| b.saturating_sub(d.nseconds() as i64));
+                }
+            }
             let frame =
                 match sample_to_frame(&sample, spec, preprocessor, file_base_ns, &source, &label) {
                     Ok(f) => f,

@@ -33,6 +33,9 @@ pub enum StillImageError {
     },
 }
 
+/// Largest image decoded (100 megapixels).
+pub const MAX_PIXELS: u64 = 100_000_000;
+
 /// Reads and decodes an image file to RGB8.
 pub fn decode_file(path: &Path) -> Result<RgbImage, StillImageError> {
     let bytes = std::fs::read(path).map_err(|source| StillImageError::Read {
@@ -53,6 +56,16 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<RgbImage, StillImageError> {
         message,
     };
     if format == ImageFormat::Jpeg {
+        // The header's size decides the allocation: refuse absurd ones before
+        // decoding (the image crate applies a similar limit to other formats).
+        if let Ok(h) = turbojpeg::read_header(bytes)
+            && (h.width as u64) * (h.height as u64) > MAX_PIXELS
+        {
+            return Err(corrupt(format!(
+                "{}x{} is larger than {MAX_PIXELS} pixels",
+                h.width, h.height
+            )));
+        }
         match turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB) {
             Ok(img) => {
                 return packed_rgb(img).ok_or_else(|| corrupt("unexpected decoder output".into()));

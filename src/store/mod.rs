@@ -474,15 +474,28 @@ impl Store {
         filter: &FrameFilter,
         limit: usize,
     ) -> Result<Vec<FrameEntry>, StoreError> {
-        let names = self.stream_names()?;
         let mut out = Vec::new();
-        self.scan(filter, |key| {
-            if let Some(e) = self.entry(&key, &names)? {
+        if limit > 0 {
+            self.for_each_frame(filter, |e| {
                 out.push(e);
-            }
-            Ok(out.len() < limit)
-        })?;
+                out.len() < limit
+            })?;
+        }
         Ok(out)
+    }
+
+    /// Streams the frames passing `filter` to `visit` in (stream, time)
+    /// order, without collecting them; `visit` returns false to stop.
+    pub fn for_each_frame(
+        &self,
+        filter: &FrameFilter,
+        mut visit: impl FnMut(FrameEntry) -> bool,
+    ) -> Result<(), StoreError> {
+        let names = self.stream_names()?;
+        self.scan(filter, |key| match self.entry(&key, &names)? {
+            Some(e) => Ok(visit(e)),
+            None => Ok(true),
+        })
     }
 
     /// The `top_k` frames most similar to `query` (normalised) among those
@@ -512,7 +525,8 @@ impl Store {
                 .zip(query)
                 .map(|(a, b)| a * b)
                 .sum();
-            if min_score.is_none_or(|m| score >= m) {
+            // A non-finite score (corrupt embedding) would sort first: skip it.
+            if score.is_finite() && min_score.is_none_or(|m| score >= m) {
                 heap.push(std::cmp::Reverse((OrdF32(score), key)));
                 if heap.len() > top_k {
                     heap.pop();
@@ -556,7 +570,7 @@ impl Store {
     }
 }
 
-/// Total order on scores for the heap (NaN sorts lowest).
+/// Total order on scores for the heap (scores are finite here).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct OrdF32(f32);
 impl Eq for OrdF32 {}
