@@ -48,6 +48,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from modeldir import derive_int8, onnx_io, sha256_file, toml_value  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REALDATA = ROOT.parent / "shared" / "realdata"
 
@@ -295,18 +298,6 @@ def strip_wrapper_prefix(path: Path) -> None:
     onnx.save(m, str(path))
 
 
-def derive_int8(src: Path, dst: Path) -> None:
-    """ORT-optimize (basic level) then dynamically quantize to INT8."""
-    import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory() as tmp:
-        optimized = Path(tmp) / "optimized.onnx"
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        so.optimized_model_filepath = str(optimized)
-        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-        quantize_dynamic(str(optimized), str(dst), weight_type=QuantType.QInt8)
 
 
 # --------------------------------------------------------------------------
@@ -314,41 +305,10 @@ def derive_int8(src: Path, dst: Path) -> None:
 # --------------------------------------------------------------------------
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(type(v))
 
 
-def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    dtypes = {1: "float32", 7: "int64", 6: "int32", 10: "float16"}
-
-    def describe(vi):
-        t = vi.type.tensor_type
-        shape = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
-        return {"name": vi.name, "dtype": dtypes.get(t.elem_type, str(t.elem_type)), "shape": shape}
-
-    inits = {i.name for i in m.graph.initializer}
-    return [describe(i) for i in m.graph.input if i.name not in inits], [describe(o) for o in m.graph.output]
 
 
 def fingerprint(files: dict[str, str], preprocess: dict) -> str:

@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ORT_VERSION=1.31.1
+ONNX_VERSION=1.23.2
 APT_PACKAGES=(
   pkg-config python3-venv cmake nasm protobuf-compiler
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
@@ -43,7 +44,8 @@ make_venv() { # dir stamp requirements...
   echo "$stamp" > "$dir/.roadrep-stamp"
 }
 
-make_venv .venv "onnxruntime==$ORT_VERSION" "onnxruntime==$ORT_VERSION"
+# onnx: models/modeldir.py derives INT8 encoders (trainer merge output) without torch.
+make_venv .venv "onnxruntime==$ORT_VERSION onnx==$ONNX_VERSION" "onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION"
 lib=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)
 [ -n "$lib" ] || { log "onnxruntime wheel has no libonnxruntime.so"; exit 1; }
 mkdir -p .venv/ort

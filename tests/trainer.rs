@@ -216,6 +216,48 @@ fn trained_adapter_merge_matches_candle() {
     let (_, (bi, bt)) = both(&dir, &candle, None);
     assert!(max_abs_diff(&bi, &ci) > 1e-2);
     assert!(max_abs_diff(&bt, &ct) > 1e-2);
+
+    // The optional INT8 variant of the merged model: derived by
+    // models/modeldir.py, recorded in the manifest, same fingerprint, and it
+    // approximates the merged fp32 encoder (not the base's).
+    let python = common::root().join(".venv/bin/python");
+    let status = std::process::Command::new(&python)
+        .arg(common::root().join("models/modeldir.py"))
+        .arg("int8")
+        .arg(&merged_dir)
+        .status()
+        .expect("the .venv python (make setup)");
+    assert!(status.success());
+    let manifest = ModelManifest::read_verified(&merged_dir).unwrap();
+    assert_eq!(manifest.fingerprint, outcome.fingerprint);
+    let int8 = ClipModel::load(
+        &merged_dir,
+        &common::runtime(),
+        &ClipOptions {
+            precision: ImagePrecision::Int8,
+            intra_threads: 1,
+            load_text_encoder: false,
+        },
+    )
+    .unwrap();
+    let fp32 = load_ort(&merged_dir);
+    let img = image::open(common::root().join("tests/fixtures/clip-tiny/images/road_1280x720.png"))
+        .unwrap()
+        .into_rgb8();
+    let frame = roadrep::models::RgbFrame::from_image(&img);
+    let (a, b) = (
+        fp32.embed_frames(&[frame]).unwrap(),
+        int8.embed_frames(&[frame]).unwrap(),
+    );
+    let base = load_ort(&dir).embed_frames(&[frame]).unwrap();
+    let cos = |x: ndarray::ArrayView1<f32>, y: ndarray::ArrayView1<f32>| {
+        x.dot(&y) / (x.dot(&x).sqrt() * y.dot(&y).sqrt())
+    };
+    assert!(
+        cos(a.row(0), b.row(0)) > cos(base.row(0), b.row(0)),
+        "INT8 follows the merged weights"
+    );
+    assert!(cos(a.row(0), b.row(0)) > 0.98);
 }
 
 fn write_png(path: &std::path::Path, rgb: [u8; 3]) {

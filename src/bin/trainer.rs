@@ -76,6 +76,10 @@ enum Command {
         /// Name recorded in the new manifest (default: the folder name).
         #[arg(long)]
         name: Option<String>,
+        /// Also derive the INT8 image encoder (runs models/modeldir.py with
+        /// onnxruntime's quantizer; `make setup` installs it in .venv).
+        #[arg(long)]
+        int8: bool,
     },
     /// Training steps per second on synthetic batches (no data needed).
     Bench {
@@ -243,6 +247,7 @@ fn run(cli: Cli) -> Result<()> {
             adapter,
             out,
             name,
+            int8,
         } => {
             let clip = CandleClip::load(&model, &device)?;
             let adapter = LoraAdapter::load(&adapter, &clip.base)?;
@@ -254,6 +259,9 @@ fn run(cli: Cli) -> Result<()> {
                 outcome.dir.display(),
                 outcome.fingerprint
             );
+            if int8 {
+                derive_int8(&outcome.dir)?;
+            }
             Ok(())
         }
         Command::Bench {
@@ -515,6 +523,37 @@ fn bench(
         batch_size as f64 / t.step,
         t.forward,
         batch_size as f64 / t.forward
+    );
+    Ok(())
+}
+
+/// Derives `image_encoder.int8.onnx` of a merged directory with
+/// onnxruntime's dynamic quantizer (Python-only), through
+/// `models/modeldir.py`. The interpreter is `$ROADREP_PYTHON`, else the
+/// project's `.venv`, else `python3`.
+fn derive_int8(dir: &std::path::Path) -> anyhow::Result<()> {
+    let python = std::env::var_os("ROADREP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let venv = PathBuf::from(".venv/bin/python");
+            if venv.is_file() {
+                venv
+            } else {
+                PathBuf::from("python3")
+            }
+        });
+    let script = std::env::var_os("ROADREP_MODELDIR_SCRIPT")
+        .map_or_else(|| PathBuf::from("models/modeldir.py"), PathBuf::from);
+    let status = std::process::Command::new(&python)
+        .arg(&script)
+        .arg("int8")
+        .arg(dir)
+        .status()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+    anyhow::ensure!(
+        status.success(),
+        "INT8 derivation of '{}' failed ({status})",
+        dir.display()
     );
     Ok(())
 }

@@ -10,10 +10,10 @@
 //! configs, and a manifest with the new sha256s and fingerprint, computed by
 //! the same code the daemon verifies with ([`ModelManifest`]).
 //!
-//! The INT8 image encoder is not produced: it is derived with onnxruntime's
-//! Python quantizer (`models/export.py`), which has no Rust counterpart, and
-//! the base's INT8 file would silently run the old weights, so it is dropped
-//! from the merged manifest.
+//! The base's INT8 image encoder would silently run the old weights, so it
+//! is dropped from the merged manifest. A new one is derived with
+//! onnxruntime's Python quantizer, which has no Rust counterpart:
+//! `trainer merge --int8` runs `models/modeldir.py int8 DIR`.
 
 use std::path::{Path, PathBuf};
 

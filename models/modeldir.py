@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Helpers for roadrep model directories that need no torch (onnx, onnxruntime).
+
+    python models/modeldir.py int8 MODEL_DIR
+
+derives `image_encoder.int8.onnx` from the directory's fp32 image encoder
+(ORT-optimized at basic level, then dynamically quantized: quantizing the
+name-keeping export directly leaves its MatMuls in fp32) and records it in
+`manifest.toml`. The fingerprint does not change: derived files are not
+part of it. Use it on a directory `trainer merge` wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+INT8_ROLE = "image_encoder_int8"
+INT8_FILE = "image_encoder.int8.onnx"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+def dump_manifest(m: dict) -> str:
+    """manifest.toml text: top-level keys, [clip], [preprocess], [files.ROLE]."""
+    lines = ["# roadrep model directory manifest; written by models/, do not edit by hand."]
+    lines += [f"{k} = {toml_value(v)}" for k, v in m.items() if not isinstance(v, dict)]
+    for section, body in m.items():
+        if not isinstance(body, dict) or section == "files":
+            continue
+        lines += ["", f"[{section}]"] + [f"{k} = {toml_value(v)}" for k, v in body.items()]
+    for role, body in m.get("files", {}).items():
+        lines += ["", f"[files.{role}]"] + [f"{k} = {toml_value(v)}" for k, v in body.items()]
+    return "\n".join(lines) + "\n"
+
+
+def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    dtypes = {1: "float32", 7: "int64", 6: "int32", 10: "float16"}
+
+    def describe(vi):
+        t = vi.type.tensor_type
+        shape = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+        return {"name": vi.name, "dtype": dtypes.get(t.elem_type, str(t.elem_type)), "shape": shape}
+
+    inits = {i.name for i in m.graph.initializer}
+    return [describe(i) for i in m.graph.input if i.name not in inits], [describe(o) for o in m.graph.output]
+
+
+def derive_int8(src: Path, dst: Path) -> None:
+    """ORT-optimize (basic level) then dynamically quantize to INT8."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(optimized)
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        quantize_dynamic(str(optimized), str(dst), weight_type=QuantType.QInt8)
+
+
+def add_int8(model_dir: Path) -> None:
+    """Derives the INT8 image encoder of `model_dir` and records it."""
+    manifest_path = model_dir / "manifest.toml"
+    try:
+        manifest = tomllib.loads(manifest_path.read_text())
+        src = model_dir / manifest["files"]["image_encoder"]["path"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as e:
+        sys.exit(f"modeldir.py: '{manifest_path}': {e}")
+    if sha256_file(src) != manifest["files"]["image_encoder"]["sha256"]:
+        sys.exit(f"modeldir.py: '{src}' does not match its manifest")
+    dst = model_dir / INT8_FILE
+    derive_int8(src, dst)
+    ins, outs = onnx_io(dst)
+    manifest["files"][INT8_ROLE] = {"path": INT8_FILE, "sha256": sha256_file(dst), "inputs": ins, "outputs": outs}
+    manifest_path.write_text(dump_manifest(manifest))
+    print(f"{dst}: written, manifest updated")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "int8":
+        sys.exit("usage: python models/modeldir.py int8 MODEL_DIR")
+    add_int8(Path(sys.argv[2]))
