@@ -45,6 +45,8 @@ pub enum Command {
     Bench(BenchCommand),
     /// Replay recorded clips into the store (idempotent, resumable).
     Replay(ReplayArgs),
+    /// Export stored frames (JPEG + captions from their tags) as a training set.
+    ExportFrames(ExportArgs),
     /// Verify a model directory against its manifest.
     VerifyModel {
         /// Model directory.
@@ -190,4 +192,33 @@ pub struct BenchReplayArgs {
     /// Print JSON instead of Markdown.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `roadrep export-frames`
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Output directory: CAMERA/TIME.jpg and frames.jsonl (the trainer's manifest format).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Only these cameras (repeatable).
+    #[arg(long)]
+    pub camera: Vec<String>,
+    /// Earliest time (RFC 3339 or Unix seconds).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Latest time (RFC 3339 or Unix seconds).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only frames whose top class is this, as SET=CLASS (repeatable).
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Most frames exported.
+    #[arg(long, default_value_t = 100_000)]
+    pub limit: usize,
+    /// JPEG quality (1-100).
+    #[arg(long, default_value_t = 92, value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub quality: i32,
+    /// Store directory [default: store.path] (the daemon must not be running).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
 }

@@ -23,6 +23,7 @@
 //! - [`replay`], [`daemon`]: the two ways frames flow (recorded clips, live).
 //! - [`search`]: text/image queries with camera, time and tag filters.
 //! - [`api`]: HTTP API (search, frames, timeline, health, metrics).
+//! - [`export`]: stored frames -> image-caption dataset (trainer input).
 //! - [`telemetry`]: metric names.
 //! - [`bench`]: throughput measurements reported in `BENCHMARKS.md`.
 //! - `trainer` (feature `trainer`, binary `trainer`): offline LoRA
@@ -35,6 +36,7 @@ pub mod batcher;
 pub mod bench;
 pub mod config;
 pub mod daemon;
+pub mod export;
 pub mod frame;
 pub mod infer;
 pub mod ingest;

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             commands::bench::run_replay(cli.config.as_deref(), args)
         }
         Command::Replay(args) => commands::replay::run(cli.config.as_deref(), args),
+        Command::ExportFrames(args) => commands::export::run(cli.config.as_deref(), args),
         Command::VerifyModel { dir } => commands::verify_model(dir),
     };
     match result {

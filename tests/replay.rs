@@ -320,3 +320,78 @@ fn a_batch_that_cannot_be_stored_leaves_its_clip_incomplete() {
         "{checkpoint:?}"
     );
 }
+
+#[test]
+fn stored_frames_export_as_an_image_caption_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip.mp4");
+    make_clip(&clip, 100, 25, 320, 240, "smpte");
+    let store = dir.path().join("store");
+    assert!(
+        replay(&[&clip], &store, &["--camera", "front", "--fps", "2"])
+            .status
+            .success()
+    );
+    let out = dir.path().join("dataset");
+    let o = Command::new(env!("CARGO_BIN_EXE_roadrep"))
+        .args(["export-frames", "--camera", "front", "--store"])
+        .arg(&store)
+        .arg("--out")
+        .arg(&out)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stored = frames(&store, "front");
+    let lines: Vec<roadrep::export::ExportRecord> =
+        std::fs::read_to_string(out.join("frames.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(lines.len(), stored.len());
+    assert_eq!(lines.len(), 8);
+    for (rec, f) in lines.iter().zip(&stored) {
+        assert_eq!(rec.image, format!("front/{}.jpg", f.ts_ns));
+        let img = roadrep::ingest::still::decode_file(&out.join(&rec.image)).unwrap();
+        assert_eq!(img.dimensions(), (320, 240));
+        assert_eq!(rec.caption, roadrep::export::caption_from_tags(&f.tags));
+        assert_eq!(rec.labels.len(), 4);
+        assert_eq!(
+            rec.labels["weather"],
+            f.tags.iter().find(|t| t.set == "weather").unwrap().top
+        );
+    }
+    // The exported image is the frame that was embedded: its embedding is
+    // close to the stored one (JPEG round trip aside).
+    let m = ModelManifest::read(&common::tiny_model_dir()).unwrap();
+    let model = roadrep::models::ClipModel::load(
+        &common::tiny_model_dir(),
+        &common::runtime(),
+        &Default::default(),
+    )
+    .unwrap();
+    let s = Store::open(&store, &m.fingerprint, m.clip.embed_dim).unwrap();
+    let id = s.stream_id("front").unwrap();
+    for (rec, f) in lines.iter().zip(&stored).take(3) {
+        let img = roadrep::ingest::still::decode_file(&out.join(&rec.image)).unwrap();
+        let e = model
+            .embed_frames(&[roadrep::models::RgbFrame::from_image(&img)])
+            .unwrap();
+        let e = roadrep::tagging::score::l2_normalize(e.row(0));
+        let stored_e = s
+            .embedding(&roadrep::store::FrameKey {
+                stream_id: id,
+                ts_ns: f.ts_ns,
+            })
+            .unwrap()
+            .unwrap();
+        let cos: f32 = e.iter().zip(&stored_e).map(|(a, b)| a * b).sum();
+        assert!(cos > 0.99, "{} cos {cos}", rec.image);
+    }
+    #[cfg(feature = "trainer")]
+    {
+        let samples = roadrep::trainer::dataset::read_jsonl(&out.join("frames.jsonl")).unwrap();
+        assert_eq!(samples.len(), 8, "the trainer reads the export");
+    }
+}

@@ -502,3 +502,97 @@ fn first_bus_error(pipeline: &gst::Pipeline, stream: &str) -> Option<IngestError
     std::thread::sleep(Duration::from_millis(10));
     pop_error(&bus, stream)
 }
+
+/// Decodes a video file once and hands `visit` the RGB frames whose pts is
+/// in `pts_ns` (sorted), e.g. to export stored frames. Other frames are
+/// dropped before colour conversion. Returns how many were found.
+pub fn decode_frames_at(
+    stream: &str,
+    path: &std::path::Path,
+    pts_ns: &[u64],
+    mut visit: impl FnMut(u64, &RgbFrame<'_>) -> Result<(), String>,
+) -> Result<usize, IngestError> {
+    init_gstreamer()?;
+    let spec = SourceSpec {
+        stream: stream.into(),
+        kind: SourceKind::File(path.to_path_buf()),
+        sample_fps: 1.0,
+        rtsp_transport: RtspTransport::Tcp,
+        latency_ms: 0,
+        file_start_ns: None,
+    };
+    let err = |element: &str, message: String| IngestError::Stream {
+        stream: stream.into(),
+        element: element.into(),
+        message,
+    };
+    std::fs::File::open(path).map_err(|e| IngestError::Open {
+        stream: stream.into(),
+        what: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let pipeline = build_pipeline(&spec).map_err(|e| err("pipeline", e))?;
+    let convert = pipeline
+        .by_name("convert")
+        .expect("built with a convert element");
+    let sink = pipeline
+        .by_name("sink")
+        .and_then(|s| s.downcast::<gst_app::AppSink>().ok())
+        .expect("built with an appsink");
+    let wanted: Arc<Vec<u64>> = Arc::new(pts_ns.to_vec());
+    let probe_wanted = wanted.clone();
+    convert
+        .static_pad("sink")
+        .expect("videoconvert has a sink pad")
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            let keep = info
+                .buffer()
+                .and_then(|b| b.pts())
+                .is_some_and(|p| probe_wanted.binary_search(&p.nseconds()).is_ok());
+            if keep {
+                gst::PadProbeReturn::Ok
+            } else {
+                gst::PadProbeReturn::Handled
+            }
+        });
+    let _guard = PipelineGuard(pipeline.clone());
+    pipeline.set_state(gst::State::Playing).map_err(|_| {
+        first_bus_error(&pipeline, stream)
+            .unwrap_or_else(|| err("pipeline", "failed to start".into()))
+    })?;
+    let bus = pipeline.bus().expect("a pipeline has a bus");
+    let mut found = 0;
+    loop {
+        if let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
+            let caps = sample
+                .caps()
+                .ok_or_else(|| err("appsink", "sample without caps".into()))?;
+            let info =
+                gst_video::VideoInfo::from_caps(caps).map_err(|e| err("appsink", e.to_string()))?;
+            let buffer = sample
+                .buffer()
+                .ok_or_else(|| err("appsink", "sample without buffer".into()))?;
+            let pts = buffer.pts().map_or(0, |p| p.nseconds());
+            let map = buffer
+                .map_readable()
+                .map_err(|e| err("appsink", e.to_string()))?;
+            let rgb = RgbFrame {
+                width: info.width(),
+                height: info.height(),
+                stride: info.stride()[0] as usize,
+                data: map.as_slice(),
+            };
+            visit(pts, &rgb).map_err(|e| err("export", e))?;
+            found += 1;
+            if found == wanted.len() {
+                break;
+            }
+        } else if sink.is_eos() {
+            break;
+        }
+        if let Some(e) = pop_error(&bus, stream) {
+            return Err(e);
+        }
+    }
+    Ok(found)
+}

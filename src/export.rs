@@ -1,0 +1,150 @@
+//! Exporting stored frames as an image-caption dataset (`roadrep
+//! export-frames`), the trainer's JSONL manifest format.
+//!
+//! The store keeps embeddings and tags, not pixels: each frame is decoded
+//! again from its source file at its stored pts (the exact frame that was
+//! embedded) and written as JPEG. Its caption and labels come from its
+//! zero-shot tags. Frames of live sources (RTSP, cameras) have no file to
+//! decode again and are counted as skipped.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::ingest::source::decode_frames_at;
+use crate::store::{FrameEntry, FrameFilter, SetTag, Store, StoreError};
+
+/// File name of the manifest in the output directory.
+pub const MANIFEST: &str = "frames.jsonl";
+
+/// Errors of an export.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// Reading the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing the output failed.
+    #[error("'{path}': {message}")]
+    Write { path: PathBuf, message: String },
+}
+
+/// What an export did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ExportReport {
+    /// Frames written.
+    pub written: u64,
+    /// Frames whose source is not a readable file (live sources, moved files).
+    pub skipped: u64,
+    /// Per-source errors (file, message).
+    pub errors: Vec<(String, String)>,
+}
+
+/// One line of the manifest.
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ExportRecord {
+    /// Image path, relative to the manifest.
+    pub image: String,
+    /// Caption built from the tags.
+    pub caption: String,
+    /// Top class per label set.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A caption from tags: "a dashcam photo: weather foggy, time of day night, ...".
+pub fn caption_from_tags(tags: &[SetTag]) -> String {
+    let parts: Vec<String> = tags
+        .iter()
+        .map(|t| format!("{} {}", t.set.replace('_', " "), t.top.replace('_', " ")))
+        .collect();
+    if parts.is_empty() {
+        "a dashcam photo".into()
+    } else {
+        format!("a dashcam photo: {}", parts.join(", "))
+    }
+}
+
+/// Exports the frames passing `filter` (at most `limit`) into `out`.
+pub fn export_frames(
+    store: &Store,
+    filter: &FrameFilter,
+    limit: usize,
+    out: &Path,
+    quality: i32,
+) -> Result<ExportReport, ExportError> {
+    let write_err = |path: &Path, e: &dyn std::fmt::Display| ExportError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(out).map_err(|e| write_err(out, &e))?;
+    // Group by (source file, stream), pts sorted, so each file decodes once.
+    let mut by_source: BTreeMap<(String, String), Vec<FrameEntry>> = BTreeMap::new();
+    for f in store.frames(filter, limit)? {
+        by_source
+            .entry((f.record.source.clone(), f.stream.clone()))
+            .or_default()
+            .push(f);
+    }
+    let manifest_path = out.join(MANIFEST);
+    let mut manifest = std::io::BufWriter::new(
+        std::fs::File::create(&manifest_path).map_err(|e| write_err(&manifest_path, &e))?,
+    );
+    let mut report = ExportReport::default();
+    for ((source, stream), mut frames) in by_source {
+        let path = Path::new(&source);
+        if !path.is_file() {
+            report.skipped += frames.len() as u64;
+            continue;
+        }
+        frames.sort_by_key(|f| f.record.pts_ns);
+        let pts: Vec<u64> = frames.iter().map(|f| f.record.pts_ns).collect();
+        let dir = out.join(&stream);
+        std::fs::create_dir_all(&dir).map_err(|e| write_err(&dir, &e))?;
+        let mut lines = Vec::new();
+        let result = decode_frames_at(&stream, path, &pts, |p, rgb| {
+            let Ok(i) = pts.binary_search(&p) else {
+                return Ok(());
+            };
+            let f = &frames[i];
+            let name = format!("{}/{}.jpg", stream, f.ts_ns);
+            let image = turbojpeg::Image {
+                pixels: rgb.data,
+                width: rgb.width as usize,
+                pitch: rgb.stride,
+                height: rgb.height as usize,
+                format: turbojpeg::PixelFormat::RGB,
+            };
+            let jpeg = turbojpeg::compress(image, quality, turbojpeg::Subsamp::Sub2x2)
+                .map_err(|e| e.to_string())?;
+            std::fs::write(out.join(&name), &jpeg[..]).map_err(|e| format!("{name}: {e}"))?;
+            let record = ExportRecord {
+                image: name,
+                caption: caption_from_tags(&f.tags),
+                labels: f
+                    .tags
+                    .iter()
+                    .map(|t| (t.set.clone(), t.top.clone()))
+                    .collect(),
+            };
+            lines.push(serde_json::to_string(&record).map_err(|e| e.to_string())?);
+            Ok(())
+        });
+        match result {
+            Ok(found) => {
+                report.written += found as u64;
+                report.skipped += (frames.len() - found) as u64;
+            }
+            Err(e) => {
+                report.skipped += (frames.len() - lines.len()) as u64;
+                report.written += lines.len() as u64;
+                report.errors.push((source.clone(), e.to_string()));
+            }
+        }
+        for line in lines {
+            writeln!(manifest, "{line}").map_err(|e| write_err(&manifest_path, &e))?;
+        }
+    }
+    manifest
+        .flush()
+        .map_err(|e| write_err(&manifest_path, &e))?;
+    Ok(report)
+}
