@@ -143,7 +143,12 @@ fn streams_land_together_a_broken_one_fails_alone_and_search_filters_work() {
     };
     assert_eq!(state("front")["state"], "finished");
     assert_eq!(state("rear")["state"], "finished");
-    assert_eq!(state("broken")["state"], "retrying");
+    // Between attempts it is "retrying", during one "running": never finished.
+    let broken_state = state("broken")["state"].as_str().unwrap().to_string();
+    assert!(
+        broken_state == "retrying" || broken_state == "running",
+        "{broken_state}"
+    );
     assert!(
         state("broken")["last_error"]
             .as_str()

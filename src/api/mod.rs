@@ -16,7 +16,7 @@
 //! `api.max_concurrent_requests` at once.
 
 mod error;
-mod routes;
+pub mod routes;
 
 use std::sync::Arc;
 
@@ -26,6 +26,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
 pub use error::ApiError;
+pub use routes::{FrameView, HitView, SearchResponse};
 
 use crate::models::ClipModel;
 use crate::store::Store;

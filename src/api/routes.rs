@@ -71,36 +71,21 @@ pub struct SearchResponse {
     pub hits: Vec<HitView>,
 }
 
-/// One hit with its time as RFC 3339.
+/// One hit: its similarity and the frame.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HitView {
     /// Cosine similarity.
     pub score: f32,
-    /// Camera.
-    pub camera: String,
-    /// Frame time (RFC 3339, UTC).
-    pub time: String,
-    /// Frame time, ns since the epoch.
-    pub ts_ns: i64,
-    /// Pts in the source, seconds.
-    pub pts_s: f64,
-    /// Source file or URL.
-    pub source: String,
-    /// Top class per label set.
-    pub tags: std::collections::BTreeMap<String, (String, f32)>,
+    /// The frame.
+    #[serde(flatten)]
+    pub frame: FrameView,
 }
 
 impl From<SearchHit> for HitView {
     fn from(h: SearchHit) -> Self {
-        let f = FrameView::from(h.frame);
         Self {
             score: h.score,
-            camera: f.camera,
-            time: f.time,
-            ts_ns: f.ts_ns,
-            pts_s: f.pts_s,
-            source: f.source,
-            tags: f.tags,
+            frame: FrameView::from(h.frame),
         }
     }
 }

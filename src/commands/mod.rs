@@ -24,19 +24,24 @@ pub struct PipelineParts {
     pub store: Store,
 }
 
-/// Loads the model and labels, builds the tagger, opens the store.
-pub fn load_pipeline_parts(
-    config: &RoadrepConfig,
-    store_path: &Path,
-) -> anyhow::Result<PipelineParts> {
-    let labels = LabelSets::from_file(&config.tagging.labels)?;
+/// Loads the configured CLIP model (both encoders).
+pub fn load_model(config: &RoadrepConfig) -> anyhow::Result<ClipModel> {
     let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
     let options = ClipOptions {
         precision: config.models.precision,
         intra_threads: config.intra_threads(),
         load_text_encoder: true,
     };
-    let model = ClipModel::load(&config.models.clip, &runtime, &options)?;
+    Ok(ClipModel::load(&config.models.clip, &runtime, &options)?)
+}
+
+/// Loads the model and labels, builds the tagger, opens the store.
+pub fn load_pipeline_parts(
+    config: &RoadrepConfig,
+    store_path: &Path,
+) -> anyhow::Result<PipelineParts> {
+    let labels = LabelSets::from_file(&config.tagging.labels)?;
+    let model = load_model(config)?;
     let cache = TextEmbeddingCache::new(
         config
             .tagging

@@ -5,29 +5,14 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use roadrep::api::{HitView, SearchResponse};
 use roadrep::config::RoadrepConfig;
 use roadrep::ingest::still;
-use roadrep::models::{ClipModel, ClipOptions, OrtRuntime, RgbFrame};
+use roadrep::models::RgbFrame;
 use roadrep::search::{self, SearchRequest};
 use roadrep::store::{Store, StoreError};
 
 use crate::cli::SearchArgs;
-
-/// Hits as the API returns them (also used for direct store queries).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Hits {
-    hits: Vec<Hit>,
-}
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Hit {
-    score: f32,
-    camera: String,
-    time: String,
-    pts_s: f64,
-    source: String,
-    tags: std::collections::BTreeMap<String, (String, f32)>,
-}
 
 pub fn run(config_path: Option<&Path>, args: &SearchArgs) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
@@ -54,7 +39,8 @@ pub fn run(config_path: Option<&Path>, args: &SearchArgs) -> anyhow::Result<Exit
         eprintln!("no matching frames");
     } else {
         for h in &hits.hits {
-            let tags: Vec<String> = h
+            let f = &h.frame;
+            let tags: Vec<String> = f
                 .tags
                 .iter()
                 .map(|(s, (c, _))| format!("{s}={c}"))
@@ -62,10 +48,10 @@ pub fn run(config_path: Option<&Path>, args: &SearchArgs) -> anyhow::Result<Exit
             println!(
                 "{:.4}  {}  {}  {}@{:.2}s  {}",
                 h.score,
-                h.camera,
-                h.time,
-                h.source,
-                h.pts_s,
+                f.camera,
+                f.time,
+                f.source,
+                f.pts_s,
                 tags.join(" ")
             );
         }
@@ -78,7 +64,7 @@ fn via_api(
     listen: &str,
     req: &SearchRequest,
     image: Option<&Path>,
-) -> anyhow::Result<Option<Hits>> {
+) -> anyhow::Result<Option<SearchResponse>> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(std::time::Duration::from_millis(500)))
         .timeout_global(Some(std::time::Duration::from_secs(120)))
@@ -144,14 +130,12 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// No daemon: open the store and the model here.
-fn direct(config: &RoadrepConfig, args: &SearchArgs, req: &SearchRequest) -> anyhow::Result<Hits> {
-    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
-    let options = ClipOptions {
-        precision: config.models.precision,
-        intra_threads: config.intra_threads(),
-        load_text_encoder: true,
-    };
-    let model = ClipModel::load(&config.models.clip, &runtime, &options)?;
+fn direct(
+    config: &RoadrepConfig,
+    args: &SearchArgs,
+    req: &SearchRequest,
+) -> anyhow::Result<SearchResponse> {
+    let model = super::load_model(config)?;
     let path = args
         .store
         .clone()
@@ -177,22 +161,7 @@ fn direct(config: &RoadrepConfig, args: &SearchArgs, req: &SearchRequest) -> any
         None => search::text_search(&store, &model, req),
     }
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Hits {
-        hits: found
-            .into_iter()
-            .map(|h| Hit {
-                score: h.score,
-                camera: h.frame.stream,
-                time: search::format_time(h.frame.ts_ns),
-                pts_s: h.frame.record.pts_ns as f64 / 1e9,
-                source: h.frame.record.source,
-                tags: h
-                    .frame
-                    .tags
-                    .into_iter()
-                    .map(|t| (t.set, (t.top, t.score)))
-                    .collect(),
-            })
-            .collect(),
+    Ok(SearchResponse {
+        hits: found.into_iter().map(HitView::from).collect(),
     })
 }

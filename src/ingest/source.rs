@@ -193,13 +193,7 @@ pub fn run_source(
         element: "pipeline".into(),
         message: e,
     })?;
-    let convert = pipeline
-        .by_name("convert")
-        .expect("built with a convert element");
-    let sink = pipeline
-        .by_name("sink")
-        .and_then(|s| s.downcast::<gst_app::AppSink>().ok())
-        .expect("built with an appsink");
+    let (convert, sink) = pipeline_ends(&pipeline);
     // Live sources run in real time: keep only the newest frame when
     // inference is behind. Others (files, non-live test sources) wait.
     let live = match spec.kind {
@@ -327,6 +321,19 @@ impl Drop for PipelineGuard {
     fn drop(&mut self) {
         let _ = self.0.set_state(gst::State::Null);
     }
+}
+
+/// The converter (whose sink pad gets the sampling probe) and the appsink
+/// of a pipeline made by [`build_pipeline`].
+fn pipeline_ends(pipeline: &gst::Pipeline) -> (gst::Element, gst_app::AppSink) {
+    let convert = pipeline
+        .by_name("convert")
+        .expect("built with a convert element");
+    let sink = pipeline
+        .by_name("sink")
+        .and_then(|s| s.downcast::<gst_app::AppSink>().ok())
+        .expect("built with an appsink");
+    (convert, sink)
 }
 
 fn build_pipeline(spec: &SourceSpec) -> Result<gst::Pipeline, String> {
@@ -532,13 +539,7 @@ pub fn decode_frames_at(
         reason: e.to_string(),
     })?;
     let pipeline = build_pipeline(&spec).map_err(|e| err("pipeline", e))?;
-    let convert = pipeline
-        .by_name("convert")
-        .expect("built with a convert element");
-    let sink = pipeline
-        .by_name("sink")
-        .and_then(|s| s.downcast::<gst_app::AppSink>().ok())
-        .expect("built with an appsink");
+    let (convert, sink) = pipeline_ends(&pipeline);
     let wanted: Arc<Vec<u64>> = Arc::new(pts_ns.to_vec());
     let probe_wanted = wanted.clone();
     convert
