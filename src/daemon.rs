@@ -271,7 +271,17 @@ impl Supervisor {
             // Per attempt: a file that was missing has a new identity once it exists.
             let identity = source_identity(&self.spec.kind);
             // Files continue after their checkpoint; a finished file is done.
-            let resume = match (&self.spec.kind, self.checkpoint(&identity)) {
+            // A checkpoint taken at another sample rate is not resumed: the
+            // file is read again on this rate's grid.
+            let interval = crate::ingest::sampler::FrameSampler::interval_ns(self.spec.sample_fps);
+            let checkpoint = self.checkpoint(&identity).filter(|c| {
+                let same = c.sample_interval_ns == 0 || c.sample_interval_ns == interval;
+                if !same {
+                    tracing::warn!(%stream, "Sample rate changed since the last run; reading the file again.");
+                }
+                same
+            });
+            let resume = match (&self.spec.kind, checkpoint) {
                 (SourceKind::File(_), Some(c)) if c.complete => {
                     tracing::info!(%stream, "File already ingested.");
                     self.set_status("finished", None, None);

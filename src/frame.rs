@@ -16,6 +16,8 @@ pub struct Frame {
     pub source_label: Arc<str>,
     /// Presentation timestamp in the source, ns.
     pub pts_ns: u64,
+    /// The sampling grid step this frame was kept on, ns.
+    pub sample_interval_ns: u64,
     /// Frame time, ns since the Unix epoch: capture time for live sources,
     /// the file's base time + pts for files.
     pub ts_ns: i64,

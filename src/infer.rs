@@ -161,6 +161,7 @@ impl InferenceWorker {
         for (frame, embed) in batch.items.iter().zip(embeds.axis_iter(Axis(0))) {
             let stream_id = match self.progress_of(&frame.stream, &frame.source) {
                 Ok(p) => {
+                    p.checkpoint.sample_interval_ns = frame.sample_interval_ns;
                     p.checkpoint.last_pts_ns = Some(
                         p.checkpoint
                             .last_pts_ns
@@ -257,6 +258,7 @@ impl InferenceWorker {
                     last_pts_ns: None,
                     frames: 0,
                     complete: false,
+                    sample_interval_ns: 0,
                 });
             self.progress.insert(
                 key.clone(),

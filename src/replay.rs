@@ -150,6 +150,24 @@ pub fn replay(
             already_complete: checkpoint.as_ref().is_some_and(|c| c.complete),
             error: None,
         };
+        let interval = crate::ingest::sampler::FrameSampler::interval_ns(settings.sample_fps);
+        if let Some(c) = checkpoint
+            .as_ref()
+            .filter(|c| c.sample_interval_ns != 0 && c.sample_interval_ns != interval)
+        {
+            let fps = 1e9 / c.sample_interval_ns as f64;
+            report.already_complete = false;
+            report.error = Some(IngestError::Checkpoint {
+                stream: camera.clone(),
+                message: format!(
+                    "already replayed at {fps} fps; replay it with --fps {fps}, or under another --camera to sample it at {} fps",
+                    settings.sample_fps
+                ),
+            });
+            progress.file_finished(&report);
+            reports.push(report);
+            continue;
+        }
         if report.already_complete {
             progress.file_finished(&report);
             reports.push(report);

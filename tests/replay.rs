@@ -115,6 +115,20 @@ fn two_fps_replay_stores_the_expected_frames_once() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("already replayed"));
     assert_eq!(frames(&store, "front").len(), 20);
+
+    // At another rate: refused with the rate it was replayed at, store unchanged.
+    let o = replay(
+        &[&clip],
+        &store,
+        &["--camera", "front", "--fps", "5", "--start", START],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("stream 'front': already replayed at 2 fps"),
+        "{err}"
+    );
+    assert_eq!(frames(&store, "front").len(), 20);
 }
 
 #[test]

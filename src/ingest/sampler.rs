@@ -14,10 +14,15 @@ pub struct FrameSampler {
 }
 
 impl FrameSampler {
+    /// The grid step of a rate, ns.
+    pub fn interval_ns(fps: f64) -> u64 {
+        (1e9 / fps).round().max(1.0) as u64
+    }
+
     /// A sampler at `fps` frames per second (> 0).
     pub fn new(fps: f64) -> Self {
         Self {
-            interval_ns: (1e9 / fps).round().max(1.0) as u64,
+            interval_ns: Self::interval_ns(fps),
             next_ns: 0,
         }
     }

@@ -44,6 +44,9 @@ pub enum IngestError {
         what: String,
         reason: String,
     },
+    /// The source's replay checkpoint conflicts with this run.
+    #[error("stream '{stream}': {message}")]
+    Checkpoint { stream: String, message: String },
     /// The pipeline failed while running (corrupt data, unknown codec,
     /// unreachable server). `element` is the GStreamer element path.
     #[error("stream '{stream}': {element}: {message}")]
@@ -475,6 +478,7 @@ fn sample_to_frame(
         width: info.width(),
         height: info.height(),
         pixels,
+        sample_interval_ns: FrameSampler::interval_ns(spec.sample_fps),
     })
 }
 

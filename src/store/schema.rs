@@ -69,6 +69,9 @@ pub struct Checkpoint {
     pub frames: u64,
     /// The source was read to its end.
     pub complete: bool,
+    /// Sampling interval the frames were kept at (ns); a replay at another
+    /// rate would mix two sampling grids.
+    pub sample_interval_ns: u64,
 }
 
 /// Encodes a value with the schema version byte.

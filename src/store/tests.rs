@@ -169,6 +169,7 @@ fn checkpoints_and_frames_persist_across_reopen() {
                 last_pts_ns: Some(5),
                 frames: 1,
                 complete: false,
+                sample_interval_ns: 500_000_000,
             },
         };
         s.write_batch(&[f], &[ckpt]).unwrap();
