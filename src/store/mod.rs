@@ -174,11 +174,23 @@ impl Store {
         model_fingerprint: &str,
         embed_dim: usize,
     ) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| open_error(path, e))?;
+        // A process that just closed the store (or sled's flusher thread in
+        // this one) can hold its lock for a moment: retry briefly.
+        let mut attempts = 0;
+        let db = loop {
+            match sled::Config::new()
+                .path(path)
+                .flush_every_ms(Some(500))
+                .open()
+                .map_err(|e| open_error(path, e))
+            {
+                Err(StoreError::Locked { .. }) if attempts < 40 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         let sled_err = |e: sled::Error| StoreError::Sled {
             path: path.to_path_buf(),
             message: e.to_string(),
