@@ -142,21 +142,9 @@ pub struct SearchArgs {
     /// Search by an example image instead of text.
     #[arg(long, conflicts_with = "text")]
     pub image: Option<PathBuf>,
-    /// Only these cameras (repeatable).
-    #[arg(long)]
-    pub camera: Vec<String>,
-    /// Earliest time (RFC 3339 or Unix seconds).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Latest time (RFC 3339 or Unix seconds).
-    #[arg(long)]
-    pub to: Option<String>,
-    /// Only frames whose top class is this, as SET=CLASS (repeatable), e.g. weather=foggy.
-    #[arg(long)]
-    pub tag: Vec<String>,
-    /// Minimum probability of each --tag.
-    #[arg(long)]
-    pub min_tag_score: Option<f32>,
+    /// Which frames.
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Minimum similarity of a hit.
     #[arg(long)]
     pub min_score: Option<f32>,
@@ -200,18 +188,9 @@ pub struct ExportArgs {
     /// Output directory: CAMERA/TIME.jpg and frames.jsonl (the trainer's manifest format).
     #[arg(long)]
     pub out: PathBuf,
-    /// Only these cameras (repeatable).
-    #[arg(long)]
-    pub camera: Vec<String>,
-    /// Earliest time (RFC 3339 or Unix seconds).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Latest time (RFC 3339 or Unix seconds).
-    #[arg(long)]
-    pub to: Option<String>,
-    /// Only frames whose top class is this, as SET=CLASS (repeatable).
-    #[arg(long)]
-    pub tag: Vec<String>,
+    /// Which frames.
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Most frames exported.
     #[arg(long, default_value_t = 100_000)]
     pub limit: usize,
@@ -221,4 +200,39 @@ pub struct ExportArgs {
     /// Store directory [default: store.path] (the daemon must not be running).
     #[arg(long)]
     pub store: Option<PathBuf>,
+}
+
+/// Frame filters shared by `search` and `export-frames`.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Only these cameras (repeatable).
+    #[arg(long)]
+    pub camera: Vec<String>,
+    /// Earliest time (RFC 3339 or Unix seconds).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Latest time (RFC 3339 or Unix seconds).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only frames whose top class is this, as SET=CLASS (repeatable), e.g. weather=foggy.
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Minimum probability of each --tag.
+    #[arg(long)]
+    pub min_tag_score: Option<f32>,
+}
+
+impl FilterArgs {
+    /// The filters as a search request (`--tag set=class` -> `set:class`).
+    pub fn to_request(&self) -> roadrep::search::SearchRequest {
+        let tags: Vec<String> = self.tag.iter().map(|t| t.replacen('=', ":", 1)).collect();
+        roadrep::search::SearchRequest {
+            camera: (!self.camera.is_empty()).then(|| self.camera.join(",")),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            tag: (!tags.is_empty()).then(|| tags.join(",")),
+            min_tag_score: self.min_tag_score,
+            ..Default::default()
+        }
+    }
 }

@@ -5,23 +5,17 @@ use std::process::ExitCode;
 
 use roadrep::config::RoadrepConfig;
 use roadrep::models::ModelManifest;
-use roadrep::search::SearchRequest;
 use roadrep::store::Store;
 
 use crate::cli::ExportArgs;
 
 pub fn run(config_path: Option<&Path>, args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
-    let tags: Vec<String> = args.tag.iter().map(|t| t.replacen('=', ":", 1)).collect();
-    let filter = SearchRequest {
-        camera: (!args.camera.is_empty()).then(|| args.camera.join(",")),
-        from: args.from.clone(),
-        to: args.to.clone(),
-        tag: (!tags.is_empty()).then(|| tags.join(",")),
-        ..Default::default()
-    }
-    .filter()
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let filter = args
+        .filter
+        .to_request()
+        .filter()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let path = args
         .store
         .clone()

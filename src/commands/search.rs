@@ -16,16 +16,11 @@ use crate::cli::SearchArgs;
 
 pub fn run(config_path: Option<&Path>, args: &SearchArgs) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
-    let tags: Vec<String> = args.tag.iter().map(|t| t.replacen('=', ":", 1)).collect();
     let req = SearchRequest {
         q: args.text.clone(),
-        camera: (!args.camera.is_empty()).then(|| args.camera.join(",")),
-        from: args.from.clone(),
-        to: args.to.clone(),
-        tag: (!tags.is_empty()).then(|| tags.join(",")),
-        min_tag_score: args.min_tag_score,
         min_score: args.min_score,
         top: Some(args.top),
+        ..args.filter.to_request()
     };
     req.filter().map_err(|e| anyhow::anyhow!("{e}"))?; // bad flags fail before any I/O
 
