@@ -160,14 +160,8 @@ impl ClipModel {
                 &[(TEXT_EMBEDS, "float32", vec![None, Some(dim)])],
             )?;
             let tokenizer_path = dir.join(&manifest.file(dir, roles::TOKENIZER)?.path);
-            let tokenizer = load_tokenizer(&tokenizer_path, manifest.clip.context_length)?;
-            let pad_id =
-                tokenizer
-                    .token_to_id(END_OF_TEXT)
-                    .ok_or_else(|| ModelError::Tokenizer {
-                        path: tokenizer_path.clone(),
-                        message: format!("no {END_OF_TEXT} token"),
-                    })? as i64;
+            let (tokenizer, eos) = load_tokenizer(&tokenizer_path, manifest.clip.context_length)?;
+            let pad_id = eos as i64;
             Some(TextEncoder {
                 path,
                 session: Mutex::new(session),
@@ -337,7 +331,9 @@ impl ClipModel {
 }
 
 /// Loads `tokenizer.json` with CLIP's truncation (the end token is kept).
-fn load_tokenizer(path: &Path, context_length: usize) -> Result<Tokenizer, ModelError> {
+/// Returns the tokenizer and its end-of-text id (CLIP's pad token too).
+/// The trainer shares it, so both tokenise identically.
+pub fn load_tokenizer(path: &Path, context_length: usize) -> Result<(Tokenizer, u32), ModelError> {
     let err = |message: String| ModelError::Tokenizer {
         path: path.to_path_buf(),
         message,
@@ -350,7 +346,10 @@ fn load_tokenizer(path: &Path, context_length: usize) -> Result<Tokenizer, Model
         }))
         .map_err(|e| err(e.to_string()))?;
     tokenizer.with_padding(None);
-    Ok(tokenizer)
+    let eos = tokenizer
+        .token_to_id(END_OF_TEXT)
+        .ok_or_else(|| err(format!("no {END_OF_TEXT} token")))?;
+    Ok((tokenizer, eos))
 }
 
 /// Expected tensor: name, dtype, dims (`None` = dynamic).

@@ -6,14 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::Tokenizer;
 
 use super::TrainerError;
 use crate::models::ModelManifest;
+use crate::models::clip::load_tokenizer;
 use crate::models::manifest::roles;
-
-/// CLIP's end-of-text token.
-const END_OF_TEXT: &str = "<|endoftext|>";
 
 /// A model directory's tokenizer.
 pub struct ClipTokenizer {
@@ -34,21 +32,7 @@ impl ClipTokenizer {
     /// Loads `tokenizer.json` of a model directory.
     pub fn from_model_dir(dir: &Path, manifest: &ModelManifest) -> Result<Self, TrainerError> {
         let path = dir.join(&manifest.file(dir, roles::TOKENIZER)?.path);
-        let err = |message: String| TrainerError::Tokenizer {
-            path: path.clone(),
-            message,
-        };
-        let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| err(e.to_string()))?;
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: manifest.clip.context_length,
-                ..Default::default()
-            }))
-            .map_err(|e| err(e.to_string()))?;
-        tokenizer.with_padding(None);
-        let eos = tokenizer
-            .token_to_id(END_OF_TEXT)
-            .ok_or_else(|| err(format!("no {END_OF_TEXT} token")))?;
+        let (tokenizer, eos) = load_tokenizer(&path, manifest.clip.context_length)?;
         Ok(Self {
             tokenizer,
             path,
