@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,23 +12,6 @@ use roadrep::models::{ClipModel, ClipOptions, ImagePrecision};
 use roadrep::store::Store;
 use roadrep::tagging::{LabelSets, SceneTagger};
 use serde_json::Value;
-
-fn gst(args: &str) {
-    let status = Command::new("gst-launch-1.0")
-        .arg("-q")
-        .args(args.split_whitespace())
-        .status()
-        .unwrap();
-    assert!(status.success(), "gst-launch-1.0 {args}");
-}
-
-fn make_clip(path: &Path, pattern: &str) {
-    gst(&format!(
-        "videotestsrc pattern={pattern} num-buffers=100 ! video/x-raw,width=320,height=240,framerate=25/1 \
-         ! videoconvert ! x264enc speed-preset=ultrafast ! mp4mux ! filesink location={}",
-        path.display()
-    ));
-}
 
 fn get(addr: &str, path: &str) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -53,11 +34,11 @@ fn streams_land_together_a_broken_one_fails_alone_and_search_filters_work() {
         dir.path().join("rear.mp4"),
         dir.path().join("broken.mp4"),
     );
-    make_clip(&front, "smpte");
-    make_clip(&rear, "snow");
+    common::make_clip(&front, 100, 25, 320, 240, "smpte");
+    common::make_clip(&rear, 100, 25, 320, 240, "snow");
     std::fs::write(&broken, vec![0x5au8; 50_000]).unwrap();
     let query_png = dir.path().join("query.png");
-    gst(&format!(
+    common::gst(&format!(
         "videotestsrc pattern=smpte num-buffers=1 ! video/x-raw,width=320,height=240 ! videoconvert ! pngenc ! filesink location={}",
         query_png.display()
     ));

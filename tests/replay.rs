@@ -9,37 +9,6 @@ use std::process::{Command, Output, Stdio};
 use roadrep::models::ModelManifest;
 use roadrep::store::{FrameEntry, FrameFilter, Store};
 
-/// Writes an H.264 MP4 test clip of `frames` frames at `fps`.
-fn make_clip(path: &Path, frames: u32, fps: u32, width: u32, height: u32, pattern: &str) {
-    let status = Command::new("gst-launch-1.0")
-        .args([
-            "-q",
-            "videotestsrc",
-            &format!("pattern={pattern}"),
-            &format!("num-buffers={frames}"),
-            "!",
-        ])
-        .arg(format!(
-            "video/x-raw,width={width},height={height},framerate={fps}/1"
-        ))
-        .args([
-            "!",
-            "videoconvert",
-            "!",
-            "x264enc",
-            "speed-preset=ultrafast",
-            "key-int-max=25",
-            "!",
-            "mp4mux",
-            "!",
-            "filesink",
-        ])
-        .arg(format!("location={}", path.display()))
-        .status()
-        .expect("gst-launch-1.0 (make setup installs gstreamer1.0-tools)");
-    assert!(status.success());
-}
-
 fn replay_cmd(files: &[&Path], store: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_roadrep"));
     c.arg("replay")
@@ -78,7 +47,7 @@ const START_NS: i64 = 1_767_323_045_000_000_000;
 fn two_fps_replay_stores_the_expected_frames_once() {
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("ten_seconds.mp4");
-    make_clip(&clip, 250, 25, 320, 240, "smpte");
+    common::make_clip(&clip, 250, 25, 320, 240, "smpte");
     let store = dir.path().join("store");
 
     let o = replay(
@@ -135,7 +104,7 @@ fn two_fps_replay_stores_the_expected_frames_once() {
 fn a_bad_file_fails_alone_and_the_exit_code_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.mp4");
-    make_clip(&good, 50, 25, 160, 120, "ball");
+    common::make_clip(&good, 50, 25, 160, 120, "ball");
     let garbage = dir.path().join("garbage.mp4");
     std::fs::write(
         &garbage,
@@ -169,7 +138,7 @@ fn a_killed_replay_resumes_to_the_same_store_as_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("long.mp4");
     // 60 s at 25 fps, 640x360: long enough to kill midway.
-    make_clip(&clip, 1500, 25, 640, 360, "snow");
+    common::make_clip(&clip, 1500, 25, 640, 360, "snow");
     let args = ["--camera", "cam", "--fps", "2", "--start", START];
 
     let whole = dir.path().join("whole");
@@ -288,7 +257,7 @@ fn a_batch_that_cannot_be_stored_leaves_its_clip_incomplete() {
     }
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("clip.mp4");
-    make_clip(&clip, 50, 25, 160, 120, "smpte");
+    common::make_clip(&clip, 50, 25, 160, 120, "smpte");
     let options = ClipOptions {
         precision: ImagePrecision::Fp32,
         intra_threads: 1,
@@ -339,7 +308,7 @@ fn a_batch_that_cannot_be_stored_leaves_its_clip_incomplete() {
 fn stored_frames_export_as_an_image_caption_dataset() {
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("clip.mp4");
-    make_clip(&clip, 100, 25, 320, 240, "smpte");
+    common::make_clip(&clip, 100, 25, 320, 240, "smpte");
     let store = dir.path().join("store");
     assert!(
         replay(&[&clip], &store, &["--camera", "front", "--fps", "2"])

@@ -25,30 +25,7 @@ fn err(o: &Output) -> String {
 fn search_reads_the_store_or_asks_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("clip.mp4");
-    let status = Command::new("gst-launch-1.0")
-        .args([
-            "-q",
-            "videotestsrc",
-            "pattern=smpte",
-            "num-buffers=100",
-            "!",
-            "video/x-raw,width=320,height=240,framerate=25/1",
-        ])
-        .args([
-            "!",
-            "videoconvert",
-            "!",
-            "x264enc",
-            "speed-preset=ultrafast",
-            "!",
-            "mp4mux",
-            "!",
-            "filesink",
-        ])
-        .arg(format!("location={}", clip.display()))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::make_clip(&clip, 100, 25, 320, 240, "smpte");
     let store = dir.path().join("store");
     let store_s = store.to_str().unwrap();
     let o = roadrep(

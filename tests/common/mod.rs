@@ -43,3 +43,23 @@ pub fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
+
+/// Runs `gst-launch-1.0 -q ARGS` (whitespace-separated) and asserts success.
+pub fn gst(args: &str) {
+    let status = std::process::Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(args.split_whitespace())
+        .status()
+        .expect("gst-launch-1.0 (make setup installs gstreamer1.0-tools)");
+    assert!(status.success(), "gst-launch-1.0 {args}");
+}
+
+/// Writes an H.264 MP4 test clip: `frames` frames of a videotestsrc
+/// `pattern` at `fps`, `width`x`height`, starting at pts 0 (no B-frames).
+pub fn make_clip(path: &Path, frames: u32, fps: u32, width: u32, height: u32, pattern: &str) {
+    gst(&format!(
+        "videotestsrc pattern={pattern} num-buffers={frames} ! video/x-raw,width={width},height={height},framerate={fps}/1 \
+         ! videoconvert ! x264enc speed-preset=ultrafast key-int-max=25 ! mp4mux ! filesink location={}",
+        path.display()
+    ));
+}
