@@ -43,6 +43,7 @@ pub mod ingest;
 pub mod models;
 pub mod replay;
 pub mod search;
+pub mod segment;
 pub mod store;
 pub mod tagging;
 pub mod telemetry;

@@ -1,0 +1,170 @@
+use super::*;
+
+const STEP: u64 = 500_000_000; // 2 fps
+
+/// A unit embedding near axis `scene` (dimension 8), nudged by `wiggle`.
+fn embed(scene: usize, wiggle: f32) -> Arc<[f32]> {
+    let mut v = vec![0.0f32; 8];
+    v[scene] = 1.0;
+    v[(scene + 1) % 8] = wiggle;
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / n).collect::<Vec<_>>().into()
+}
+
+fn frame(i: usize, scene: usize, wiggle: f32, image: bool) -> SegmentFrame {
+    SegmentFrame {
+        ts_ns: i as i64 * STEP as i64,
+        pts_ns: i as u64 * STEP,
+        duration_ns: STEP,
+        embedding: embed(scene, wiggle),
+        tags: vec![("scene".into(), format!("s{scene}"))],
+        caption_image: image.then(|| vec![i as u8; 3].into()),
+    }
+}
+
+fn run(config: SegmenterConfig, scenes: &[usize]) -> Vec<ClosedSegment> {
+    let mut s = Segmenter::new(config);
+    let mut out = Vec::new();
+    for (i, &scene) in scenes.iter().enumerate() {
+        out.extend(s.push(frame(i, scene, (i % 3) as f32 * 0.05, true)));
+    }
+    out.extend(s.finish());
+    out
+}
+
+fn bounds(segments: &[ClosedSegment]) -> Vec<(f64, f64)> {
+    segments
+        .iter()
+        .map(|s| (s.start_ns as f64 / 1e9, s.end_ns as f64 / 1e9))
+        .collect()
+}
+
+#[test]
+fn distinct_scenes_give_one_segment_each_cut_at_the_first_changed_frame() {
+    // 3 scenes of 10, 6 and 8 s at 2 fps.
+    let scenes: Vec<usize> = [(0, 20), (3, 12), (5, 16)]
+        .iter()
+        .flat_map(|&(s, n)| std::iter::repeat_n(s, n))
+        .collect();
+    let segs = run(SegmenterConfig::default(), &scenes);
+    assert_eq!(bounds(&segs), vec![(0.0, 10.0), (10.0, 16.0), (16.0, 24.0)]);
+    assert_eq!(
+        segs.iter().map(|s| s.frames).collect::<Vec<_>>(),
+        [20, 12, 16]
+    );
+    assert_eq!(segs[1].tags[0].class, "s3");
+    assert!((segs[1].tags[0].share - 1.0).abs() < 1e-6);
+    // Keyframes lie inside their segments and carry the caption image.
+    for s in &segs {
+        assert!(s.keyframe_ns >= s.start_ns && s.keyframe_ns < s.end_ns);
+        let img = s.caption_image.as_ref().expect("image kept");
+        assert_eq!(img[0] as i64, s.keyframe_ns / STEP as i64);
+    }
+}
+
+#[test]
+fn a_short_flash_does_not_cut_and_counts_in_the_tag_shares() {
+    // 0.5 s of another scene inside 12 s: shorter than confirm_secs.
+    let mut scenes = vec![0; 24];
+    scenes[10] = 4;
+    let segs = run(SegmenterConfig::default(), &scenes);
+    assert_eq!(bounds(&segs), vec![(0.0, 12.0)]);
+    let t = &segs[0].tags[0];
+    assert_eq!(t.class, "s0");
+    assert!((t.share - 23.0 / 24.0).abs() < 1e-6, "{t:?}");
+}
+
+#[test]
+fn hysteresis_keeps_a_change_that_stays_above_the_keep_distance() {
+    let config = SegmenterConfig {
+        cut_distance: 0.5,
+        keep_distance: 0.05,
+        ..Default::default()
+    };
+    let mut s = Segmenter::new(config);
+    let mut out = Vec::new();
+    for i in 0..10 {
+        out.extend(s.push(frame(i, 0, 0.0, false)));
+    }
+    // First changed frame clears cut_distance; the next ones only the
+    // keep_distance (cos ~ 0.9): still one change, cut at its first frame.
+    let far = SegmentFrame {
+        embedding: embed(2, 0.0),
+        ..frame(10, 2, 0.0, false)
+    };
+    out.extend(s.push(far));
+    for i in 11..20 {
+        let mut v = vec![0.0f32; 8];
+        v[0] = 0.9;
+        v[2] = 0.436;
+        let f = SegmentFrame {
+            embedding: v.into(),
+            ..frame(i, 2, 0.0, false)
+        };
+        out.extend(s.push(f));
+    }
+    out.extend(s.finish());
+    assert_eq!(bounds(&out), vec![(0.0, 5.0), (5.0, 10.0)]);
+}
+
+#[test]
+fn changes_before_the_minimum_length_are_absorbed() {
+    // Scene 1 lasts 1.5 s, less than min_segment_secs = 2: merged.
+    let mut scenes = vec![0; 3];
+    scenes.extend([1; 20]);
+    let segs = run(SegmenterConfig::default(), &scenes);
+    assert_eq!(bounds(&segs), vec![(0.0, 11.5)]);
+}
+
+#[test]
+fn long_scenes_are_closed_at_the_maximum_length() {
+    let config = SegmenterConfig {
+        max_segment_secs: 4.0,
+        ..Default::default()
+    };
+    let segs = run(config, &[0; 20]);
+    assert_eq!(bounds(&segs), vec![(0.0, 4.0), (4.0, 8.0), (8.0, 10.0)]);
+}
+
+#[test]
+fn a_change_at_the_very_end_becomes_a_segment_only_if_long_enough() {
+    let mut scenes = vec![0; 20];
+    scenes.extend([6; 4]); // 2 s: confirm and min length met
+    assert_eq!(
+        bounds(&run(SegmenterConfig::default(), &scenes)),
+        vec![(0.0, 10.0), (10.0, 12.0)]
+    );
+}
+
+#[test]
+fn caption_images_are_thinned_to_the_configured_count() {
+    let config = SegmenterConfig {
+        max_keyframe_candidates: 4,
+        ..Default::default()
+    };
+    let mut s = Segmenter::new(config);
+    for i in 0..40 {
+        assert!(s.push(frame(i, 0, 0.0, true)).is_none());
+    }
+    assert!(s.open.images <= 4, "{}", s.open.images);
+    let kept = s
+        .open
+        .members
+        .iter()
+        .filter(|m| m.caption_image.is_some())
+        .count();
+    assert_eq!(kept, s.open.images);
+    let seg = s.finish().remove(0);
+    assert!(seg.caption_image.is_some());
+}
+
+#[test]
+fn invalid_thresholds_are_named() {
+    let bad = SegmenterConfig {
+        keep_distance: 0.5,
+        cut_distance: 0.2,
+        ..Default::default()
+    };
+    assert!(bad.validate().unwrap_err().contains("keep_distance"));
+    assert!(SegmenterConfig::default().validate().is_ok());
+}
