@@ -313,6 +313,8 @@ pub fn bench_replay(
         file_start_ns: Some(0),
         queue_frames: 32,
         batcher: settings.batcher.clone(),
+        segments: None,
+        caption_preprocess: None,
     };
     struct Quiet;
     impl crate::replay::ReplayProgress for Quiet {
@@ -359,7 +361,7 @@ pub fn bench_replay(
     let start = Instant::now();
     crate::ingest::source::run_source(
         &spec,
-        model.preprocessor(),
+        &model.preprocessor().clone().into(),
         &tx,
         &AtomicBool::new(false),
         None,

@@ -45,6 +45,11 @@ pub enum Command {
     Bench(BenchCommand),
     /// Replay recorded clips into the store (idempotent, resumable).
     Replay(ReplayArgs),
+    /// List scene segments (time, camera, dominant tags, caption), with filters.
+    Segments(SegmentsArgs),
+    /// Summarise clips or a time range: one line per scene segment.
+    /// Clips given as files are replayed first if not stored yet.
+    Summary(SegmentsArgs),
     /// Export stored frames (JPEG + captions from their tags) as a training set.
     ExportFrames(ExportArgs),
     /// Verify a model directory against its manifest.
@@ -129,6 +134,35 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub start: Option<String>,
     /// Store directory [default: store.path].
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+/// `roadrep segments` / `roadrep summary`
+#[derive(Debug, Args)]
+pub struct SegmentsArgs {
+    /// Clips: replayed first when not stored yet, then only their segments
+    /// are shown (the daemon must not be running).
+    pub files: Vec<PathBuf>,
+    /// Only these cameras (repeatable); with files: the camera to replay them as.
+    #[arg(long)]
+    pub camera: Vec<String>,
+    /// Earliest time (RFC 3339 or Unix seconds).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Latest time (RFC 3339 or Unix seconds).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Words the caption must contain ("truck bridge").
+    #[arg(long)]
+    pub caption: Option<String>,
+    /// Frames kept per second when replaying files [default: ingest.sample_fps].
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Store directory [default: store.path]; read directly when no daemon answers.
     #[arg(long)]
     pub store: Option<PathBuf>,
 }

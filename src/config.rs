@@ -52,6 +52,12 @@ pub struct RoadrepConfig {
     /// The HTTP API.
     #[serde(default)]
     pub api: ApiConfig,
+    /// Scene segmentation.
+    #[serde(default)]
+    pub segments: crate::segment::SegmenterConfig,
+    /// Keyframe captions.
+    #[serde(default)]
+    pub captions: crate::caption::CaptionConfig,
     /// Cameras the daemon runs.
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
@@ -187,6 +193,8 @@ impl RoadrepConfig {
         if config.batcher.max_frames == 0 {
             return Err(invalid("batcher.max_frames must be at least 1".into()));
         }
+        config.segments.validate().map_err(&invalid)?;
+        config.captions.validate().map_err(&invalid)?;
         if !(config.ingest.sample_fps > 0.0 && config.ingest.sample_fps <= 120.0) {
             return Err(invalid(format!(
                 "ingest.sample_fps {} must be in (0, 120]",
@@ -250,6 +258,9 @@ impl RoadrepConfig {
             fix(p);
         }
         fix(&mut self.tagging.labels);
+        if let Some(p) = self.captions.model.as_mut() {
+            fix(p);
+        }
         fix(&mut self.store.path);
         for stream in &mut self.streams {
             // Relative file sources are relative to the config file too.

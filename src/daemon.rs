@@ -10,7 +10,8 @@
 //!
 //! Shutdown (the `shutdown` future resolves, e.g. on SIGTERM): ingest stops
 //! -> the inference worker stores its open batch -> the store flushes -> the
-//! API stops. systemd gets READY=1, watchdog pings while the inference
+//! caption worker finishes its current caption (the backlog stays queued) ->
+//! the API stops. systemd gets READY=1, watchdog pings while the inference
 //! thread lives, and STOPPING=1.
 
 use std::future::Future;
@@ -28,7 +29,8 @@ use crate::frame::IngestEvent;
 use crate::infer::{InferenceTotals, InferenceWorker};
 use crate::ingest::config::SourceKind;
 use crate::ingest::source::{SourceCounters, SourceEnd, SourceSpec, run_source, source_identity};
-use crate::models::{ClipModel, ImagePreprocessor};
+use crate::models::ClipModel;
+use crate::models::preprocess::FramePreprocessing;
 use crate::store::Store;
 use crate::tagging::SceneTagger;
 use crate::telemetry;
@@ -61,6 +63,10 @@ pub struct DaemonParts {
     pub store: Store,
     /// Prometheus renderer for `/metrics`.
     pub metrics: Option<PrometheusHandle>,
+    /// The captioner's input size, when captioning is on.
+    pub caption_preprocess: Option<crate::models::ImagePreprocessor>,
+    /// The captioner (its worker drains the store's caption backlog).
+    pub captioner: Option<Arc<dyn crate::caption::Captioner>>,
 }
 
 /// Called once the API is listening (tests learn the bound port).
@@ -93,6 +99,11 @@ pub async fn run(
         parts.store.clone(),
         config.batcher.clone(),
     );
+    let worker = if config.segments.enabled {
+        worker.with_segments(config.segments.clone())
+    } else {
+        worker
+    };
     let inference_alive = Arc::new(AtomicBool::new(true));
     let alive_flag = inference_alive.clone();
     let inference = std::thread::Builder::new()
@@ -135,7 +146,10 @@ pub async fn run(
         let supervisor = Supervisor {
             spec,
             index,
-            preprocessor: parts.model.preprocessor().clone(),
+            preprocessor: FramePreprocessing {
+                clip: parts.model.preprocessor().clone(),
+                caption: parts.caption_preprocess.clone(),
+            },
             tx: tx.clone(),
             stop: stop.clone(),
             statuses: statuses.clone(),
@@ -151,6 +165,9 @@ pub async fn run(
         );
     }
     drop(tx);
+    let captions = parts.captioner.clone().map(|c| {
+        crate::caption::CaptionWorker::spawn(c, parts.store.clone(), config.captions.nice)
+    });
 
     let state = ApiState {
         store: parts.store.clone(),
@@ -198,7 +215,14 @@ pub async fn run(
             let _ = t.join();
         }
         // Every sender is gone now: the worker stores its open batch and flushes.
-        inference.join().unwrap_or_default()
+        let totals = inference.join().unwrap_or_default();
+        // Captions left queued are made on the next start.
+        if let Some(c) = captions {
+            let left = c.backlog();
+            let done = c.stop();
+            tracing::info!(captioned = done.captioned, left, "Caption worker stopped.");
+        }
+        totals
     })
     .await
     .unwrap_or_default();
@@ -233,7 +257,7 @@ fn spawn_watchdog(
 struct Supervisor {
     spec: SourceSpec,
     index: usize,
-    preprocessor: ImagePreprocessor,
+    preprocessor: FramePreprocessing,
     tx: SyncSender<IngestEvent>,
     stop: Arc<AtomicBool>,
     statuses: Arc<RwLock<Vec<StreamStatus>>>,

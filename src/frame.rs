@@ -28,6 +28,9 @@ pub struct Frame {
     /// `[3, crop, crop]` normalised pixels (preprocessed on the ingest thread
     /// so it overlaps with inference).
     pub pixels: Array3<f32>,
+    /// The captioner's input (packed RGB, resized), when captioning is on:
+    /// kept so the segment's keyframe can be captioned later.
+    pub caption_image: Option<Arc<[u8]>>,
 }
 
 /// What an ingest worker sends downstream, in order per stream.

@@ -4,8 +4,12 @@
 //! It runs on its own OS thread (model runs are CPU-bound and must stay off
 //! the async threads) and reads one bounded channel that every ingest
 //! worker feeds. Each batch is stored in one transaction together with the
-//! replay checkpoints of the sources it covers. When the channel closes the
-//! worker flushes its open batch and the store, then returns its totals.
+//! replay checkpoints of the sources it covers. With segmentation on, each
+//! (stream, source) also runs a [`Segmenter`]; the segments a batch closes,
+//! with their keyframes queued for the captioner, go in the same
+//! transaction. Captioning itself runs elsewhere (see `caption`): this
+//! worker never waits for it. When the channel closes the worker flushes
+//! its open batch and the store, then returns its totals.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,8 +22,10 @@ use ndarray::{Array4, Axis};
 use crate::batcher::{Batch, BatchAssembler, BatcherConfig};
 use crate::frame::{Frame, IngestEvent};
 use crate::models::ClipModel;
+use crate::segment::{ClosedSegment, SegmentFrame, Segmenter, SegmenterConfig};
 use crate::store::{
-    Checkpoint, CheckpointUpdate, FrameKey, FrameRecord, SetTag, Store, StoredFrame, TagRecord,
+    CaptionJob, CaptionState, Checkpoint, CheckpointUpdate, FrameKey, FrameRecord, NewSegment,
+    OpenMarker, SegmentRecord, SegmentWrites, SetTag, Store, StoredFrame, TagRecord,
 };
 use crate::tagging::SceneTagger;
 use crate::tagging::score::l2_normalize;
@@ -36,6 +42,8 @@ pub struct InferenceTotals {
     pub failed: u64,
     /// Encoder batches run.
     pub batches: u64,
+    /// Scene segments closed.
+    pub segments: u64,
     /// Time spent in the image encoder.
     pub inference_secs: f64,
 }
@@ -59,6 +67,10 @@ pub struct InferenceWorker {
     damaged: std::collections::HashSet<(Arc<str>, Arc<str>)>,
     totals: InferenceTotals,
     stored: Option<Arc<AtomicU64>>,
+    segmenting: Option<SegmenterConfig>,
+    segmenters: HashMap<(Arc<str>, Arc<str>), Segmenter>,
+    /// Source labels (paths) of the segmented sources, for their records.
+    labels: HashMap<(Arc<str>, Arc<str>), Arc<str>>,
 }
 
 impl InferenceWorker {
@@ -78,7 +90,16 @@ impl InferenceWorker {
             damaged: Default::default(),
             totals: InferenceTotals::default(),
             stored: None,
+            segmenting: None,
+            segmenters: HashMap::new(),
+            labels: HashMap::new(),
         }
+    }
+
+    /// Also cuts every (stream, source) into scene segments.
+    pub fn with_segments(mut self, config: SegmenterConfig) -> Self {
+        self.segmenting = Some(config);
+        self
     }
 
     /// Also counts stored frames into `counter` (progress display).
@@ -133,6 +154,15 @@ impl InferenceWorker {
     }
 
     fn process(&mut self, batch: Batch<Frame>) {
+        // Tells the captioner to hold off while a batch runs.
+        struct Busy;
+        impl Drop for Busy {
+            fn drop(&mut self) {
+                telemetry::INFERENCE_BUSY.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        telemetry::INFERENCE_BUSY.fetch_add(1, Ordering::Relaxed);
+        let _busy = Busy;
         let n = batch.items.len();
         metrics::histogram!(telemetry::BATCH_SIZE).record(n as f64);
         metrics::counter!(telemetry::BATCHES_FLUSHED, "reason" => batch.reason.as_str())
@@ -157,6 +187,7 @@ impl InferenceWorker {
         self.totals.batches += 1;
 
         let mut stored = Vec::with_capacity(n);
+        let mut segment_input = Vec::new();
         let mut touched: Vec<(Arc<str>, Arc<str>)> = Vec::new();
         for (frame, embed) in batch.items.iter().zip(embeds.axis_iter(Axis(0))) {
             let stream_id = match self.progress_of(&frame.stream, &frame.source) {
@@ -177,9 +208,24 @@ impl InferenceWorker {
             };
             let key = (frame.stream.clone(), frame.source.clone());
             if !touched.contains(&key) {
-                touched.push(key);
+                touched.push(key.clone());
             }
             let scores = self.tagger.tag(embed);
+            let embedding = l2_normalize(embed).to_vec();
+            if self.segmenting.is_some() && !self.damaged.contains(&key) {
+                segment_input.push((
+                    stream_id,
+                    frame,
+                    SegmentFrame {
+                        ts_ns: frame.ts_ns,
+                        pts_ns: frame.pts_ns,
+                        duration_ns: frame.sample_interval_ns,
+                        embedding: embedding.clone().into(),
+                        tags: scores.iter().map(|s| (s.set.clone(), s.top.clone())).collect(),
+                        caption_image: frame.caption_image.clone(),
+                    },
+                ));
+            }
             stored.push(StoredFrame {
                 key: FrameKey {
                     stream_id,
@@ -192,7 +238,7 @@ impl InferenceWorker {
                     height: frame.height,
                     source: frame.source_label.to_string(),
                 },
-                embedding: l2_normalize(embed).to_vec(),
+                embedding,
                 tags: TagRecord {
                     sets: scores
                         .into_iter()
@@ -217,8 +263,25 @@ impl InferenceWorker {
                 })
             })
             .collect();
-        match self.store.write_batch(&stored, &checkpoints) {
+        let mut segments = SegmentWrites::default();
+        for (stream_id, frame, input) in segment_input {
+            if let Some(closed) = self.segmenter(stream_id, frame).and_then(|s| s.push(input)) {
+                segments.closed.push(new_segment(stream_id, &frame.source_label, closed));
+            }
+        }
+        for key in &touched {
+            if let (Some(seg), Some(p)) = (self.segmenters.get(key), self.progress.get(key)) {
+                segments.open.push(OpenMarker {
+                    stream_id: p.stream_id,
+                    source: key.1.to_string(),
+                    start_ns: seg.open_start_ns(),
+                });
+            }
+        }
+        match self.store.write(&stored, &checkpoints, &segments) {
             Ok(new) => {
+                self.totals.segments += segments.closed.len() as u64;
+                metrics::counter!(telemetry::SEGMENTS).increment(segments.closed.len() as u64);
                 self.totals.frames += stored.len() as u64;
                 if let Some(c) = &self.stored {
                     c.fetch_add(stored.len() as u64, Ordering::Relaxed);
@@ -239,6 +302,9 @@ impl InferenceWorker {
         self.totals.failed += frames.len() as u64;
         for f in frames {
             self.damaged.insert((f.stream.clone(), f.source.clone()));
+            // Its segments are rebuilt from the store by the replay that
+            // fills the gap.
+            self.segmenters.remove(&(f.stream.clone(), f.source.clone()));
             metrics::counter!(telemetry::FRAMES_DROPPED, "stream" => f.stream.to_string(), "reason" => reason).increment(1);
         }
     }
@@ -275,15 +341,23 @@ impl InferenceWorker {
     /// losing a batch, and forget its in-memory progress.
     fn end_source(&mut self, stream: &Arc<str>, source: &Arc<str>, complete: bool) {
         let key = (stream.clone(), source.clone());
+        let segmenter = self.segmenters.remove(&key);
         if self.damaged.remove(&key) {
             tracing::error!(%stream, %source, "Frames of this source were lost; it stays incomplete so a replay fills the gap.");
         } else if complete {
-            self.mark_complete(stream, source);
+            self.mark_complete(stream, source, segmenter);
         }
+        // An unfinished source keeps its open-segment marker: the next run
+        // rebuilds the segment from the store and goes on.
         self.progress.remove(&key);
     }
 
-    fn mark_complete(&mut self, stream: &Arc<str>, source: &Arc<str>) {
+    fn mark_complete(
+        &mut self,
+        stream: &Arc<str>,
+        source: &Arc<str>,
+        segmenter: Option<Segmenter>,
+    ) {
         let update = match self.progress_of(stream, source) {
             Ok(p) => {
                 p.checkpoint.complete = true;
@@ -298,8 +372,114 @@ impl InferenceWorker {
                 return;
             }
         };
-        if let Err(error) = self.store.write_batch(&[], &[update]) {
-            tracing::error!(%error, %stream, "Cannot record the end of a source.");
+        let mut segments = SegmentWrites::default();
+        if let Some(mut seg) = segmenter {
+            let label = self.labels.remove(&(stream.clone(), source.clone()));
+            let label = label.as_deref().unwrap_or(source);
+            for closed in seg.finish() {
+                segments
+                    .closed
+                    .push(new_segment(update.stream_id, label, closed));
+            }
+            segments.open.push(OpenMarker {
+                stream_id: update.stream_id,
+                source: source.to_string(),
+                start_ns: None,
+            });
         }
+        match self.store.write(&[], &[update], &segments) {
+            Ok(_) => self.totals.segments += segments.closed.len() as u64,
+            Err(error) => {
+                tracing::error!(%error, %stream, "Cannot record the end of a source.")
+            }
+        }
+    }
+}
+
+impl InferenceWorker {
+    /// The segmenter of a frame's (stream, source); on first use after a
+    /// restart it is rebuilt from the stored frames of the open segment, so
+    /// an interrupted scene continues instead of being cut at the restart.
+    fn segmenter(&mut self, stream_id: u32, frame: &Frame) -> Option<&mut Segmenter> {
+        let config = self.segmenting.clone()?;
+        let key = (frame.stream.clone(), frame.source.clone());
+        if !self.segmenters.contains_key(&key) {
+            let mut seg = Segmenter::new(config);
+            let resume_pts = self.progress.get(&key).and_then(|p| p.checkpoint.last_pts_ns);
+            match self.rebuild(&mut seg, stream_id, frame, resume_pts) {
+                Ok(n) if n > 0 => {
+                    tracing::info!(stream = %frame.stream, frames = n, "Open segment rebuilt from the store.")
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, stream = %frame.stream, "Cannot rebuild the open segment; a new one starts here.")
+                }
+            }
+            self.labels
+                .insert(key.clone(), frame.source_label.clone());
+            self.segmenters.insert(key.clone(), seg);
+        }
+        self.segmenters.get_mut(&key)
+    }
+
+    /// Feeds the stored frames of the open segment (up to the checkpoint)
+    /// back into `seg`; returns how many.
+    fn rebuild(
+        &self,
+        seg: &mut Segmenter,
+        stream_id: u32,
+        frame: &Frame,
+        resume_pts: Option<u64>,
+    ) -> Result<usize, crate::store::StoreError> {
+        let (Some(start), Some(last_pts)) = (
+            self.store.open_segment_start(stream_id, &frame.source)?,
+            resume_pts,
+        ) else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for f in self.store.frames_since(stream_id, start, &frame.source_label)? {
+            if f.record.pts_ns > last_pts || f.key.ts_ns >= frame.ts_ns {
+                break;
+            }
+            n += 1;
+            // A rebuilt segment cannot close here: it was open when stored.
+            let _ = seg.push(SegmentFrame {
+                ts_ns: f.key.ts_ns,
+                pts_ns: f.record.pts_ns,
+                duration_ns: frame.sample_interval_ns,
+                embedding: f.embedding.into(),
+                tags: f.tags.sets.into_iter().map(|t| (t.set, t.top)).collect(),
+                caption_image: None,
+            });
+        }
+        Ok(n)
+    }
+}
+
+/// The store record of a closed segment, its keyframe queued for a caption.
+fn new_segment(stream_id: u32, source: &str, closed: ClosedSegment) -> NewSegment {
+    let caption_image = closed.caption_image.as_ref().map(|rgb| CaptionJob {
+        size: ((rgb.len() / 3) as f64).sqrt().round() as u32,
+        rgb: rgb.to_vec(),
+    });
+    NewSegment {
+        stream_id,
+        record: SegmentRecord {
+            start_ns: closed.start_ns,
+            end_ns: closed.end_ns,
+            start_pts_ns: closed.start_pts_ns,
+            source: source.to_string(),
+            frames: closed.frames,
+            keyframe_ns: closed.keyframe_ns,
+            keyframe_pts_ns: closed.keyframe_pts_ns,
+            tags: closed.tags,
+            caption: if caption_image.is_some() {
+                CaptionState::Pending
+            } else {
+                CaptionState::None
+            },
+        },
+        caption_image,
     }
 }

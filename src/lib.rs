@@ -33,6 +33,7 @@
 
 pub mod api;
 pub mod batcher;
+pub mod caption;
 pub mod bench;
 pub mod config;
 pub mod daemon;
@@ -44,6 +45,7 @@ pub mod models;
 pub mod replay;
 pub mod search;
 pub mod segment;
+pub mod summary;
 pub mod store;
 pub mod tagging;
 pub mod telemetry;

@@ -25,7 +25,9 @@ use crate::ingest::config::{RtspTransport, SourceKind};
 use crate::ingest::source::{
     IngestError, SourceCounters, SourceEnd, SourceSpec, run_source, source_identity,
 };
-use crate::models::ClipModel;
+use crate::models::preprocess::FramePreprocessing;
+use crate::models::{ClipModel, ImagePreprocessor};
+use crate::segment::SegmenterConfig;
 use crate::store::{Store, StoreError};
 use crate::tagging::SceneTagger;
 
@@ -45,6 +47,11 @@ pub struct ReplaySettings {
     pub queue_frames: usize,
     /// Batching.
     pub batcher: BatcherConfig,
+    /// Scene segmentation; `None`: off.
+    pub segments: Option<SegmenterConfig>,
+    /// The captioner's input size, when captioning is on: frames keep a
+    /// resized copy so their segment's keyframe can be captioned.
+    pub caption_preprocess: Option<ImagePreprocessor>,
 }
 
 /// How one file went.
@@ -124,12 +131,19 @@ pub fn replay(
         settings.batcher.clone(),
     )
     .with_stored_counter(stored.clone());
+    let worker = match &settings.segments {
+        Some(config) => worker.with_segments(config.clone()),
+        None => worker,
+    };
     let worker = std::thread::Builder::new()
         .name("inference".into())
         .spawn(move || worker.run(rx))
         .expect("spawn the inference thread");
 
-    let preprocessor = model.preprocessor().clone();
+    let preprocessor = FramePreprocessing {
+        clip: model.preprocessor().clone(),
+        caption: settings.caption_preprocess.clone(),
+    };
     let mut reports = Vec::new();
     for file in &settings.files {
         if stop.load(Ordering::Relaxed) {

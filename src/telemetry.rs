@@ -23,6 +23,23 @@ pub const QUEUE_DEPTH: &str = "roadrep_queue_frames";
 /// The std channel does not expose its length, so senders count up after a
 /// send and the worker counts down after a receive.
 pub static QUEUED_FRAMES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+/// Batches the inference worker is embedding right now (0 or 1 per worker).
+pub static INFERENCE_BUSY: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Whether tagging has nothing to do: no queued frames, no batch running.
+/// The captioner only runs then.
+pub fn inference_idle() -> bool {
+    use std::sync::atomic::Ordering;
+    QUEUED_FRAMES.load(Ordering::Relaxed) <= 0 && INFERENCE_BUSY.load(Ordering::Relaxed) <= 0
+}
+/// Counter: captions written, label `outcome` (`ok`, `failed`).
+pub const CAPTIONS: &str = "roadrep_captions_total";
+/// Gauge: keyframes waiting for a caption.
+pub const CAPTION_BACKLOG: &str = "roadrep_caption_backlog";
+/// Histogram: seconds per caption.
+pub const CAPTION_SECONDS: &str = "roadrep_caption_seconds";
+/// Counter: scene segments closed.
+pub const SEGMENTS: &str = "roadrep_segments_total";
 /// Counter: source failures, labels `stream`.
 pub const SOURCE_ERRORS: &str = "roadrep_source_errors_total";
 /// Gauge: 1 while a stream is running, label `stream`.

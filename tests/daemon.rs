@@ -74,6 +74,8 @@ fn streams_land_together_a_broken_one_fails_alone_and_search_filters_work() {
         tagger: Arc::new(tagger),
         store: store.clone(),
         metrics: None,
+        caption_preprocess: None,
+        captioner: None,
     };
 
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();

@@ -280,6 +280,8 @@ fn a_batch_that_cannot_be_stored_leaves_its_clip_incomplete() {
         file_start_ns: None,
         queue_frames: 4,
         batcher: Default::default(),
+        segments: None,
+        caption_preprocess: None,
     };
     let report = roadrep::replay::replay(
         Arc::new(model),

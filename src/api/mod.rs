@@ -86,6 +86,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/frames", get(routes::frames))
         .route("/api/timeline", get(routes::timeline))
         .route("/api/streams", get(routes::streams))
+        .route("/api/segments", get(routes::segments))
+        .route("/api/summary", get(routes::summary))
         .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
         .with_state(state)
 }

@@ -266,3 +266,25 @@ pub async fn streams(State(state): State<ApiState>) -> Result<impl IntoResponse,
     let stats = blocking(&state, move || Ok(s.store.stats()?)).await?;
     Ok(Json(stats))
 }
+
+/// `/api/segments`: scene segments (camera, time, source, caption words).
+pub async fn segments(
+    State(state): State<ApiState>,
+    req: Result<Query<crate::summary::SegmentsRequest>, QueryRejection>,
+) -> Result<Json<Vec<crate::summary::SegmentView>>, ApiError> {
+    let Query(req) = req.map_err(query_error)?;
+    let filter = req.filter()?;
+    let s = state.clone();
+    let segments = blocking(&state, move || Ok(s.store.segments(&filter)?)).await?;
+    Ok(Json(crate::summary::views(&segments)))
+}
+
+/// `/api/summary`: the same segments as text, one line each.
+pub async fn summary(
+    State(state): State<ApiState>,
+    req: Result<Query<crate::summary::SegmentsRequest>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(views) = segments(State(state), req).await?;
+    let text: String = views.iter().map(|v| format!("{}\n", v.line)).collect();
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}

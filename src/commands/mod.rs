@@ -5,6 +5,7 @@ pub mod export;
 pub mod replay;
 pub mod run;
 pub mod search;
+pub mod segments;
 pub mod tag;
 
 use std::path::Path;
@@ -12,16 +13,35 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use roadrep::caption::BlipCaptioner;
 use roadrep::config::RoadrepConfig;
 use roadrep::models::{ClipModel, ClipOptions, ModelManifest, OrtRuntime};
 use roadrep::store::Store;
 use roadrep::tagging::{LabelSets, SceneTagger, TextEmbeddingCache};
 
-/// What replay and the daemon share: model, tagger, store.
+/// What replay and the daemon share: model, tagger, store, captioner.
 pub struct PipelineParts {
     pub model: Arc<ClipModel>,
     pub tagger: Arc<SceneTagger>,
     pub store: Store,
+    /// Loaded when `[captions] model` is set.
+    pub captioner: Option<Arc<BlipCaptioner>>,
+}
+
+/// Loads the configured captioner, if any.
+pub fn load_captioner(config: &RoadrepConfig) -> anyhow::Result<Option<Arc<BlipCaptioner>>> {
+    let Some(dir) = &config.captions.model else {
+        return Ok(None);
+    };
+    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    let captioner = BlipCaptioner::load(
+        dir,
+        &runtime,
+        config.captions.intra_threads,
+        config.captions.generation(),
+    )
+    .with_context(|| "[captions] model")?;
+    Ok(Some(Arc::new(captioner)))
 }
 
 /// Loads the configured CLIP model (both encoders).
@@ -54,11 +74,13 @@ pub fn load_pipeline_parts(
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating '{}'", parent.display()))?;
     }
+    let captioner = load_captioner(config)?;
     let store = Store::open(store_path, model.fingerprint(), model.embed_dim())?;
     Ok(PipelineParts {
         model: Arc::new(model),
         tagger: Arc::new(tagger),
         store,
+        captioner,
     })
 }
 

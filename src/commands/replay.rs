@@ -7,18 +7,34 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use roadrep::caption::{CaptionWorker, Captioner};
 use roadrep::config::RoadrepConfig;
+use roadrep::store::Store;
 use roadrep::replay::{FileReport, ReplayProgress, ReplaySettings, replay};
 
 use crate::cli::ReplayArgs;
 
 pub fn run(config_path: Option<&Path>, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
+    let (report, _) = replay_clips(&config, args)?;
+    Ok(if report.all_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Replays `args.files` (tagging, segments, then the caption backlog) and
+/// prints how it went; returns the report and the open store.
+pub fn replay_clips(
+    config: &RoadrepConfig,
+    args: &ReplayArgs,
+) -> anyhow::Result<(roadrep::replay::ReplayReport, Store)> {
     let store_path = args
         .store
         .clone()
         .unwrap_or_else(|| config.store.path.clone());
-    let parts = super::load_pipeline_parts(&config, &store_path)?;
+    let parts = super::load_pipeline_parts(config, &store_path)?;
     let settings = ReplaySettings {
         files: args.files.clone(),
         camera: args.camera.clone(),
@@ -31,6 +47,14 @@ pub fn run(config_path: Option<&Path>, args: &ReplayArgs) -> anyhow::Result<Exit
             .map_err(|e| anyhow::anyhow!("--start: {e}"))?,
         queue_frames: config.ingest.queue_frames,
         batcher: config.batcher.clone(),
+        segments: config
+            .segments
+            .enabled
+            .then(|| config.segments.clone()),
+        caption_preprocess: parts
+            .captioner
+            .as_ref()
+            .map(|c| c.preprocessor().clone()),
     };
     anyhow::ensure!(
         settings.sample_fps > 0.0 && settings.sample_fps <= 120.0,
@@ -44,15 +68,51 @@ pub fn run(config_path: Option<&Path>, args: &ReplayArgs) -> anyhow::Result<Exit
         signal_hook::flag::register(signal, stop.clone())?;
     }
     let progress = Progress::new();
+    // Captions run alongside, whenever tagging is idle; what is left is
+    // caught up after the last frame.
+    let captions = parts.captioner.clone().map(|c| {
+        CaptionWorker::spawn(
+            c as Arc<dyn Captioner>,
+            parts.store.clone(),
+            config.captions.nice,
+        )
+    });
+    let store = parts.store.clone();
     let report = replay(
         parts.model,
         parts.tagger,
         parts.store,
         &settings,
-        stop,
+        stop.clone(),
         &progress,
     )?;
     progress.bar.finish_and_clear();
+    if let Some(c) = captions {
+        let backlog = c.backlog();
+        if backlog > 0 {
+            eprintln!("replay: captioning {backlog} keyframes");
+        }
+        let plain = progress.plain;
+        let bar = &if plain {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new_spinner()
+        };
+        let totals = c.drain(&stop, &|done, left| {
+            if plain {
+                return;
+            }
+            bar.set_message(format!("{done} captioned, {left} left"));
+            bar.tick();
+        });
+        bar.finish_and_clear();
+        if totals.captioned + totals.failed > 0 {
+            eprintln!(
+                "replay: {} captions ({} failed), {:.1} s in the captioner",
+                totals.captioned, totals.failed, totals.seconds
+            );
+        }
+    }
     for f in &report.files {
         match &f.error {
             Some(e) => eprintln!("error: {}: {e}", f.file.display()),
@@ -66,17 +126,14 @@ pub fn run(config_path: Option<&Path>, args: &ReplayArgs) -> anyhow::Result<Exit
         );
     }
     eprintln!(
-        "replay: {} frames stored ({} new), {} batches, {:.1} s in the image encoder",
+        "replay: {} frames stored ({} new), {} segments, {} batches, {:.1} s in the image encoder",
         report.totals.frames,
         report.totals.new_frames,
+        report.totals.segments,
         report.totals.batches,
         report.totals.inference_secs
     );
-    Ok(if report.all_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok((report, store))
 }
 
 fn describe(f: &FileReport) -> String {

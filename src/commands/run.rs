@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use roadrep::config::RoadrepConfig;
@@ -27,6 +28,13 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
             tagger: parts.tagger,
             store: parts.store,
             metrics: Some(metrics),
+            caption_preprocess: parts
+                .captioner
+                .as_ref()
+                .map(|c| roadrep::caption::Captioner::preprocessor(c.as_ref()).clone()),
+            captioner: parts
+                .captioner
+                .map(|c| c as Arc<dyn roadrep::caption::Captioner>),
         };
         run_daemon(&config, parts, shutdown_signal(), None).await
     })?;

@@ -100,7 +100,7 @@ fn via_api(
     ))
 }
 
-fn serde_urlencoded(req: &SearchRequest) -> String {
+pub(crate) fn serde_urlencoded<T: serde::Serialize>(req: &T) -> String {
     let v = serde_json::to_value(req).expect("a request serialises");
     let mut parts = Vec::new();
     for (k, v) in v.as_object().into_iter().flatten() {

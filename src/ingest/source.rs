@@ -28,7 +28,8 @@ use gstreamer_video as gst_video;
 use super::config::{RtspTransport, SourceKind};
 use super::sampler::FrameSampler;
 use crate::frame::{Frame, IngestEvent};
-use crate::models::{ImagePreprocessor, RgbFrame};
+use crate::models::RgbFrame;
+use crate::models::preprocess::FramePreprocessing;
 use crate::telemetry;
 
 /// Errors of one source. All name the stream.
@@ -160,7 +161,7 @@ pub fn now_ns() -> i64 {
 /// `resume_after_pts` (a replay checkpoint) only are delivered.
 pub fn run_source(
     spec: &SourceSpec,
-    preprocessor: &ImagePreprocessor,
+    preprocessor: &FramePreprocessing,
     tx: &SyncSender<IngestEvent>,
     stop: &AtomicBool,
     resume_after_pts: Option<u64>,
@@ -440,7 +441,7 @@ fn build_pipeline(spec: &SourceSpec) -> Result<gst::Pipeline, String> {
 fn sample_to_frame(
     sample: &gst::Sample,
     spec: &SourceSpec,
-    preprocessor: &ImagePreprocessor,
+    preprocessor: &FramePreprocessing,
     file_base_ns: Option<i64>,
     source: &Arc<str>,
     label: &Arc<str>,
@@ -460,11 +461,16 @@ fn sample_to_frame(
         stride: info.stride()[0] as usize,
         data: map.as_slice(),
     };
-    let crop = preprocessor.crop_size as usize;
+    let crop = preprocessor.clip.crop_size as usize;
     let mut pixels = ndarray::Array3::<f32>::zeros((3, crop, crop));
     preprocessor
+        .clip
         .preprocess_into(&rgb, pixels.view_mut())
         .map_err(|e| e.to_string())?;
+    let caption_image = match &preprocessor.caption {
+        Some(p) => Some(p.resize_crop(&rgb).map_err(|e| e.to_string())?.into()),
+        None => None,
+    };
     let ts_ns = match file_base_ns {
         Some(base) => base.saturating_add(pts_ns as i64),
         None => now_ns(),
@@ -478,6 +484,7 @@ fn sample_to_frame(
         width: info.width(),
         height: info.height(),
         pixels,
+        caption_image,
         sample_interval_ns: FrameSampler::interval_ns(spec.sample_fps),
     })
 }

@@ -353,11 +353,11 @@ pub fn load_tokenizer(path: &Path, context_length: usize) -> Result<(Tokenizer, 
 }
 
 /// Expected tensor: name, dtype, dims (`None` = dynamic).
-type Expected<'a> = (&'a str, &'a str, Vec<Option<i64>>);
+pub(crate) type Expected<'a> = (&'a str, &'a str, Vec<Option<i64>>);
 
 /// Checks the session's graph against the manifest, and the manifest against
 /// the contract this code was written for.
-fn check_signature(
+pub(crate) fn check_signature(
     path: &Path,
     entry: &FileEntry,
     session: &Session,

@@ -156,30 +156,7 @@ impl ModelManifest {
     /// equal, and a fingerprint that matches the files.
     pub fn read_verified(dir: &Path) -> Result<Self, ModelError> {
         let manifest = Self::read(dir)?;
-        for (role, entry) in &manifest.files {
-            let path = dir.join(&entry.path);
-            let actual = sha256_file(&path).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    ModelError::FileMissing {
-                        dir: dir.to_path_buf(),
-                        role: role.clone(),
-                        path: path.clone(),
-                    }
-                } else {
-                    ModelError::Io {
-                        path: path.clone(),
-                        source: e,
-                    }
-                }
-            })?;
-            if !actual.eq_ignore_ascii_case(&entry.sha256) {
-                return Err(ModelError::Checksum {
-                    path,
-                    expected: entry.sha256.clone(),
-                    actual,
-                });
-            }
-        }
+        verify_files(dir, &manifest.files)?;
         let computed = manifest.compute_fingerprint()?;
         if computed != manifest.fingerprint {
             return Err(ModelError::Manifest {
@@ -255,11 +232,41 @@ impl ModelManifest {
         Ok(ImagePreprocessor {
             shortest_edge: p.shortest_edge,
             crop_size: p.crop_size,
+            stretch: false,
             resample,
             mean: p.mean.map(|x| x as f32),
             std: p.std.map(|x| x as f32),
         })
     }
+}
+
+/// Checks that every listed file is present and matches its sha256.
+pub fn verify_files(dir: &Path, files: &BTreeMap<String, FileEntry>) -> Result<(), ModelError> {
+    for (role, entry) in files {
+        let path = dir.join(&entry.path);
+        let actual = sha256_file(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ModelError::FileMissing {
+                    dir: dir.to_path_buf(),
+                    role: role.clone(),
+                    path: path.clone(),
+                }
+            } else {
+                ModelError::Io {
+                    path: path.clone(),
+                    source: e,
+                }
+            }
+        })?;
+        if !actual.eq_ignore_ascii_case(&entry.sha256) {
+            return Err(ModelError::Checksum {
+                path,
+                expected: entry.sha256.clone(),
+                actual,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Hex sha256 of a file, streamed.

@@ -72,6 +72,9 @@ pub struct ImagePreprocessor {
     pub shortest_edge: u32,
     /// Side of the square center crop fed to the model.
     pub crop_size: u32,
+    /// Resize both sides straight to `crop_size`, ignoring the aspect ratio
+    /// (BLIP), instead of shortest edge + center crop (CLIP).
+    pub stretch: bool,
     /// Resampling filter.
     pub resample: Resample,
     /// Per-channel mean (RGB), applied after scaling to [0, 1].
@@ -100,6 +103,9 @@ impl ImagePreprocessor {
     /// The size `(width, height)` the image is resized to before cropping,
     /// computed as transformers does (`int(short * long / short_side)`).
     pub fn resized_size(&self, width: u32, height: u32) -> (u32, u32) {
+        if self.stretch {
+            return (self.crop_size, self.crop_size);
+        }
         let s = self.shortest_edge as u64;
         let (w, h) = (width as u64, height as u64);
         if w <= h {
@@ -196,6 +202,25 @@ impl ImagePreprocessor {
             }
         }
         Ok(())
+    }
+}
+
+/// What the ingest makes of each sampled frame: the CLIP input, and the
+/// captioner's resized image when captioning is on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FramePreprocessing {
+    /// CLIP image encoder input.
+    pub clip: ImagePreprocessor,
+    /// Captioner input (kept as packed RGB; normalised when captioned).
+    pub caption: Option<ImagePreprocessor>,
+}
+
+impl From<ImagePreprocessor> for FramePreprocessing {
+    fn from(clip: ImagePreprocessor) -> Self {
+        Self {
+            clip,
+            caption: None,
+        }
     }
 }
 
@@ -307,6 +332,7 @@ mod tests {
     #[allow(clippy::excessive_precision)] // the values as published by OpenAI
     fn clip() -> ImagePreprocessor {
         ImagePreprocessor {
+            stretch: false,
             shortest_edge: 224,
             crop_size: 224,
             resample: Resample::Bicubic,

@@ -24,6 +24,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SegmenterConfig {
+    /// Cut streams into segments at all.
+    pub enabled: bool,
     /// Cosine distance to the segment centroid above which a frame looks
     /// like another scene.
     pub cut_distance: f32,
@@ -44,6 +46,7 @@ pub struct SegmenterConfig {
 impl Default for SegmenterConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             cut_distance: 0.15,
             keep_distance: 0.10,
             confirm_secs: 1.0,

@@ -11,14 +11,23 @@
 //! - `streams`: name -> [`StreamRecord`]
 //! - `checkpoints`: stream id + source -> [`Checkpoint`]
 //! - `meta`: schema version, models seen
+//! - `segments`: [`FrameKey`] of the first frame -> [`SegmentRecord`]
+//! - `segment_open`: stream id + source -> start of its open segment (what a
+//!   restart rebuilds the segmenter from)
+//! - `caption_queue`: segment key -> [`CaptionJob`] (keyframe pixels), the
+//!   persistent backlog of the captioner
+//! - `caption_index`: `word\0segment key`, for caption word search
 //!
 //! A batch of frames and the checkpoint that covers them are written in one
 //! transaction, so after a crash the checkpoint never claims frames that are
 //! not stored, and a resumed replay neither skips nor duplicates frames.
+//! Segments closed by a batch, and the open-segment markers, go in the same
+//! transaction.
 //! Writing a frame that exists replaces it (replay is idempotent).
 
 pub mod keys;
 pub mod schema;
+mod segments;
 
 use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
@@ -27,7 +36,11 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use keys::FrameKey;
-pub use schema::{Checkpoint, FrameRecord, SetTag, StreamRecord, TagRecord};
+pub use schema::{
+    CaptionJob, CaptionState, Checkpoint, FrameRecord, SegmentRecord, SetTag, StreamRecord,
+    TagRecord,
+};
+pub use segments::{NewSegment, OpenMarker, SegmentEntry, SegmentFilter, SegmentWrites, StoredFrameData};
 
 /// `frames` tree.
 pub const FRAMES_TREE: &str = "frames";
@@ -41,6 +54,14 @@ pub const STREAMS_TREE: &str = "streams";
 pub const CHECKPOINTS_TREE: &str = "checkpoints";
 /// `meta` tree.
 pub const META_TREE: &str = "meta";
+/// `segments` tree.
+pub const SEGMENTS_TREE: &str = "segments";
+/// `segment_open` tree.
+pub const SEGMENT_OPEN_TREE: &str = "segment_open";
+/// `caption_queue` tree.
+pub const CAPTION_QUEUE_TREE: &str = "caption_queue";
+/// `caption_index` tree.
+pub const CAPTION_INDEX_TREE: &str = "caption_index";
 /// Prefix of the per-model embedding trees.
 pub const EMBEDDINGS_TREE_PREFIX: &str = "embeddings/";
 
@@ -158,6 +179,12 @@ pub struct Store {
     streams: sled::Tree,
     checkpoints: sled::Tree,
     embeddings: sled::Tree,
+    segments: sled::Tree,
+    segment_open: sled::Tree,
+    caption_queue: sled::Tree,
+    caption_index: sled::Tree,
+    /// Wakes the captioner when a job is queued.
+    caption_signal: std::sync::Arc<segments::CaptionSignal>,
     embed_dim: usize,
 }
 
@@ -221,6 +248,11 @@ impl Store {
             tag_index: tree(TAG_INDEX_TREE)?,
             streams: tree(STREAMS_TREE)?,
             checkpoints: tree(CHECKPOINTS_TREE)?,
+            segments: tree(SEGMENTS_TREE)?,
+            segment_open: tree(SEGMENT_OPEN_TREE)?,
+            caption_queue: tree(CAPTION_QUEUE_TREE)?,
+            caption_index: tree(CAPTION_INDEX_TREE)?,
+            caption_signal: Default::default(),
             embeddings: tree(&format!(
                 "{EMBEDDINGS_TREE_PREFIX}{}",
                 &model_fingerprint[..model_fingerprint.len().min(16)]
@@ -322,6 +354,17 @@ impl Store {
         frames: &[StoredFrame],
         checkpoints: &[CheckpointUpdate],
     ) -> Result<usize, StoreError> {
+        self.write(frames, checkpoints, &SegmentWrites::default())
+    }
+
+    /// [`Store::write_batch`] plus the segments the batch closed and the
+    /// open-segment markers, all in one transaction.
+    pub fn write(
+        &self,
+        frames: &[StoredFrame],
+        checkpoints: &[CheckpointUpdate],
+        segments: &SegmentWrites,
+    ) -> Result<usize, StoreError> {
         for f in frames {
             if f.embedding.len() != self.embed_dim {
                 return Err(StoreError::Dimension {
@@ -336,8 +379,11 @@ impl Store {
             &self.tags,
             &self.tag_index,
             &self.checkpoints,
+            &self.segments,
+            &self.segment_open,
+            &self.caption_queue,
         )
-            .transaction(|(frames_t, emb_t, tags_t, index_t, ckpt_t)| {
+            .transaction(|(frames_t, emb_t, tags_t, index_t, ckpt_t, seg_t, open_t, queue_t)| {
                 let mut new = 0;
                 for f in frames {
                     let key = f.key.encode();
@@ -366,10 +412,16 @@ impl Store {
                         schema::encode(&c.checkpoint),
                     )?;
                 }
+                segments::write_segments(segments, seg_t, open_t, queue_t)?;
                 Ok(new)
             });
         match result {
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                if segments.closed.iter().any(|s| s.caption_image.is_some()) {
+                    self.caption_signal.notify();
+                }
+                Ok(n)
+            }
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(self.err(e)),
         }

@@ -74,6 +74,70 @@ pub struct Checkpoint {
     pub sample_interval_ns: u64,
 }
 
+/// One scene segment of a camera (see `segment`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    /// First frame time, ns (equals the key time).
+    pub start_ns: i64,
+    /// End time (exclusive), ns.
+    pub end_ns: i64,
+    /// Pts of the first frame in its source, ns.
+    pub start_pts_ns: u64,
+    /// The source the segment's frames came from.
+    pub source: String,
+    /// Frames in the segment.
+    pub frames: u32,
+    /// Keyframe (most central frame) time, ns.
+    pub keyframe_ns: i64,
+    /// Keyframe pts, ns.
+    pub keyframe_pts_ns: u64,
+    /// Dominant class per label set and its share of the time.
+    pub tags: Vec<crate::segment::DominantTag>,
+    /// The keyframe's caption.
+    pub caption: CaptionState,
+}
+
+/// Where a segment's caption stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CaptionState {
+    /// Queued for the captioner.
+    Pending,
+    /// Captioned.
+    Done {
+        /// The caption.
+        text: String,
+        /// Fingerprint of the captioner model.
+        model: String,
+    },
+    /// The captioner failed on this keyframe.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// No caption: captioning was off, or no keyframe image was kept (a
+    /// segment rebuilt after a restart).
+    None,
+}
+
+impl CaptionState {
+    /// The caption text, if captioned.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Self::Done { text, .. } => Some(text),
+            _ => None,
+        }
+    }
+}
+
+/// A queued caption: the keyframe, already resized for the captioner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptionJob {
+    /// Side of the square image.
+    pub size: u32,
+    /// Packed RGB, `size * size * 3` bytes.
+    pub rgb: Vec<u8>,
+}
+
 /// Encodes a value with the schema version byte.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![SCHEMA_VERSION];

@@ -1,0 +1,548 @@
+//! BLIP captioner over ONNX Runtime.
+//!
+//! - Paper: Li et al., *BLIP: Bootstrapping Language-Image Pre-training*
+//!   (<https://arxiv.org/abs/2201.12086>).
+//! - Reference: transformers `BlipForConditionalGeneration.generate`;
+//!   checkpoint `Salesforce/blip-image-captioning-base`.
+//! - Export: `models/export.py --blip`. Two graphs:
+//!   - `vision_encoder.onnx`: `pixel_values [n,3,S,S]` -> `image_embeds`
+//!     and `cross_kv [L,2,n,H,T,Dh]`, the text decoder's cross-attention
+//!     keys/values over the image tokens, computed once per image;
+//!   - `text_decoder.onnx`: `input_ids [n,new]`, `past_self_kv
+//!     [L,2,n,H,past,Dh]`, `cross_kv` (batch 1 broadcasts over beams) ->
+//!     `logits [n,V]` of the last position, `present_self_kv`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ndarray::{Array2, Array4, ArrayD, Axis, IxDyn};
+use ort::session::Session;
+use ort::value::TensorRef;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokenizers::Tokenizer;
+
+use super::decode::{GenerationSettings, StepModel, generate};
+use super::{Caption, CaptionError, Captioner};
+use crate::models::clip::{PIXEL_VALUES, check_signature};
+use crate::models::manifest::{FileEntry, MANIFEST_FILE, verify_files};
+use crate::models::preprocess::{ImagePreprocessor, Resample, RgbFrame};
+use crate::models::{ModelError, OrtRuntime};
+
+/// Roles of the files of a BLIP model directory.
+pub mod roles {
+    /// Vision encoder (+ cross-attention keys/values).
+    pub const VISION_ENCODER: &str = "vision_encoder";
+    /// Text decoder with a self-attention cache.
+    pub const TEXT_DECODER: &str = "text_decoder";
+    /// WordPiece `tokenizer.json`.
+    pub const TOKENIZER: &str = "tokenizer";
+}
+
+const CROSS_KV: &str = "cross_kv";
+const INPUT_IDS: &str = "input_ids";
+const PAST: &str = "past_self_kv";
+const PRESENT: &str = "present_self_kv";
+const LOGITS: &str = "logits";
+const IMAGE_EMBEDS: &str = "image_embeds";
+
+/// `manifest.toml` of a BLIP directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlipManifest {
+    /// Manifest format version.
+    pub format_version: u32,
+    /// `"blip"`.
+    pub kind: String,
+    /// Human name.
+    pub name: String,
+    /// Where the weights came from.
+    pub source: String,
+    /// Identity of the captioner (see [`BlipManifest::compute_fingerprint`]).
+    pub fingerprint: String,
+    /// Architecture and special tokens.
+    pub blip: BlipSection,
+    /// Image preprocessing (resize to `size`², no crop).
+    pub preprocess: BlipPreprocess,
+    /// Files by role.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// `[blip]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlipSection {
+    /// Input side.
+    pub image_size: u32,
+    /// Image tokens (1 + patches).
+    pub num_image_tokens: usize,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+    /// Decoder hidden size.
+    pub hidden_size: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Position embeddings (longest sequence).
+    pub max_positions: usize,
+    /// Decoder start token (`[DEC]`).
+    pub bos_token_id: u32,
+    /// End of caption (`[SEP]`).
+    pub sep_token_id: u32,
+    /// Padding.
+    pub pad_token_id: u32,
+}
+
+/// `[preprocess]` of a BLIP directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlipPreprocess {
+    /// Square side both image sides are resized to.
+    pub size: u32,
+    /// Only `bicubic`.
+    pub resample: String,
+    /// Per-channel mean.
+    pub mean: [f64; 3],
+    /// Per-channel std.
+    pub std: [f64; 3],
+}
+
+impl BlipManifest {
+    /// Reads `dir/manifest.toml` and checks the files and fingerprint.
+    pub fn read_verified(dir: &Path) -> Result<Self, ModelError> {
+        if !dir.is_dir() {
+            return Err(ModelError::DirMissing {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let path = dir.join(MANIFEST_FILE);
+        let bad = |message: String| ModelError::Manifest {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        let m: Self = toml::from_str(&text)
+            .map_err(|e| bad(crate::models::manifest::one_line(&e.to_string())))?;
+        if m.kind != "blip" {
+            return Err(bad(format!("kind '{}' is not a BLIP captioner", m.kind)));
+        }
+        if m.format_version != crate::models::manifest::FORMAT_VERSION {
+            return Err(bad(format!(
+                "format_version {} is not supported",
+                m.format_version
+            )));
+        }
+        if m.preprocess.resample != "bicubic" {
+            return Err(bad(format!(
+                "preprocess.resample '{}' is not supported (expected 'bicubic')",
+                m.preprocess.resample
+            )));
+        }
+        if m.preprocess.size == 0 || m.preprocess.std.iter().any(|s| *s <= 0.0) {
+            return Err(bad("preprocess needs size > 0 and std > 0".into()));
+        }
+        verify_files(dir, &m.files)?;
+        let computed = m.compute_fingerprint(dir)?;
+        if computed != m.fingerprint {
+            return Err(bad(format!(
+                "fingerprint {} does not match its files ({computed})",
+                m.fingerprint
+            )));
+        }
+        Ok(m)
+    }
+
+    /// sha256 over the graphs', the tokenizer's sha256 and the
+    /// preprocessing. Mirrors `models/export.py`.
+    pub fn compute_fingerprint(&self, dir: &Path) -> Result<String, ModelError> {
+        let mut h = Sha256::new();
+        for role in [roles::VISION_ENCODER, roles::TEXT_DECODER, roles::TOKENIZER] {
+            h.update(format!(
+                "{role}={}\n",
+                self.file(dir, role)?.sha256.to_ascii_lowercase()
+            ));
+        }
+        let p = &self.preprocess;
+        let list = |v: &[f64; 3]| {
+            v.iter()
+                .map(|x| format!("{x:.8}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        h.update(format!(
+            "size={}\nresample={}\nmean={}\nstd={}\n",
+            p.size,
+            p.resample,
+            list(&p.mean),
+            list(&p.std)
+        ));
+        Ok(hex::encode(h.finalize()))
+    }
+
+    /// The entry of a file role.
+    pub fn file(&self, dir: &Path, role: &str) -> Result<&FileEntry, ModelError> {
+        self.files.get(role).ok_or_else(|| ModelError::Manifest {
+            path: dir.join(MANIFEST_FILE),
+            message: format!("no [files.{role}] entry"),
+        })
+    }
+}
+
+/// A loaded BLIP captioner.
+pub struct BlipCaptioner {
+    dir: PathBuf,
+    manifest: BlipManifest,
+    preprocessor: ImagePreprocessor,
+    vision_path: PathBuf,
+    vision: Mutex<Session>,
+    decoder_path: PathBuf,
+    decoder: Mutex<Session>,
+    tokenizer: Tokenizer,
+    tokenizer_path: PathBuf,
+    settings: GenerationSettings,
+    prompt_ids: Vec<u32>,
+}
+
+impl std::fmt::Debug for BlipCaptioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlipCaptioner")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl BlipCaptioner {
+    /// Verifies `dir` and opens both graphs with `intra_threads` threads.
+    pub fn load(
+        dir: &Path,
+        runtime: &OrtRuntime,
+        intra_threads: usize,
+        settings: GenerationSettings,
+    ) -> Result<Self, ModelError> {
+        let manifest = BlipManifest::read_verified(dir)?;
+        let b = &manifest.blip;
+        let p = &manifest.preprocess;
+        let preprocessor = ImagePreprocessor {
+            shortest_edge: p.size,
+            crop_size: p.size,
+            stretch: true,
+            resample: Resample::Bicubic,
+            mean: p.mean.map(|x| x as f32),
+            std: p.std.map(|x| x as f32),
+        };
+        let s = p.size as i64;
+        let (l, h, t, d) = (
+            b.num_layers as i64,
+            b.num_heads as i64,
+            b.num_image_tokens as i64,
+            b.head_dim as i64,
+        );
+
+        let entry = manifest.file(dir, roles::VISION_ENCODER)?;
+        let vision_path = dir.join(&entry.path);
+        let vision = runtime.session(&vision_path, intra_threads)?;
+        check_signature(
+            &vision_path,
+            entry,
+            &vision,
+            &[(PIXEL_VALUES, "float32", vec![None, Some(3), Some(s), Some(s)])],
+            &[
+                (IMAGE_EMBEDS, "float32", vec![None, Some(t), None]),
+                (
+                    CROSS_KV,
+                    "float32",
+                    vec![Some(l), Some(2), None, Some(h), Some(t), Some(d)],
+                ),
+            ],
+        )?;
+        let entry = manifest.file(dir, roles::TEXT_DECODER)?;
+        let decoder_path = dir.join(&entry.path);
+        let decoder = runtime.session(&decoder_path, intra_threads)?;
+        check_signature(
+            &decoder_path,
+            entry,
+            &decoder,
+            &[
+                (INPUT_IDS, "int64", vec![None, None]),
+                (
+                    PAST,
+                    "float32",
+                    vec![Some(l), Some(2), None, Some(h), None, Some(d)],
+                ),
+                (
+                    CROSS_KV,
+                    "float32",
+                    vec![Some(l), Some(2), None, Some(h), Some(t), Some(d)],
+                ),
+            ],
+            &[
+                (LOGITS, "float32", vec![None, Some(b.vocab_size as i64)]),
+                (
+                    PRESENT,
+                    "float32",
+                    vec![Some(l), Some(2), None, Some(h), None, Some(d)],
+                ),
+            ],
+        )?;
+        let tokenizer_path = dir.join(&manifest.file(dir, roles::TOKENIZER)?.path);
+        let tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| ModelError::Tokenizer {
+                path: tokenizer_path.clone(),
+                message: e.to_string(),
+            })?;
+        let mut captioner = Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            preprocessor,
+            vision_path,
+            vision: Mutex::new(vision),
+            decoder_path,
+            decoder: Mutex::new(decoder),
+            tokenizer,
+            tokenizer_path,
+            settings: GenerationSettings::default(),
+            prompt_ids: Vec::new(),
+        };
+        captioner.set_generation(settings)?;
+        Ok(captioner)
+    }
+
+    /// Changes the decoding settings (prompt included).
+    pub fn set_generation(&mut self, settings: GenerationSettings) -> Result<(), ModelError> {
+        let b = &self.manifest.blip;
+        // As BLIP's processor and generate do: tokenize with [CLS] ... [SEP],
+        // put the decoder start token first, drop the final [SEP].
+        let mut ids = match &settings.prompt {
+            Some(p) => self.tokenize(p)?,
+            None => vec![b.bos_token_id, b.sep_token_id],
+        };
+        ids[0] = b.bos_token_id;
+        ids.pop();
+        if ids.len() + settings.max_new_tokens > b.max_positions {
+            return Err(ModelError::Manifest {
+                path: self.dir.join(MANIFEST_FILE),
+                message: format!(
+                    "prompt ({} tokens) + max_new_tokens {} exceed the model's {} positions",
+                    ids.len(),
+                    settings.max_new_tokens,
+                    b.max_positions
+                ),
+            });
+        }
+        self.prompt_ids = ids;
+        self.settings = settings;
+        Ok(())
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &BlipManifest {
+        &self.manifest
+    }
+
+    /// Decoder input the captions start from (start token + prompt).
+    pub fn prompt_ids(&self) -> &[u32] {
+        &self.prompt_ids
+    }
+
+    /// Token ids of a text, with `[CLS]` and `[SEP]`.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        self.tokenizer
+            .encode(text, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.tokenizer_path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Text of token ids, special tokens removed.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.tokenizer_path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Normalised pixels of one resized image: `[1, 3, S, S]`.
+    pub fn pixels(&self, rgb: &[u8]) -> Result<Array4<f32>, CaptionError> {
+        let s = self.preprocessor.crop_size as usize;
+        if rgb.len() != s * s * 3 {
+            return Err(CaptionError::Image(format!(
+                "{} bytes, expected a {s}x{s} RGB image",
+                rgb.len()
+            )));
+        }
+        let mut out = Array4::<f32>::zeros((1, 3, s, s));
+        self.preprocessor.preprocess_into(
+            &RgbFrame::packed(s as u32, s as u32, rgb),
+            out.index_axis_mut(Axis(0), 0),
+        ).map_err(ModelError::from)?;
+        Ok(out)
+    }
+
+    /// Runs the vision encoder: the decoder's cross-attention keys/values
+    /// `[L, 2, n, H, T, Dh]`.
+    pub fn encode_image(&self, pixel_values: &Array4<f32>) -> Result<ArrayD<f32>, ModelError> {
+        let err = |e: ort::Error| ModelError::Ort {
+            path: self.vision_path.clone(),
+            message: e.to_string(),
+        };
+        let input = TensorRef::from_array_view(pixel_values.view()).map_err(err)?;
+        let mut session = self.vision.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session
+            .run(ort::inputs![PIXEL_VALUES => input])
+            .map_err(err)?;
+        Ok(outputs[CROSS_KV]
+            .try_extract_array::<f32>()
+            .map_err(err)?
+            .to_owned())
+    }
+
+    /// Captions preprocessed pixels `[1, 3, S, S]` with the configured
+    /// decoding.
+    pub fn caption_pixels(
+        &self,
+        pixel_values: &Array4<f32>,
+        pace: &mut dyn FnMut(),
+    ) -> Result<Caption, CaptionError> {
+        self.caption_with(pixel_values, &self.settings, &self.prompt_ids, pace)
+    }
+
+    /// Captions with explicit settings and decoder prompt ids.
+    pub fn caption_with(
+        &self,
+        pixel_values: &Array4<f32>,
+        settings: &GenerationSettings,
+        prompt_ids: &[u32],
+        pace: &mut dyn FnMut(),
+    ) -> Result<Caption, CaptionError> {
+        pace();
+        let cross_kv = self.encode_image(pixel_values)?;
+        let mut session = self.decoder.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = DecoderState {
+            session: &mut session,
+            path: &self.decoder_path,
+            cross_kv,
+            past: None,
+            shape: &self.manifest.blip,
+        };
+        let ids = generate(
+            &mut state,
+            prompt_ids,
+            self.manifest.blip.sep_token_id,
+            settings,
+            pace,
+        )?;
+        Ok(Caption {
+            text: self.decode(&ids)?,
+            ids,
+        })
+    }
+
+    /// Logits of the last prompt position at the first step (parity tests).
+    pub fn first_step_logits(
+        &self,
+        pixel_values: &Array4<f32>,
+        prompt_ids: &[u32],
+    ) -> Result<Vec<f32>, CaptionError> {
+        let cross_kv = self.encode_image(pixel_values)?;
+        let mut session = self.decoder.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = DecoderState {
+            session: &mut session,
+            path: &self.decoder_path,
+            cross_kv,
+            past: None,
+            shape: &self.manifest.blip,
+        };
+        Ok(state.forward(&[prompt_ids])?.swap_remove(0))
+    }
+}
+
+impl Captioner for BlipCaptioner {
+    fn preprocessor(&self) -> &ImagePreprocessor {
+        &self.preprocessor
+    }
+
+    fn fingerprint(&self) -> &str {
+        &self.manifest.fingerprint
+    }
+
+    fn caption(&self, rgb: &[u8], pace: &mut dyn FnMut()) -> Result<Caption, CaptionError> {
+        let pixels = self.pixels(rgb)?;
+        self.caption_pixels(&pixels, pace)
+    }
+}
+
+/// One caption's decoder state: the image's cross K/V and the growing
+/// self-attention cache.
+struct DecoderState<'a> {
+    session: &'a mut Session,
+    path: &'a Path,
+    cross_kv: ArrayD<f32>,
+    past: Option<ArrayD<f32>>,
+    shape: &'a BlipSection,
+}
+
+impl StepModel for DecoderState<'_> {
+    fn forward(&mut self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>, CaptionError> {
+        let err = |e: ort::Error| ModelError::Ort {
+            path: self.path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let n = rows.len();
+        let new = rows.first().map_or(0, |r| r.len());
+        let mut ids = Array2::<i64>::zeros((n, new));
+        for (i, row) in rows.iter().enumerate() {
+            for (j, &t) in row.iter().enumerate() {
+                ids[[i, j]] = t as i64;
+            }
+        }
+        let past = match self.past.take() {
+            Some(p) => p,
+            None => ArrayD::zeros(IxDyn(&[
+                self.shape.num_layers,
+                2,
+                n,
+                self.shape.num_heads,
+                0,
+                self.shape.head_dim,
+            ])),
+        };
+        let outputs = {
+            let ids_in = TensorRef::from_array_view(ids.view()).map_err(err)?;
+            let past_in = TensorRef::from_array_view(past.view()).map_err(err)?;
+            let cross_in = TensorRef::from_array_view(self.cross_kv.view()).map_err(err)?;
+            self.session
+                .run(ort::inputs![INPUT_IDS => ids_in, PAST => past_in, CROSS_KV => cross_in])
+                .map_err(err)?
+        };
+        let logits = outputs[LOGITS].try_extract_array::<f32>().map_err(err)?;
+        let rows_out = logits
+            .axis_iter(Axis(0))
+            .map(|r| r.iter().copied().collect())
+            .collect();
+        self.past = Some(
+            outputs[PRESENT]
+                .try_extract_array::<f32>()
+                .map_err(err)?
+                .to_owned(),
+        );
+        Ok(rows_out)
+    }
+
+    fn select(&mut self, from: &[usize]) -> Result<(), CaptionError> {
+        if let Some(past) = &self.past {
+            self.past = Some(past.select(Axis(2), from));
+        }
+        Ok(())
+    }
+}

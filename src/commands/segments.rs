@@ -1,0 +1,167 @@
+//! `roadrep segments` and `roadrep summary`: scene segments of clips or a
+//! time range. Through the daemon's API when it runs, else from the store;
+//! clips given as files are replayed first (idempotent: stored clips are
+//! not decoded again).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use roadrep::config::RoadrepConfig;
+use roadrep::store::{Store, StoreError};
+use roadrep::summary::{SegmentView, SegmentsRequest, views};
+
+use crate::cli::{ReplayArgs, SegmentsArgs};
+
+/// How segments are printed.
+#[derive(Debug, Clone, Copy)]
+pub enum Style {
+    /// One row per segment with every field.
+    Table,
+    /// `00:00-00:42 highway, clear, daytime: "caption"`, per clip.
+    Summary,
+}
+
+pub fn run(config_path: Option<&Path>, args: &SegmentsArgs, style: Style) -> anyhow::Result<ExitCode> {
+    let config = RoadrepConfig::load(config_path)?;
+    let base = SegmentsRequest {
+        camera: (!args.camera.is_empty()).then(|| args.camera.join(",")),
+        from: args.from.clone(),
+        to: args.to.clone(),
+        source: None,
+        q: args.caption.clone(),
+    };
+    base.filter().map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let mut groups: Vec<(Option<String>, Vec<SegmentView>)> = Vec::new();
+    let mut ok = true;
+    if args.files.is_empty() {
+        let segments = match via_api(&config.api.listen, &base)? {
+            Some(s) => s,
+            None => views(&open_store(&config, args)?.segments(&base.filter()?)?),
+        };
+        groups.push((None, segments));
+    } else {
+        anyhow::ensure!(
+            args.camera.len() <= 1,
+            "give at most one --camera when summarising files"
+        );
+        let replay_args = ReplayArgs {
+            files: args.files.clone(),
+            camera: args.camera.first().cloned(),
+            fps: args.fps,
+            start: None,
+            store: args.store.clone(),
+        };
+        let (report, store) = super::replay::replay_clips(&config, &replay_args)?;
+        ok = report.all_ok();
+        for f in &report.files {
+            if f.error.is_some() {
+                continue;
+            }
+            let req = SegmentsRequest {
+                camera: Some(f.camera.clone()),
+                source: Some(f.file.display().to_string()),
+                ..base.clone()
+            };
+            groups.push((
+                Some(f.file.display().to_string()),
+                views(&store.segments(&req.filter()?)?),
+            ));
+        }
+    }
+
+    if args.json {
+        let all: Vec<&SegmentView> = groups.iter().flat_map(|(_, v)| v).collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        for (file, segments) in &groups {
+            print_group(file.as_deref(), segments, style);
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_group(file: Option<&str>, segments: &[SegmentView], style: Style) {
+    if segments.is_empty() {
+        eprintln!("{}no segments", file.map_or(String::new(), |f| format!("{f}: ")));
+        return;
+    }
+    let mut current: Option<(&str, &str)> = None;
+    for s in segments {
+        let key = (s.camera.as_str(), s.source.as_str());
+        if current != Some(key) {
+            current = Some(key);
+            println!("# {} ({}), from {}", s.source, s.camera, s.start);
+        }
+        match style {
+            Style::Summary => println!("{}", s.line),
+            Style::Table => {
+                let tags: Vec<String> = s
+                    .tags
+                    .iter()
+                    .map(|t| format!("{}={}({:.0}%)", t.set, t.class, t.share * 100.0))
+                    .collect();
+                println!(
+                    "{}  {}  {:>4} frames  keyframe {:.2}s  {}  {}",
+                    s.start,
+                    s.end,
+                    s.frames,
+                    s.keyframe_pts_s,
+                    tags.join(" "),
+                    s.caption
+                        .as_deref()
+                        .map_or_else(|| format!("({})", s.caption_state), |c| format!("\"{c}\""))
+                );
+            }
+        }
+    }
+}
+
+/// Asks a running daemon; `None` when nothing listens.
+fn via_api(listen: &str, req: &SegmentsRequest) -> anyhow::Result<Option<Vec<SegmentView>>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(std::time::Duration::from_millis(500)))
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!(
+        "http://{listen}/api/segments?{}",
+        super::search::serde_urlencoded(req)
+    );
+    let mut resp = match agent.get(&url).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Ok(None);
+        }
+        Err(ureq::Error::ConnectionFailed) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("daemon at {listen}")),
+    };
+    let status = resp.status();
+    let body = resp.body_mut().read_to_string().context("reading the API answer")?;
+    anyhow::ensure!(status.is_success(), "daemon at {listen}: {status}: {body}");
+    Ok(Some(serde_json::from_str(&body).context("parsing the API answer")?))
+}
+
+/// Opens the store read-side (the CLIP fingerprint names its embedding tree).
+fn open_store(config: &RoadrepConfig, args: &SegmentsArgs) -> anyhow::Result<Store> {
+    let path = args
+        .store
+        .clone()
+        .unwrap_or_else(|| config.store.path.clone());
+    anyhow::ensure!(
+        path.exists(),
+        "store '{}' does not exist (nothing replayed or recorded yet)",
+        path.display()
+    );
+    let manifest = roadrep::models::ModelManifest::read(&config.models.clip)?;
+    match Store::open(&path, &manifest.fingerprint, manifest.clip.embed_dim) {
+        Err(StoreError::Locked { path }) => anyhow::bail!(
+            "store '{}' is held by a running daemon, but its API at {} does not answer",
+            path.display(),
+            config.api.listen
+        ),
+        other => Ok(other?),
+    }
+}

@@ -1,0 +1,379 @@
+//! Segments, the caption backlog and the caption word index.
+
+use std::collections::BTreeSet;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use super::keys::{self, FrameKey};
+use super::schema::{self, CaptionJob, CaptionState, FrameRecord, SegmentRecord, TagRecord};
+use super::{
+    CAPTION_QUEUE_TREE, SEGMENTS_TREE, Store, StoreError, TAGS_TREE, StreamRecord,
+};
+
+/// A segment closed by a batch.
+#[derive(Debug, Clone)]
+pub struct NewSegment {
+    /// Its stream.
+    pub stream_id: u32,
+    /// The record (caption `Pending` when `caption_image` is set).
+    pub record: SegmentRecord,
+    /// Keyframe to caption.
+    pub caption_image: Option<CaptionJob>,
+}
+
+/// Where the open segment of a (stream, source) starts; `None` clears it.
+#[derive(Debug, Clone)]
+pub struct OpenMarker {
+    /// Stream id.
+    pub stream_id: u32,
+    /// Source identity.
+    pub source: String,
+    /// Start of the open segment, ns.
+    pub start_ns: Option<i64>,
+}
+
+/// Segment changes written with a batch.
+#[derive(Debug, Clone, Default)]
+pub struct SegmentWrites {
+    /// Closed segments.
+    pub closed: Vec<NewSegment>,
+    /// Open-segment markers.
+    pub open: Vec<OpenMarker>,
+}
+
+impl SegmentWrites {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.closed.is_empty() && self.open.is_empty()
+    }
+}
+
+/// Which segments a query returns.
+#[derive(Debug, Clone, Default)]
+pub struct SegmentFilter {
+    /// Stream names; `None` = all.
+    pub streams: Option<Vec<String>>,
+    /// Segments ending at or after this time, ns.
+    pub from_ns: Option<i64>,
+    /// Segments starting at or before this time, ns.
+    pub to_ns: Option<i64>,
+    /// Words that must all occur in the caption.
+    pub caption_words: Vec<String>,
+    /// Only segments from this source (file path, URL).
+    pub source: Option<String>,
+}
+
+/// A segment with its stream name.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SegmentEntry {
+    /// Stream (camera) name.
+    pub stream: String,
+    /// The segment.
+    #[serde(flatten)]
+    pub record: SegmentRecord,
+}
+
+/// A stored frame with everything the segmenter needs.
+#[derive(Debug, Clone)]
+pub struct StoredFrameData {
+    /// Key.
+    pub key: FrameKey,
+    /// Metadata.
+    pub record: FrameRecord,
+    /// Tags.
+    pub tags: TagRecord,
+    /// Normalised embedding (current model).
+    pub embedding: Vec<f32>,
+}
+
+/// Wakes the captioner when jobs are queued (a counter and a condvar).
+#[derive(Debug, Default)]
+pub(super) struct CaptionSignal {
+    generation: Mutex<u64>,
+    cond: Condvar,
+}
+
+impl CaptionSignal {
+    pub(super) fn notify(&self) {
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.cond.notify_all();
+    }
+
+    fn wait(&self, seen: u64, timeout: Duration) -> u64 {
+        let guard = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .cond
+            .wait_timeout_while(guard, timeout, |g| *g == seen)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+
+    fn current(&self) -> u64 {
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Words of a caption as indexed and searched: lowercase alphanumeric runs,
+/// without a few function words that every caption has.
+pub fn caption_words(text: &str) -> Vec<String> {
+    const STOP: &[&str] = &[
+        "a", "an", "the", "of", "on", "in", "with", "and", "is", "are", "to", "at", "it", "its",
+        "there",
+    ];
+    let mut words = BTreeSet::new();
+    for w in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let w = w.to_lowercase();
+        if !STOP.contains(&w.as_str()) {
+            words.insert(w);
+        }
+    }
+    words.into_iter().collect()
+}
+
+fn caption_index_key(word: &str, key: &FrameKey) -> Vec<u8> {
+    let mut k = caption_index_prefix(word);
+    k.extend_from_slice(&key.encode());
+    k
+}
+
+fn caption_index_prefix(word: &str) -> Vec<u8> {
+    let mut k = word.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// Writes closed segments (queueing their captions) and open markers inside
+/// the batch transaction.
+pub(super) fn write_segments(
+    writes: &SegmentWrites,
+    seg_t: &TransactionalTree,
+    open_t: &TransactionalTree,
+    queue_t: &TransactionalTree,
+) -> TxResult<()> {
+    for s in &writes.closed {
+        let key = FrameKey {
+            stream_id: s.stream_id,
+            ts_ns: s.record.start_ns,
+        }
+        .encode();
+        // The same segment closed again (a replay of a clip after its
+        // checkpoint was lost) keeps the caption it already has.
+        if let Some(old) = seg_t.get(key)? {
+            let old: SegmentRecord =
+                schema::decode(SEGMENTS_TREE, &old).map_err(ConflictableTransactionError::Abort)?;
+            if old.keyframe_ns == s.record.keyframe_ns && old.end_ns == s.record.end_ns {
+                if let CaptionState::Done { .. } = old.caption {
+                    continue;
+                }
+            }
+        }
+        seg_t.insert(&key, schema::encode(&s.record))?;
+        match &s.caption_image {
+            Some(job) => queue_t.insert(&key, schema::encode(job))?,
+            None => queue_t.remove(&key)?,
+        };
+    }
+    for m in &writes.open {
+        let k = keys::checkpoint_key(m.stream_id, &m.source);
+        match m.start_ns {
+            Some(t) => open_t.insert(k, &t.to_be_bytes())?,
+            None => open_t.remove(k)?,
+        };
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Start of the open segment of `source` on `stream_id`, if one was
+    /// being built when the last run stopped.
+    pub fn open_segment_start(
+        &self,
+        stream_id: u32,
+        source: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .segment_open
+            .get(keys::checkpoint_key(stream_id, source))
+            .map_err(|e| self.err(e))?
+            .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes)))
+    }
+
+    /// Stored frames of a stream from `from_ns` on that came from `source`
+    /// (label), with tags and embeddings, in time order.
+    pub fn frames_since(
+        &self,
+        stream_id: u32,
+        from_ns: i64,
+        source: &str,
+    ) -> Result<Vec<StoredFrameData>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self
+            .frames
+            .range(FrameKey::range(stream_id, from_ns, i64::MAX))
+        {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            let Some(key) = FrameKey::decode(&k) else {
+                continue;
+            };
+            let record: FrameRecord = schema::decode(super::FRAMES_TREE, &v)?;
+            if record.source != source {
+                continue;
+            }
+            let Some(embedding) = self.embedding(&key)? else {
+                continue;
+            };
+            let tags = match self.tags.get(k).map_err(|e| self.err(e))? {
+                Some(t) => schema::decode(TAGS_TREE, &t)?,
+                None => TagRecord { sets: Vec::new() },
+            };
+            out.push(StoredFrameData {
+                key,
+                record,
+                tags,
+                embedding,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Segments passing `filter`, in (stream, time) order.
+    pub fn segments(&self, filter: &SegmentFilter) -> Result<Vec<SegmentEntry>, StoreError> {
+        let streams: Vec<StreamRecord> = match &filter.streams {
+            None => self.streams()?,
+            Some(names) => {
+                let all = self.streams()?;
+                names
+                    .iter()
+                    .map(|n| {
+                        all.iter()
+                            .find(|s| &s.name == n)
+                            .cloned()
+                            .ok_or_else(|| StoreError::UnknownStream(n.clone()))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        let words: Vec<String> = filter
+            .caption_words
+            .iter()
+            .flat_map(|w| caption_words(w))
+            .collect();
+        let with_words = if words.is_empty() {
+            None
+        } else {
+            Some(self.keys_with_words(&words)?)
+        };
+        let from = filter.from_ns.unwrap_or(i64::MIN);
+        let to = filter.to_ns.unwrap_or(i64::MAX);
+        let mut out = Vec::new();
+        for stream in streams {
+            for kv in self
+                .segments
+                .range(FrameKey::range(stream.id, i64::MIN, to))
+            {
+                let (k, v) = kv.map_err(|e| self.err(e))?;
+                if with_words.as_ref().is_some_and(|w| !w.contains(k.as_ref())) {
+                    continue;
+                }
+                let record: SegmentRecord = schema::decode(SEGMENTS_TREE, &v)?;
+                if record.end_ns < from
+                    || filter.source.as_ref().is_some_and(|s| s != &record.source)
+                {
+                    continue;
+                }
+                out.push(SegmentEntry {
+                    stream: stream.name.clone(),
+                    record,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Segment keys whose caption has every word.
+    fn keys_with_words(&self, words: &[String]) -> Result<BTreeSet<Vec<u8>>, StoreError> {
+        let mut result: Option<BTreeSet<Vec<u8>>> = None;
+        for w in words {
+            let prefix = caption_index_prefix(w);
+            let mut keys = BTreeSet::new();
+            for kv in self.caption_index.scan_prefix(&prefix) {
+                let (k, _) = kv.map_err(|e| self.err(e))?;
+                keys.insert(k[prefix.len()..].to_vec());
+            }
+            result = Some(match result {
+                None => keys,
+                Some(r) => r.intersection(&keys).cloned().collect(),
+            });
+        }
+        Ok(result.unwrap_or_default())
+    }
+
+    /// Number of keyframes waiting for a caption.
+    pub fn caption_backlog(&self) -> usize {
+        self.caption_queue.len()
+    }
+
+    /// The oldest queued caption job (by stream, then time).
+    pub fn next_caption_job(&self) -> Result<Option<(FrameKey, CaptionJob)>, StoreError> {
+        let Some((k, v)) = self.caption_queue.first().map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let key = FrameKey::decode(&k).ok_or_else(|| StoreError::Corrupt {
+            tree: CAPTION_QUEUE_TREE.into(),
+            message: "bad key".into(),
+        })?;
+        Ok(Some((key, schema::decode(CAPTION_QUEUE_TREE, &v)?)))
+    }
+
+    /// Waits up to `timeout` for a caption job to be queued (returns at
+    /// once if one is).
+    pub fn wait_for_caption_job(&self, timeout: Duration) {
+        let seen = self.caption_signal.current();
+        if !self.caption_queue.is_empty() {
+            return;
+        }
+        self.caption_signal.wait(seen, timeout);
+    }
+
+    /// Stores the caption of a segment, indexes its words and removes the
+    /// job from the queue, in one transaction.
+    pub fn set_caption(&self, segment: &FrameKey, state: CaptionState) -> Result<(), StoreError> {
+        let key = segment.encode();
+        let result = (&self.segments, &self.caption_queue, &self.caption_index).transaction(
+            |(seg_t, queue_t, index_t)| {
+                queue_t.remove(&key)?;
+                let Some(v) = seg_t.get(key)? else {
+                    return Ok(());
+                };
+                let mut record: SegmentRecord = schema::decode(SEGMENTS_TREE, &v)
+                    .map_err(ConflictableTransactionError::Abort)?;
+                if let Some(old) = record.caption.text() {
+                    for w in caption_words(old) {
+                        index_t.remove(caption_index_key(&w, segment))?;
+                    }
+                }
+                if let Some(text) = state.text() {
+                    for w in caption_words(text) {
+                        index_t.insert(caption_index_key(&w, segment), &[])?;
+                    }
+                }
+                record.caption = state.clone();
+                seg_t.insert(&key, schema::encode(&record))?;
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(self.err(e)),
+        }
+    }
+}
