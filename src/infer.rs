@@ -221,7 +221,10 @@ impl InferenceWorker {
                         pts_ns: frame.pts_ns,
                         duration_ns: frame.sample_interval_ns,
                         embedding: embedding.clone().into(),
-                        tags: scores.iter().map(|s| (s.set.clone(), s.top.clone())).collect(),
+                        tags: scores
+                            .iter()
+                            .map(|s| (s.set.clone(), s.top.clone()))
+                            .collect(),
                         caption_image: frame.caption_image.clone(),
                     },
                 ));
@@ -266,7 +269,9 @@ impl InferenceWorker {
         let mut segments = SegmentWrites::default();
         for (stream_id, frame, input) in segment_input {
             if let Some(closed) = self.segmenter(stream_id, frame).and_then(|s| s.push(input)) {
-                segments.closed.push(new_segment(stream_id, &frame.source_label, closed));
+                segments
+                    .closed
+                    .push(new_segment(stream_id, &frame.source_label, closed));
             }
         }
         for key in &touched {
@@ -304,7 +309,8 @@ impl InferenceWorker {
             self.damaged.insert((f.stream.clone(), f.source.clone()));
             // Its segments are rebuilt from the store by the replay that
             // fills the gap.
-            self.segmenters.remove(&(f.stream.clone(), f.source.clone()));
+            self.segmenters
+                .remove(&(f.stream.clone(), f.source.clone()));
             metrics::counter!(telemetry::FRAMES_DROPPED, "stream" => f.stream.to_string(), "reason" => reason).increment(1);
         }
     }
@@ -405,7 +411,10 @@ impl InferenceWorker {
         let key = (frame.stream.clone(), frame.source.clone());
         if !self.segmenters.contains_key(&key) {
             let mut seg = Segmenter::new(config);
-            let resume_pts = self.progress.get(&key).and_then(|p| p.checkpoint.last_pts_ns);
+            let resume_pts = self
+                .progress
+                .get(&key)
+                .and_then(|p| p.checkpoint.last_pts_ns);
             match self.rebuild(&mut seg, stream_id, frame, resume_pts) {
                 Ok(n) if n > 0 => {
                     tracing::info!(stream = %frame.stream, frames = n, "Open segment rebuilt from the store.")
@@ -415,8 +424,7 @@ impl InferenceWorker {
                     tracing::warn!(%error, stream = %frame.stream, "Cannot rebuild the open segment; a new one starts here.")
                 }
             }
-            self.labels
-                .insert(key.clone(), frame.source_label.clone());
+            self.labels.insert(key.clone(), frame.source_label.clone());
             self.segmenters.insert(key.clone(), seg);
         }
         self.segmenters.get_mut(&key)
@@ -438,7 +446,10 @@ impl InferenceWorker {
             return Ok(0);
         };
         let mut n = 0;
-        for f in self.store.frames_since(stream_id, start, &frame.source_label)? {
+        for f in self
+            .store
+            .frames_since(stream_id, start, &frame.source_label)?
+        {
             if f.record.pts_ns > last_pts || f.key.ts_ns >= frame.ts_ns {
                 break;
             }

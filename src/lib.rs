@@ -33,8 +33,8 @@
 
 pub mod api;
 pub mod batcher;
-pub mod caption;
 pub mod bench;
+pub mod caption;
 pub mod config;
 pub mod daemon;
 pub mod export;
@@ -45,8 +45,8 @@ pub mod models;
 pub mod replay;
 pub mod search;
 pub mod segment;
-pub mod summary;
 pub mod store;
+pub mod summary;
 pub mod tagging;
 pub mod telemetry;
 #[cfg(feature = "trainer")]

@@ -24,12 +24,16 @@ fn main() -> ExitCode {
             commands::bench::run_replay(cli.config.as_deref(), args)
         }
         Command::Replay(args) => commands::replay::run(cli.config.as_deref(), args),
-        Command::Segments(args) => {
-            commands::segments::run(cli.config.as_deref(), args, commands::segments::Style::Table)
-        }
-        Command::Summary(args) => {
-            commands::segments::run(cli.config.as_deref(), args, commands::segments::Style::Summary)
-        }
+        Command::Segments(args) => commands::segments::run(
+            cli.config.as_deref(),
+            args,
+            commands::segments::Style::Table,
+        ),
+        Command::Summary(args) => commands::segments::run(
+            cli.config.as_deref(),
+            args,
+            commands::segments::Style::Summary,
+        ),
         Command::ExportFrames(args) => commands::export::run(cli.config.as_deref(), args),
         Command::VerifyModel { dir } => commands::verify_model(dir),
     };

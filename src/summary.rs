@@ -213,7 +213,10 @@ mod tests {
             ),
             entry(42.0, 3725.0, CaptionState::Pending),
         ]);
-        assert_eq!(v[0].line, "00:00-00:42 highway, clear: \"a highway with cars\"");
+        assert_eq!(
+            v[0].line,
+            "00:00-00:42 highway, clear: \"a highway with cars\""
+        );
         assert_eq!(v[1].line, "00:42-1:02:05 highway, clear: (caption pending)");
         assert_eq!(v[1].start_s, 42.0);
     }

@@ -192,10 +192,7 @@ fn beam_search(
         // transformers' heuristic: stop once no running beam can beat the
         // worst finished one (only when every slot has finished).
         let best_possible = running[0].1 / ((cur_len - prompt_len) as f64).powf(lp as f64) as f32;
-        let worst = finished
-            .iter()
-            .map(|f| f.1)
-            .fold(f32::INFINITY, f32::min);
+        let worst = finished.iter().map(|f| f.1).fold(f32::INFINITY, f32::min);
         improvable &= finished
             .iter()
             .any(|f| best_possible > if f.2 { worst } else { MASKED });
@@ -332,7 +329,10 @@ mod tests {
         let mut m = model();
         let ids = generate(&mut m, &[0], EOS, &settings(1, 10), &mut || {}).unwrap();
         assert_eq!(ids, [0, 1, 4]);
-        assert_eq!(m.calls, 2, "one prefill and one step per new token but the last");
+        assert_eq!(
+            m.calls, 2,
+            "one prefill and one step per new token but the last"
+        );
     }
 
     #[test]

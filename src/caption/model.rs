@@ -252,7 +252,11 @@ impl BlipCaptioner {
             &vision_path,
             entry,
             &vision,
-            &[(PIXEL_VALUES, "float32", vec![None, Some(3), Some(s), Some(s)])],
+            &[(
+                PIXEL_VALUES,
+                "float32",
+                vec![None, Some(3), Some(s), Some(s)],
+            )],
             &[
                 (IMAGE_EMBEDS, "float32", vec![None, Some(t), None]),
                 (
@@ -382,10 +386,12 @@ impl BlipCaptioner {
             )));
         }
         let mut out = Array4::<f32>::zeros((1, 3, s, s));
-        self.preprocessor.preprocess_into(
-            &RgbFrame::packed(s as u32, s as u32, rgb),
-            out.index_axis_mut(Axis(0), 0),
-        ).map_err(ModelError::from)?;
+        self.preprocessor
+            .preprocess_into(
+                &RgbFrame::packed(s as u32, s as u32, rgb),
+                out.index_axis_mut(Axis(0), 0),
+            )
+            .map_err(ModelError::from)?;
         Ok(out)
     }
 

@@ -9,8 +9,8 @@ use std::sync::atomic::AtomicBool;
 use indicatif::{ProgressBar, ProgressStyle};
 use roadrep::caption::{CaptionWorker, Captioner};
 use roadrep::config::RoadrepConfig;
-use roadrep::store::Store;
 use roadrep::replay::{FileReport, ReplayProgress, ReplaySettings, replay};
+use roadrep::store::Store;
 
 use crate::cli::ReplayArgs;
 
@@ -47,14 +47,8 @@ pub fn replay_clips(
             .map_err(|e| anyhow::anyhow!("--start: {e}"))?,
         queue_frames: config.ingest.queue_frames,
         batcher: config.batcher.clone(),
-        segments: config
-            .segments
-            .enabled
-            .then(|| config.segments.clone()),
-        caption_preprocess: parts
-            .captioner
-            .as_ref()
-            .map(|c| c.preprocessor().clone()),
+        segments: config.segments.enabled.then(|| config.segments.clone()),
+        caption_preprocess: parts.captioner.as_ref().map(|c| c.preprocessor().clone()),
     };
     anyhow::ensure!(
         settings.sample_fps > 0.0 && settings.sample_fps <= 120.0,

@@ -22,7 +22,11 @@ pub enum Style {
     Summary,
 }
 
-pub fn run(config_path: Option<&Path>, args: &SegmentsArgs, style: Style) -> anyhow::Result<ExitCode> {
+pub fn run(
+    config_path: Option<&Path>,
+    args: &SegmentsArgs,
+    style: Style,
+) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
     let base = SegmentsRequest {
         camera: (!args.camera.is_empty()).then(|| args.camera.join(",")),
@@ -79,12 +83,19 @@ pub fn run(config_path: Option<&Path>, args: &SegmentsArgs, style: Style) -> any
             print_group(file.as_deref(), segments, style);
         }
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_group(file: Option<&str>, segments: &[SegmentView], style: Style) {
     if segments.is_empty() {
-        eprintln!("{}no segments", file.map_or(String::new(), |f| format!("{f}: ")));
+        eprintln!(
+            "{}no segments",
+            file.map_or(String::new(), |f| format!("{f}: "))
+        );
         return;
     }
     let mut current: Option<(&str, &str)> = None;
@@ -139,9 +150,14 @@ fn via_api(listen: &str, req: &SegmentsRequest) -> anyhow::Result<Option<Vec<Seg
         Err(e) => return Err(e).with_context(|| format!("daemon at {listen}")),
     };
     let status = resp.status();
-    let body = resp.body_mut().read_to_string().context("reading the API answer")?;
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .context("reading the API answer")?;
     anyhow::ensure!(status.is_success(), "daemon at {listen}: {status}: {body}");
-    Ok(Some(serde_json::from_str(&body).context("parsing the API answer")?))
+    Ok(Some(
+        serde_json::from_str(&body).context("parsing the API answer")?,
+    ))
 }
 
 /// Opens the store read-side (the CLIP fingerprint names its embedding tree).

@@ -40,7 +40,9 @@ pub use schema::{
     CaptionJob, CaptionState, Checkpoint, FrameRecord, SegmentRecord, SetTag, StreamRecord,
     TagRecord,
 };
-pub use segments::{NewSegment, OpenMarker, SegmentEntry, SegmentFilter, SegmentWrites, StoredFrameData};
+pub use segments::{
+    NewSegment, OpenMarker, SegmentEntry, SegmentFilter, SegmentWrites, StoredFrameData,
+};
 
 /// `frames` tree.
 pub const FRAMES_TREE: &str = "frames";
@@ -383,38 +385,40 @@ impl Store {
             &self.segment_open,
             &self.caption_queue,
         )
-            .transaction(|(frames_t, emb_t, tags_t, index_t, ckpt_t, seg_t, open_t, queue_t)| {
-                let mut new = 0;
-                for f in frames {
-                    let key = f.key.encode();
-                    if frames_t.insert(&key, schema::encode(&f.record))?.is_none() {
-                        new += 1;
-                    }
-                    emb_t.insert(&key, schema::encode_embedding(&f.embedding))?;
-                    // Replace the index entries of earlier tags of this frame.
-                    if let Some(old) = tags_t.insert(&key, schema::encode(&f.tags))? {
-                        let old: TagRecord = schema::decode(TAGS_TREE, &old)
-                            .map_err(ConflictableTransactionError::Abort)?;
-                        for t in &old.sets {
-                            index_t.remove(keys::tag_index_key(&t.set, &t.top, &f.key))?;
+            .transaction(
+                |(frames_t, emb_t, tags_t, index_t, ckpt_t, seg_t, open_t, queue_t)| {
+                    let mut new = 0;
+                    for f in frames {
+                        let key = f.key.encode();
+                        if frames_t.insert(&key, schema::encode(&f.record))?.is_none() {
+                            new += 1;
+                        }
+                        emb_t.insert(&key, schema::encode_embedding(&f.embedding))?;
+                        // Replace the index entries of earlier tags of this frame.
+                        if let Some(old) = tags_t.insert(&key, schema::encode(&f.tags))? {
+                            let old: TagRecord = schema::decode(TAGS_TREE, &old)
+                                .map_err(ConflictableTransactionError::Abort)?;
+                            for t in &old.sets {
+                                index_t.remove(keys::tag_index_key(&t.set, &t.top, &f.key))?;
+                            }
+                        }
+                        for t in &f.tags.sets {
+                            index_t.insert(
+                                keys::tag_index_key(&t.set, &t.top, &f.key),
+                                &t.score.to_be_bytes(),
+                            )?;
                         }
                     }
-                    for t in &f.tags.sets {
-                        index_t.insert(
-                            keys::tag_index_key(&t.set, &t.top, &f.key),
-                            &t.score.to_be_bytes(),
+                    for c in checkpoints {
+                        ckpt_t.insert(
+                            keys::checkpoint_key(c.stream_id, &c.source),
+                            schema::encode(&c.checkpoint),
                         )?;
                     }
-                }
-                for c in checkpoints {
-                    ckpt_t.insert(
-                        keys::checkpoint_key(c.stream_id, &c.source),
-                        schema::encode(&c.checkpoint),
-                    )?;
-                }
-                segments::write_segments(segments, seg_t, open_t, queue_t)?;
-                Ok(new)
-            });
+                    segments::write_segments(segments, seg_t, open_t, queue_t)?;
+                    Ok(new)
+                },
+            );
         match result {
             Ok(n) => {
                 if segments.closed.iter().any(|s| s.caption_image.is_some()) {

@@ -9,9 +9,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::keys::{self, FrameKey};
 use super::schema::{self, CaptionJob, CaptionState, FrameRecord, SegmentRecord, TagRecord};
-use super::{
-    CAPTION_QUEUE_TREE, SEGMENTS_TREE, Store, StoreError, TAGS_TREE, StreamRecord,
-};
+use super::{CAPTION_QUEUE_TREE, SEGMENTS_TREE, Store, StoreError, StreamRecord, TAGS_TREE};
 
 /// A segment closed by a batch.
 #[derive(Debug, Clone)]

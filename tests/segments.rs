@@ -1,0 +1,338 @@
+//! Scene segments and keyframe captions through the replay pipeline: exact
+//! segment counts and cut times on a generated multi-scene clip, restart
+//! without changing the segments, and a captioner that never delays tagging.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use roadrep::caption::{Caption, CaptionError, CaptionWorker, Captioner};
+use roadrep::models::{ImagePrecision, ImagePreprocessor, preprocess::Resample};
+use roadrep::replay::{FileReport, ReplayProgress, ReplaySettings, replay};
+use roadrep::segment::SegmenterConfig;
+use roadrep::store::{CaptionState, SegmentEntry, SegmentFilter, Store};
+use roadrep::tagging::{LabelSets, SceneTagger};
+
+/// (pattern, seconds) of the generated clip; cuts at 6, 10 and 15 s.
+const SCENES: [(&str, u32); 4] = [
+    ("smpte", 6),
+    ("ball", 4),
+    ("checkers-8", 5),
+    ("pinwheel", 7),
+];
+const FPS: u32 = 10;
+
+/// The scenes joined into one H.264 clip (GStreamer's `concat`).
+fn scene_clip(path: &Path) {
+    let caps = format!("video/x-raw,width=320,height=240,framerate={FPS}/1");
+    let mut args = format!(
+        "concat name=c ! videoconvert ! x264enc speed-preset=ultrafast key-int-max={FPS} ! mp4mux ! filesink location={}",
+        path.display()
+    );
+    for (pattern, secs) in SCENES {
+        args.push_str(&format!(
+            " videotestsrc pattern={pattern} num-buffers={} ! {caps} ! c.",
+            secs * FPS
+        ));
+    }
+    common::gst(&args);
+}
+
+/// Thresholds for the tiny random CLIP: its embeddings of different test
+/// patterns are only ~0.01-0.1 apart (a real CLIP's are far more).
+fn tiny_segments() -> SegmenterConfig {
+    SegmenterConfig {
+        cut_distance: 0.005,
+        keep_distance: 0.003,
+        ..Default::default()
+    }
+}
+
+struct Quiet;
+impl ReplayProgress for Quiet {
+    fn file_started(&self, _: &Path, _: &str, _: Option<u64>) {}
+    fn tick(&self, _: u64, _: u64, _: u64) {}
+    fn file_finished(&self, _: &FileReport) {}
+}
+
+/// Sets `stop` once `after` frames are stored.
+struct StopAfter {
+    after: u64,
+    stop: Arc<AtomicBool>,
+}
+impl ReplayProgress for StopAfter {
+    fn file_started(&self, _: &Path, _: &str, _: Option<u64>) {}
+    fn tick(&self, _: u64, _: u64, stored: u64) {
+        if stored >= self.after {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+    fn file_finished(&self, _: &FileReport) {}
+}
+
+struct Pipeline {
+    model: Arc<roadrep::models::ClipModel>,
+    tagger: Arc<SceneTagger>,
+}
+
+fn pipeline() -> Pipeline {
+    let model = common::load_tiny(ImagePrecision::Fp32);
+    let labels = LabelSets::from_file(&common::root().join("config/labels.toml")).unwrap();
+    let tagger = SceneTagger::new(&model, &labels, None).unwrap();
+    Pipeline {
+        model: Arc::new(model),
+        tagger: Arc::new(tagger),
+    }
+}
+
+fn settings(clip: &Path, caption: Option<ImagePreprocessor>) -> ReplaySettings {
+    ReplaySettings {
+        files: vec![clip.to_path_buf()],
+        camera: Some("cam".into()),
+        sample_fps: 2.0,
+        file_start_ns: Some(0),
+        queue_frames: 4,
+        batcher: Default::default(),
+        segments: Some(tiny_segments()),
+        caption_preprocess: caption,
+    }
+}
+
+fn open(p: &Pipeline, dir: &Path) -> Store {
+    Store::open(dir, p.model.fingerprint(), p.model.embed_dim()).unwrap()
+}
+
+fn run(p: &Pipeline, store: &Store, s: &ReplaySettings, progress: &dyn ReplayProgress) -> bool {
+    let stop = Arc::new(AtomicBool::new(false));
+    run_with(p, store, s, stop, progress)
+}
+
+fn run_with(
+    p: &Pipeline,
+    store: &Store,
+    s: &ReplaySettings,
+    stop: Arc<AtomicBool>,
+    progress: &dyn ReplayProgress,
+) -> bool {
+    replay(
+        p.model.clone(),
+        p.tagger.clone(),
+        store.clone(),
+        s,
+        stop,
+        progress,
+    )
+    .unwrap()
+    .all_ok()
+}
+
+fn bounds(segments: &[SegmentEntry]) -> Vec<(f64, f64)> {
+    segments
+        .iter()
+        .map(|s| (s.record.start_ns as f64 / 1e9, s.record.end_ns as f64 / 1e9))
+        .collect()
+}
+
+fn clip_in(dir: &Path) -> PathBuf {
+    let clip = dir.join("scenes.mp4");
+    scene_clip(&clip);
+    clip
+}
+
+#[test]
+fn a_clip_of_n_scenes_gives_n_segments_cut_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = clip_in(dir.path());
+    let p = pipeline();
+    let store = open(&p, &dir.path().join("store"));
+    assert!(run(&p, &store, &settings(&clip, None), &Quiet));
+
+    let segments = store.segments(&SegmentFilter::default()).unwrap();
+    let b = bounds(&segments);
+    assert_eq!(b.len(), SCENES.len(), "{b:?}");
+    let mut cut = 0.0;
+    for ((start, end), (_, secs)) in b.iter().zip(SCENES) {
+        assert!(
+            (start - cut).abs() <= 1.0,
+            "segment {start}..{end}, true cut {cut}"
+        );
+        cut += secs as f64;
+        assert!(
+            (end - cut).abs() <= 1.0,
+            "segment {start}..{end}, true end {cut}"
+        );
+    }
+    for s in &segments {
+        let r = &s.record;
+        assert!(r.keyframe_ns >= r.start_ns && r.keyframe_ns < r.end_ns);
+        assert_eq!(r.frames as i64, (r.end_ns - r.start_ns) / 500_000_000);
+        assert_eq!(r.caption, CaptionState::None, "no captioner configured");
+        assert_eq!(r.tags.len(), 4, "one dominant tag per label set");
+        assert!(r.tags.iter().all(|t| t.share > 0.0 && t.share <= 1.0));
+    }
+    // Segments follow each other without gaps or overlaps.
+    for w in b.windows(2) {
+        assert_eq!(w[0].1, w[1].0);
+    }
+    // A second replay of the complete clip changes nothing.
+    assert!(run(&p, &store, &settings(&clip, None), &Quiet));
+    assert_eq!(
+        bounds(&store.segments(&SegmentFilter::default()).unwrap()),
+        b
+    );
+}
+
+#[test]
+fn an_interrupted_replay_resumes_into_the_same_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = clip_in(dir.path());
+    let p = pipeline();
+
+    let whole = open(&p, &dir.path().join("whole"));
+    assert!(run(&p, &whole, &settings(&clip, None), &Quiet));
+    let expected = bounds(&whole.segments(&SegmentFilter::default()).unwrap());
+    drop(whole);
+
+    // Stop mid-scene (the second scene runs from 6 to 10 s: ~16 frames in).
+    let store = open(&p, &dir.path().join("resumed"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = StopAfter {
+        after: 16,
+        stop: stop.clone(),
+    };
+    run_with(&p, &store, &settings(&clip, None), stop, &progress);
+    let partial = store.segments(&SegmentFilter::default()).unwrap();
+    assert!(
+        partial.len() < expected.len(),
+        "stopped early: {:?}",
+        bounds(&partial)
+    );
+    assert!(run(&p, &store, &settings(&clip, None), &Quiet));
+    assert_eq!(
+        bounds(&store.segments(&SegmentFilter::default()).unwrap()),
+        expected,
+        "the open segment is rebuilt from the store, not cut at the restart"
+    );
+}
+
+/// A captioner that blocks until released, then names the keyframe by its
+/// mean brightness.
+struct BlockedCaptioner {
+    pre: ImagePreprocessor,
+    released: Mutex<bool>,
+    cond: std::sync::Condvar,
+    started: AtomicU64,
+}
+
+impl BlockedCaptioner {
+    fn new() -> Self {
+        Self {
+            pre: ImagePreprocessor {
+                shortest_edge: 32,
+                crop_size: 32,
+                stretch: true,
+                resample: Resample::Bicubic,
+                mean: [0.5; 3],
+                std: [0.5; 3],
+            },
+            released: Mutex::new(false),
+            cond: Default::default(),
+            started: AtomicU64::new(0),
+        }
+    }
+
+    fn release(&self) {
+        *self.released.lock().unwrap() = true;
+        self.cond.notify_all();
+    }
+}
+
+impl Captioner for BlockedCaptioner {
+    fn preprocessor(&self) -> &ImagePreprocessor {
+        &self.pre
+    }
+    fn fingerprint(&self) -> &str {
+        "blocked-test-captioner"
+    }
+    fn caption(&self, rgb: &[u8], pace: &mut dyn FnMut()) -> Result<Caption, CaptionError> {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        let mut released = self.released.lock().unwrap();
+        while !*released {
+            released = self.cond.wait(released).unwrap();
+        }
+        pace();
+        assert_eq!(
+            rgb.len(),
+            32 * 32 * 3,
+            "keyframes are queued at the captioner's size"
+        );
+        let mean = rgb.iter().map(|&v| v as u64).sum::<u64>() / rgb.len() as u64;
+        Ok(Caption {
+            text: format!("a test pattern of brightness {mean}"),
+            ids: Vec::new(),
+        })
+    }
+}
+
+#[test]
+fn a_stuck_captioner_never_delays_tagging_and_its_backlog_is_caught_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = clip_in(dir.path());
+    let p = pipeline();
+    let store = open(&p, &dir.path().join("store"));
+    let captioner = Arc::new(BlockedCaptioner::new());
+    let worker = CaptionWorker::spawn(captioner.clone(), store.clone(), 10);
+
+    // Every frame is tagged and stored while the captioner is stuck.
+    let s = settings(&clip, Some(captioner.pre.clone()));
+    assert!(run(&p, &store, &s, &Quiet));
+    let frames = store.stats().unwrap().frames;
+    assert_eq!(frames, vec![("cam".to_string(), 44)]);
+    let segments = store.segments(&SegmentFilter::default()).unwrap();
+    assert_eq!(segments.len(), SCENES.len());
+    assert!(worker.done() == 0, "nothing captioned yet");
+    assert!(
+        segments
+            .iter()
+            .all(|s| s.record.caption == CaptionState::Pending)
+    );
+    assert!(
+        worker.backlog() >= SCENES.len() - 1,
+        "keyframes wait in the store's queue"
+    );
+
+    // Released, it catches up with the whole backlog.
+    captioner.release();
+    let totals = worker.drain(&AtomicBool::new(false), &|_, _| {});
+    assert_eq!(totals.captioned, SCENES.len() as u64);
+    assert_eq!(store.caption_backlog(), 0);
+    let segments = store.segments(&SegmentFilter::default()).unwrap();
+    for s in &segments {
+        let text = s.record.caption.text().expect("captioned");
+        assert!(text.starts_with("a test pattern of brightness"), "{text}");
+    }
+    // Captions are searchable by their words.
+    let first = segments[0].record.caption.text().unwrap().to_string();
+    let word = first.rsplit(' ').next().unwrap().to_string();
+    let found = store
+        .segments(&SegmentFilter {
+            caption_words: vec![format!("pattern {word}")],
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        !found.is_empty()
+            && found
+                .iter()
+                .all(|s| s.record.caption.text().unwrap().ends_with(&word))
+    );
+    let none = store
+        .segments(&SegmentFilter {
+            caption_words: vec!["zebra".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(none.is_empty());
+}
