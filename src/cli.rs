@@ -89,6 +89,28 @@ pub enum BenchCommand {
     Clip(BenchClipArgs),
     /// Replay of a 720p clip: end to end vs. decode-only and model-only, peak RSS, store size.
     Replay(BenchReplayArgs),
+    /// BLIP caption cost next to its vision encoder, captions/s.
+    Caption(BenchCaptionArgs),
+}
+
+/// `roadrep bench caption`
+#[derive(Debug, Args)]
+pub struct BenchCaptionArgs {
+    /// BLIP model directory [default: models/blip-random-full if generated, else models/blip-tiny].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Thread counts to compare (repeatable).
+    #[arg(long, default_values_t = [1usize, 2])]
+    pub threads: Vec<usize>,
+    /// Captions timed per thread count.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Tokens per caption (decoding never stops early here).
+    #[arg(long, default_value_t = 20)]
+    pub tokens: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `roadrep bench clip`

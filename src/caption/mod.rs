@@ -12,6 +12,7 @@
 //!   while the inference worker has frames to embed, and never blocks it;
 //!   the backlog lives in the store, so it survives restarts.
 
+pub mod bench;
 pub mod decode;
 pub mod model;
 pub mod queue;

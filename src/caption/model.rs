@@ -433,14 +433,7 @@ impl BlipCaptioner {
     ) -> Result<Caption, CaptionError> {
         pace();
         let cross_kv = self.encode_image(pixel_values)?;
-        let mut session = self.decoder.lock().unwrap_or_else(|p| p.into_inner());
-        let mut state = DecoderState {
-            session: &mut session,
-            path: &self.decoder_path,
-            cross_kv,
-            past: None,
-            shape: &self.manifest.blip,
-        };
+        let mut state = self.state(cross_kv);
         let ids = generate(
             &mut state,
             prompt_ids,
@@ -461,15 +454,67 @@ impl BlipCaptioner {
         prompt_ids: &[u32],
     ) -> Result<Vec<f32>, CaptionError> {
         let cross_kv = self.encode_image(pixel_values)?;
-        let mut session = self.decoder.lock().unwrap_or_else(|p| p.into_inner());
-        let mut state = DecoderState {
-            session: &mut session,
+        let mut state = self.state(cross_kv);
+        Ok(state.forward(&[prompt_ids])?.swap_remove(0))
+    }
+}
+
+/// Benchmark helpers: fixed-length decoding (random weights end captions
+/// at arbitrary lengths, so `generate` alone would not time `n` tokens).
+impl BlipCaptioner {
+    fn state(&self, cross_kv: ArrayD<f32>) -> DecoderState<'_, std::sync::MutexGuard<'_, Session>> {
+        DecoderState {
+            session: self.decoder.lock().unwrap_or_else(|p| p.into_inner()),
             path: &self.decoder_path,
             cross_kv,
             past: None,
             shape: &self.manifest.blip,
-        };
-        Ok(state.forward(&[prompt_ids])?.swap_remove(0))
+        }
+    }
+
+    /// A greedy caption of exactly `tokens` new tokens (end token ignored).
+    pub fn caption_forced(
+        &self,
+        pixel_values: &Array4<f32>,
+        tokens: usize,
+    ) -> Result<Vec<u32>, CaptionError> {
+        let cross_kv = self.encode_image(pixel_values)?;
+        let mut state = self.state(cross_kv);
+        let mut ids = self.prompt_ids.clone();
+        let mut logits = state.forward(&[&ids])?.swap_remove(0);
+        for i in 0..tokens {
+            let next = super::decode::argmax(&logits);
+            ids.push(next);
+            if i + 1 < tokens {
+                logits = state.forward(&[&[next]])?.swap_remove(0);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Mean milliseconds of one decoder step (one new token) over a
+    /// `tokens`-token caption, after the prefill; repeated `runs` times.
+    pub fn decoder_steps(
+        &self,
+        pixel_values: &Array4<f32>,
+        tokens: usize,
+        runs: usize,
+    ) -> Result<f64, CaptionError> {
+        let cross_kv = self.encode_image(pixel_values)?;
+        let mut total = 0.0;
+        let mut steps = 0usize;
+        for _ in 0..runs {
+            let mut state = self.state(cross_kv.clone());
+            let mut logits = state.forward(&[&self.prompt_ids])?.swap_remove(0);
+            let started = std::time::Instant::now();
+            for _ in 1..tokens {
+                let next = super::decode::argmax(&logits);
+                logits = state.forward(&[&[next]])?.swap_remove(0);
+                steps += 1;
+            }
+            total += started.elapsed().as_secs_f64();
+        }
+        Ok(total * 1e3 / steps.max(1) as f64)
     }
 }
 
@@ -490,15 +535,15 @@ impl Captioner for BlipCaptioner {
 
 /// One caption's decoder state: the image's cross K/V and the growing
 /// self-attention cache.
-struct DecoderState<'a> {
-    session: &'a mut Session,
+struct DecoderState<'a, S: std::ops::DerefMut<Target = Session>> {
+    session: S,
     path: &'a Path,
     cross_kv: ArrayD<f32>,
     past: Option<ArrayD<f32>>,
     shape: &'a BlipSection,
 }
 
-impl StepModel for DecoderState<'_> {
+impl<S: std::ops::DerefMut<Target = Session>> StepModel for DecoderState<'_, S> {
     fn forward(&mut self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>, CaptionError> {
         let err = |e: ort::Error| ModelError::Ort {
             path: self.path.to_path_buf(),

@@ -9,7 +9,7 @@ use roadrep::bench::{ClipBenchSettings, bench_clip, default_bench_model};
 use roadrep::config::RoadrepConfig;
 use roadrep::models::OrtRuntime;
 
-use crate::cli::{BenchClipArgs, BenchReplayArgs};
+use crate::cli::{BenchCaptionArgs, BenchClipArgs, BenchReplayArgs};
 
 pub fn run_clip(config_path: Option<&Path>, args: &BenchClipArgs) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
@@ -69,6 +69,38 @@ pub fn run_replay(config_path: Option<&Path>, args: &BenchReplayArgs) -> anyhow:
     let _ = std::fs::remove_dir_all(
         std::env::temp_dir().join(format!("roadrep-bench-open-{}", std::process::id())),
     );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_markdown());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_caption(
+    config_path: Option<&Path>,
+    args: &BenchCaptionArgs,
+) -> anyhow::Result<ExitCode> {
+    let config = RoadrepConfig::load(config_path)?;
+    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    anyhow::ensure!(
+        args.runs > 0 && args.tokens > 0 && !args.threads.contains(&0),
+        "--runs, --tokens and --threads must be at least 1"
+    );
+    let dir = args
+        .model
+        .clone()
+        .unwrap_or_else(roadrep::caption::bench::default_caption_model);
+    eprintln!("benchmarking {} ...", dir.display());
+    let report = roadrep::caption::bench::bench_caption(
+        &runtime,
+        &dir,
+        &args.threads,
+        args.runs,
+        args.tokens,
+        |line| eprintln!("  {line}"),
+    )
+    .with_context(|| format!("'{}'", dir.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
