@@ -27,6 +27,7 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
 COPY --from=build /src/target/release/roadrep /usr/bin/roadrep
 COPY --from=build /libonnxruntime.so /usr/lib/roadrep/libonnxruntime.so
 COPY models/clip-tiny /usr/share/roadrep/models/clip-tiny
+COPY models/blip-tiny /usr/share/roadrep/models/blip-tiny
 COPY config/labels.toml /etc/roadrep/labels.toml
 COPY config/roadrep.container.toml /etc/roadrep/roadrep.toml
 ENV ORT_DYLIB_PATH=/usr/lib/roadrep/libonnxruntime.so XDG_CACHE_HOME=/var/cache/roadrep

@@ -50,7 +50,7 @@ fn a_non_live_test_source_is_sampled_by_timestamp_without_drops() {
     let counters = Arc::new(SourceCounters::default());
     let end = run_source(
         &spec(kind, 5.0),
-        &preprocessor(),
+        &preprocessor().into(),
         &tx,
         &AtomicBool::new(false),
         None,
@@ -94,7 +94,7 @@ fn a_live_source_keeps_the_newest_frame_and_counts_drops_when_behind() {
     };
     let end = run_source(
         &spec(kind, 30.0),
-        &preprocessor(),
+        &preprocessor().into(),
         &tx,
         &stop,
         None,
@@ -118,7 +118,7 @@ fn unreachable_rtsp_and_bad_descriptions_are_named_errors() {
     let rtsp = spec(SourceKind::Rtsp("rtsp://127.0.0.1:9/nothing".into()), 2.0);
     let e = run_source(
         &rtsp,
-        &preprocessor(),
+        &preprocessor().into(),
         &tx,
         &AtomicBool::new(false),
         None,
@@ -130,7 +130,7 @@ fn unreachable_rtsp_and_bad_descriptions_are_named_errors() {
     let bad = spec(SourceKind::Pipeline("nosuchelement ! identity".into()), 2.0);
     let e = run_source(
         &bad,
-        &preprocessor(),
+        &preprocessor().into(),
         &tx,
         &AtomicBool::new(false),
         None,

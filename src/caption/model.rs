@@ -85,6 +85,8 @@ pub struct BlipSection {
     pub head_dim: usize,
     /// Decoder hidden size.
     pub hidden_size: usize,
+    /// Vision encoder hidden size (`image_embeds` width).
+    pub vision_hidden_size: usize,
     /// Vocabulary size.
     pub vocab_size: usize,
     /// Position embeddings (longest sequence).
@@ -258,7 +260,11 @@ impl BlipCaptioner {
                 vec![None, Some(3), Some(s), Some(s)],
             )],
             &[
-                (IMAGE_EMBEDS, "float32", vec![None, Some(t), None]),
+                (
+                    IMAGE_EMBEDS,
+                    "float32",
+                    vec![None, Some(t), Some(b.vision_hidden_size as i64)],
+                ),
                 (
                     CROSS_KV,
                     "float32",
@@ -321,14 +327,7 @@ impl BlipCaptioner {
     /// Changes the decoding settings (prompt included).
     pub fn set_generation(&mut self, settings: GenerationSettings) -> Result<(), ModelError> {
         let b = &self.manifest.blip;
-        // As BLIP's processor and generate do: tokenize with [CLS] ... [SEP],
-        // put the decoder start token first, drop the final [SEP].
-        let mut ids = match &settings.prompt {
-            Some(p) => self.tokenize(p)?,
-            None => vec![b.bos_token_id, b.sep_token_id],
-        };
-        ids[0] = b.bos_token_id;
-        ids.pop();
+        let ids = self.prompt_ids_for(settings.prompt.as_deref())?;
         if ids.len() + settings.max_new_tokens > b.max_positions {
             return Err(ModelError::Manifest {
                 path: self.dir.join(MANIFEST_FILE),
@@ -343,6 +342,25 @@ impl BlipCaptioner {
         self.prompt_ids = ids;
         self.settings = settings;
         Ok(())
+    }
+
+    /// Decoder input for a prompt, as BLIP's processor and `generate` make
+    /// it: `[CLS] prompt [SEP]` with the decoder start token in place of
+    /// `[CLS]` and the final `[SEP]` dropped; no prompt: the start token.
+    pub fn prompt_ids_for(&self, prompt: Option<&str>) -> Result<Vec<u32>, ModelError> {
+        let b = &self.manifest.blip;
+        let mut ids = match prompt {
+            Some(p) => self.tokenize(p)?,
+            None => vec![b.bos_token_id, b.sep_token_id],
+        };
+        if let Some(first) = ids.first_mut() {
+            *first = b.bos_token_id;
+        }
+        ids.pop();
+        if ids.is_empty() {
+            ids.push(b.bos_token_id);
+        }
+        Ok(ids)
     }
 
     /// The manifest.
@@ -410,7 +428,8 @@ impl BlipCaptioner {
         Ok(outputs[CROSS_KV]
             .try_extract_array::<f32>()
             .map_err(err)?
-            .to_owned())
+            .as_standard_layout()
+            .into_owned())
     }
 
     /// Captions preprocessed pixels `[1, 3, S, S]` with the configured
@@ -585,14 +604,15 @@ impl<S: std::ops::DerefMut<Target = Session>> StepModel for DecoderState<'_, S> 
             outputs[PRESENT]
                 .try_extract_array::<f32>()
                 .map_err(err)?
-                .to_owned(),
+                .as_standard_layout()
+                .into_owned(),
         );
         Ok(rows_out)
     }
 
     fn select(&mut self, from: &[usize]) -> Result<(), CaptionError> {
         if let Some(past) = &self.past {
-            self.past = Some(past.select(Axis(2), from));
+            self.past = Some(past.select(Axis(2), from).as_standard_layout().into_owned());
         }
         Ok(())
     }

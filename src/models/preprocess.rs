@@ -141,10 +141,51 @@ impl ImagePreprocessor {
         let horiz = Coefficients::new(w, rw, left, out_w);
         let vert = Coefficients::new(h, rh, top, out_h);
 
-        // Pass 1 (horizontal) over only the source rows the vertical pass reads.
-        let (first_row, last_row) = vert.source_span();
         let need_horizontal = rw != w;
         let need_vertical = rh != h;
+        // Pillow (13 here) runs the vertical pass first when the height shrinks
+        // by more than twice as much as the width; the two orders round the
+        // intermediate image differently, so follow it.
+        let vertical_first = h > rh && (h as i64 - rh as i64) > (w as i64 - rw as i64) * 2;
+        let mut out = vec![0u8; out_h * out_w * 3];
+        if vertical_first {
+            // Pass 1 (vertical) over only the source columns pass 2 reads.
+            let (first_col, last_col) = if need_horizontal {
+                horiz.source_span()
+            } else {
+                (left, left + out_w)
+            };
+            let tmp_w = last_col - first_col;
+            let mut tmp = vec![0u8; out_h * tmp_w * 3];
+            for oy in 0..out_h {
+                let dst = &mut tmp[oy * tmp_w * 3..(oy + 1) * tmp_w * 3];
+                let (start, len) = vert.bounds[oy];
+                let k = vert.kernel(oy);
+                for (x, d) in dst.iter_mut().enumerate() {
+                    let mut acc: i32 = 1 << (PRECISION_BITS - 1);
+                    for (j, &kj) in k[..len].iter().enumerate() {
+                        acc += frame.row(start + j)[first_col * 3 + x] as i32 * kj;
+                    }
+                    *d = clip8(acc);
+                }
+            }
+            // Pass 2 (horizontal).
+            for oy in 0..out_h {
+                let src = &tmp[oy * tmp_w * 3..(oy + 1) * tmp_w * 3];
+                let dst = &mut out[oy * out_w * 3..(oy + 1) * out_w * 3];
+                if need_horizontal {
+                    horiz.apply_row_from(src, first_col, dst);
+                } else {
+                    dst.copy_from_slice(
+                        &src[(left - first_col) * 3..(left - first_col + out_w) * 3],
+                    );
+                }
+            }
+            return Ok(out);
+        }
+
+        // Pass 1 (horizontal) over only the source rows the vertical pass reads.
+        let (first_row, last_row) = vert.source_span();
         let tmp_rows = last_row - first_row;
         let mut tmp = vec![0u8; tmp_rows * out_w * 3];
         for (ty, sy) in (first_row..last_row).enumerate() {
@@ -158,7 +199,6 @@ impl ImagePreprocessor {
         }
 
         // Pass 2 (vertical).
-        let mut out = vec![0u8; out_h * out_w * 3];
         for oy in 0..out_h {
             let dst = &mut out[oy * out_w * 3..(oy + 1) * out_w * 3];
             if need_vertical {
@@ -309,7 +349,13 @@ impl Coefficients {
 
     /// Horizontal pass over one packed RGB row.
     fn apply_row(&self, src: &[u8], dst: &mut [u8]) {
+        self.apply_row_from(src, 0, dst);
+    }
+
+    /// Horizontal pass over a row whose first pixel is source column `offset`.
+    fn apply_row_from(&self, src: &[u8], offset: usize, dst: &mut [u8]) {
         for (i, &(start, len)) in self.bounds.iter().enumerate() {
+            let start = start - offset;
             let k = &self.kernel(i)[..len];
             let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
             let taps = &src[start * 3..(start + len) * 3];
