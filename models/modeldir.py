@@ -73,6 +73,56 @@ def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
     return [describe(i) for i in m.graph.input if i.name not in inits], [describe(o) for o in m.graph.output]
 
 
+def rename_initializers(path: Path, rename) -> None:
+    """Renames initializers (and their uses) by `rename(name) -> name`, in place.
+
+    The exporter names initializers after the wrapper module's attributes
+    (`m.vision_model...`); checkpoint names are what the trainer matches.
+    """
+    import onnx
+
+    m = onnx.load(str(path))
+    mapping = {}
+    for init in m.graph.initializer:
+        new = rename(init.name)
+        if new != init.name:
+            mapping[init.name] = new
+            init.name = new
+    if mapping:
+        for node in m.graph.node:
+            for i, name in enumerate(node.input):
+                if name in mapping:
+                    node.input[i] = mapping[name]
+    onnx.save(m, str(path))
+
+
+def set_output_shapes(path: Path, shapes: dict[str, list]) -> None:
+    """Declares graph output shapes (int: fixed, str: symbolic), in place.
+
+    The exporter leaves names like `LayerNormalizationimage_embeds_dim_1` for
+    dimensions it cannot tie to an input; the manifest should say 145.
+    """
+    import onnx
+
+    m = onnx.load(str(path))
+    for out in m.graph.output:
+        if out.name not in shapes:
+            continue
+        dims = out.type.tensor_type.shape.dim
+        want = shapes[out.name]
+        if len(dims) != len(want):
+            raise ValueError(f"{path}: output {out.name} has rank {len(dims)}, not {len(want)}")
+        for d, w in zip(dims, want):
+            if isinstance(w, int):
+                d.ClearField("dim_param")
+                d.dim_value = w
+            else:
+                d.ClearField("dim_value")
+                d.dim_param = w
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+
+
 def derive_int8(src: Path, dst: Path) -> None:
     """ORT-optimize (basic level) then dynamically quantize to INT8."""
     import onnxruntime as ort

