@@ -32,7 +32,10 @@ fn summary_of_the_real_clip_lists_captioned_segments() {
     let store = dir.path().join("store");
     let store_s = store.to_str().unwrap();
 
-    let o = roadrep(&["summary", clip_s, "--store", store_s, "--json"], dir.path());
+    let o = roadrep(
+        &["summary", clip_s, "--store", store_s, "--json"],
+        dir.path(),
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let segments: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
     assert!(!segments.is_empty());
@@ -56,10 +59,17 @@ fn summary_of_the_real_clip_lists_captioned_segments() {
     // Text form; the clip is not decoded again.
     let o = roadrep(&["summary", clip_s, "--store", store_s], dir.path());
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("already replayed"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("already replayed"),
+        "{}",
+        text(&o.stderr)
+    );
     let out = text(&o.stdout);
     let mut lines = out.lines();
-    assert!(lines.next().unwrap().starts_with(&format!("# {clip_s}")), "{out}");
+    assert!(
+        lines.next().unwrap().starts_with(&format!("# {clip_s}")),
+        "{out}"
+    );
     let body: Vec<&str> = lines.collect();
     assert_eq!(body.len(), segments.len(), "{out}");
     assert_eq!(body[0], segments[0]["line"].as_str().unwrap());
@@ -76,9 +86,19 @@ fn summary_of_the_real_clip_lists_captioned_segments() {
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let found: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(found.iter().any(|s| s["caption"] == segments[0]["caption"]), "{word}");
+    assert!(
+        found.iter().any(|s| s["caption"] == segments[0]["caption"]),
+        "{word}"
+    );
     let o = roadrep(
-        &["segments", "--store", store_s, "--caption", "xylophone", "--json"],
+        &[
+            "segments",
+            "--store",
+            store_s,
+            "--caption",
+            "xylophone",
+            "--json",
+        ],
         dir.path(),
     );
     let found: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
@@ -90,7 +110,13 @@ fn bad_summary_flags_name_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let o = roadrep(
-        &["summary", "--store", store.to_str().unwrap(), "--from", "yesterday"],
+        &[
+            "summary",
+            "--store",
+            store.to_str().unwrap(),
+            "--from",
+            "yesterday",
+        ],
         dir.path(),
     );
     assert!(!o.status.success());

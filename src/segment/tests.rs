@@ -4,7 +4,7 @@ const STEP: u64 = 500_000_000; // 2 fps
 
 /// A unit embedding near axis `scene` (dimension 8), nudged by `wiggle`.
 fn embed(scene: usize, wiggle: f32) -> Arc<[f32]> {
-    let mut v = vec![0.0f32; 8];
+    let mut v = [0.0f32; 8];
     v[scene] = 1.0;
     v[(scene + 1) % 8] = wiggle;
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();

@@ -167,10 +167,11 @@ pub(super) fn write_segments(
         if let Some(old) = seg_t.get(key)? {
             let old: SegmentRecord =
                 schema::decode(SEGMENTS_TREE, &old).map_err(ConflictableTransactionError::Abort)?;
-            if old.keyframe_ns == s.record.keyframe_ns && old.end_ns == s.record.end_ns {
-                if let CaptionState::Done { .. } = old.caption {
-                    continue;
-                }
+            if old.keyframe_ns == s.record.keyframe_ns
+                && old.end_ns == s.record.end_ns
+                && matches!(old.caption, CaptionState::Done { .. })
+            {
+                continue;
             }
         }
         seg_t.insert(&key, schema::encode(&s.record))?;
