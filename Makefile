@@ -52,6 +52,7 @@ random-full: models/clip-random-full/manifest.toml models/blip-random-full/manif
 
 bench: build random-full
 	target/release/roadrep bench clip --model models/clip-random-full
+	target/release/roadrep bench caption --model models/blip-random-full
 	target/release/roadrep bench replay --model models/clip-random-full
 	target/release/roadrep bench replay --model models/clip-random-full --precision int8
 

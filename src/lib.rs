@@ -18,7 +18,13 @@
 //!   reference-exact image preprocessing, the CLIP image/text encoders.
 //! - [`tagging`]: label sets, prompt ensembles, zero-shot scores (pure), and
 //!   the on-disk cache of class text embeddings.
-//! - [`infer`]: the inference worker: batch -> CLIP -> tags -> store.
+//! - [`infer`]: the inference worker: batch -> CLIP -> tags -> segments ->
+//!   store.
+//! - [`segment`]: scene segmentation of a camera's embedding stream (pure):
+//!   cuts, keyframes, dominant tags.
+//! - [`caption`]: BLIP keyframe captions: the model, greedy/beam decoding,
+//!   and the low-priority worker that drains the store's caption backlog.
+//! - [`summary`]: segments as summary lines (API and CLI).
 //! - [`store`]: sled trees, keys, versioned values, search scans.
 //! - [`replay`], [`daemon`]: the two ways frames flow (recorded clips, live).
 //! - [`search`]: text/image queries with camera, time and tag filters.

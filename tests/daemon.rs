@@ -225,6 +225,37 @@ fn streams_land_together_a_broken_one_fails_alone_and_search_filters_work() {
         8
     );
 
+    // Segments: each finished 4 s clip is one scene; no captioner here.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let segments = loop {
+        let (status, segs) = get(&addr, "/api/segments?camera=front");
+        assert_eq!(status, 200);
+        if !segs.as_array().unwrap().is_empty() || Instant::now() > deadline {
+            break segs;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let segments = segments.as_array().unwrap();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    assert_eq!(segments[0]["frames"], 8);
+    assert_eq!(segments[0]["caption_state"], "none");
+    assert_eq!(segments[0]["start_s"].as_f64(), Some(0.0));
+    let (status, e) = get(&addr, "/api/segments?from=yesterday");
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("from"));
+    {
+        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+        let text = agent
+            .get(format!("http://{addr}/api/summary?camera=front"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        assert!(text.starts_with("00:00-00:04 "), "{text}");
+        assert_eq!(text.lines().count(), 1);
+    }
+
     // Image search: the smpte pattern finds the smpte camera.
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
