@@ -128,8 +128,9 @@ impl CaptionBenchReport {
     /// Markdown table for BENCHMARKS.md.
     pub fn to_markdown(&self) -> String {
         let mut out = format!(
-            "model {} ({}x{0} -> {} image tokens, {} decoder layers), {} captions per row, {} tokens each\n\n",
+            "model {} ({}x{} -> {} image tokens, {} decoder layers), {} captions per row, {} tokens each\n\n",
             self.model,
+            self.image_size,
             self.image_size,
             self.image_tokens,
             self.layers,
