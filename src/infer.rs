@@ -268,10 +268,12 @@ impl InferenceWorker {
             .collect();
         let mut segments = SegmentWrites::default();
         for (stream_id, frame, input) in segment_input {
-            if let Some(closed) = self.segmenter(stream_id, frame).and_then(|s| s.push(input)) {
-                segments
-                    .closed
-                    .push(new_segment(stream_id, &frame.source_label, closed));
+            if let Some(seg) = self.segmenter(stream_id, frame) {
+                for closed in seg.push(input) {
+                    segments
+                        .closed
+                        .push(new_segment(stream_id, &frame.source_label, closed));
+                }
             }
         }
         for key in &touched {
@@ -454,8 +456,8 @@ impl InferenceWorker {
                 break;
             }
             n += 1;
-            // A rebuilt segment cannot close here: it was open when stored.
-            let _ = seg.push(SegmentFrame {
+            // A rebuilt segment does not close here: it was open when stored.
+            seg.push(SegmentFrame {
                 ts_ns: f.key.ts_ns,
                 pts_ns: f.record.pts_ns,
                 duration_ns: frame.sample_interval_ns,

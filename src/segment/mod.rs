@@ -38,6 +38,9 @@ pub struct SegmenterConfig {
     pub min_segment_secs: f64,
     /// Longest segment, seconds (0 = unlimited).
     pub max_segment_secs: f64,
+    /// A pause in the frames longer than this (a camera offline, a gap
+    /// between clips) ends the segment, seconds.
+    pub max_gap_secs: f64,
     /// Caption images kept per open segment (each is one preprocessed
     /// image, ~440 KB for BLIP-base); beyond it every other one is dropped.
     pub max_keyframe_candidates: usize,
@@ -52,6 +55,7 @@ impl Default for SegmenterConfig {
             confirm_secs: 1.0,
             min_segment_secs: 2.0,
             max_segment_secs: 600.0,
+            max_gap_secs: 10.0,
             max_keyframe_candidates: 24,
         }
     }
@@ -76,6 +80,7 @@ impl SegmenterConfig {
             ("segments.confirm_secs", self.confirm_secs),
             ("segments.min_segment_secs", self.min_segment_secs),
             ("segments.max_segment_secs", self.max_segment_secs),
+            ("segments.max_gap_secs", self.max_gap_secs),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(format!("{name} {v} must be a finite number >= 0"));
@@ -281,8 +286,25 @@ impl Segmenter {
         self.open.start_ns()
     }
 
-    /// Feeds the next frame; returns the segment it closed, if any.
-    pub fn push(&mut self, frame: SegmentFrame) -> Option<ClosedSegment> {
+    /// Feeds the next frame; returns the segments it closed (usually none,
+    /// one at a cut, up to two after a pause).
+    pub fn push(&mut self, frame: SegmentFrame) -> Vec<ClosedSegment> {
+        let last_end = self
+            .candidate
+            .last()
+            .or(self.open.members.last())
+            .map(|m| m.ts_ns + m.duration_ns as i64);
+        if let Some(end) = last_end
+            && (frame.ts_ns - end) as f64 / 1e9 > self.config.max_gap_secs
+        {
+            let mut closed = self.finish();
+            closed.extend(self.push_one(frame));
+            return closed;
+        }
+        self.push_one(frame).into_iter().collect()
+    }
+
+    fn push_one(&mut self, frame: SegmentFrame) -> Option<ClosedSegment> {
         let max_images = self.config.max_keyframe_candidates;
         let Some(start) = self.open.start_ns() else {
             self.open.push(frame, max_images);

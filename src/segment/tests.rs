@@ -144,7 +144,7 @@ fn caption_images_are_thinned_to_the_configured_count() {
     };
     let mut s = Segmenter::new(config);
     for i in 0..40 {
-        assert!(s.push(frame(i, 0, 0.0, true)).is_none());
+        assert!(s.push(frame(i, 0, 0.0, true)).is_empty());
     }
     assert!(s.open.images <= 4, "{}", s.open.images);
     let kept = s
@@ -167,4 +167,19 @@ fn invalid_thresholds_are_named() {
     };
     assert!(bad.validate().unwrap_err().contains("keep_distance"));
     assert!(SegmenterConfig::default().validate().is_ok());
+}
+
+#[test]
+fn a_pause_in_the_frames_ends_the_segment() {
+    let mut s = Segmenter::new(SegmenterConfig::default());
+    let mut out = Vec::new();
+    for i in 0..10 {
+        out.extend(s.push(frame(i, 0, 0.0, false)));
+    }
+    // The same scene again after a 30 s outage.
+    for i in 70..80 {
+        out.extend(s.push(frame(i, 0, 0.0, false)));
+    }
+    out.extend(s.finish());
+    assert_eq!(bounds(&out), vec![(0.0, 5.0), (35.0, 40.0)]);
 }
