@@ -357,6 +357,7 @@ impl InferenceWorker {
         }
         // An unfinished source keeps its open-segment marker: the next run
         // rebuilds the segment from the store and goes on.
+        self.labels.remove(&key);
         self.progress.remove(&key);
     }
 
