@@ -178,6 +178,9 @@ pub struct SegmentsArgs {
     /// Words the caption must contain ("truck bridge").
     #[arg(long)]
     pub caption: Option<String>,
+    /// Most segments listed [default: 1000].
+    #[arg(long)]
+    pub top: Option<usize>,
     /// Frames kept per second when replaying files [default: ingest.sample_fps].
     #[arg(long)]
     pub fps: Option<f64>,

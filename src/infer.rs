@@ -25,7 +25,8 @@ use crate::models::ClipModel;
 use crate::segment::{ClosedSegment, SegmentFrame, Segmenter, SegmenterConfig};
 use crate::store::{
     CaptionJob, CaptionState, Checkpoint, CheckpointUpdate, FrameKey, FrameRecord, NewSegment,
-    OpenMarker, SegmentRecord, SegmentWrites, SetTag, Store, StoredFrame, TagRecord,
+    OpenMarker, OpenSegmentRecord, SegmentRecord, SegmentWrites, SetTag, Store, StoredFrame,
+    TagRecord,
 };
 use crate::tagging::SceneTagger;
 use crate::tagging::score::l2_normalize;
@@ -71,6 +72,8 @@ pub struct InferenceWorker {
     segmenters: HashMap<(Arc<str>, Arc<str>), Segmenter>,
     /// Source labels (paths) of the segmented sources, for their records.
     labels: HashMap<(Arc<str>, Arc<str>), Arc<str>>,
+    /// Segments closed while rebuilding, written with the next write.
+    rebuilt: Vec<NewSegment>,
 }
 
 impl InferenceWorker {
@@ -93,6 +96,7 @@ impl InferenceWorker {
             segmenting: None,
             segmenters: HashMap::new(),
             labels: HashMap::new(),
+            rebuilt: Vec::new(),
         }
     }
 
@@ -147,6 +151,7 @@ impl InferenceWorker {
         if let Some(batch) = assembler.drain() {
             self.process(batch);
         }
+        self.close_live_sources();
         if let Err(error) = self.store.flush() {
             tracing::error!(%error, "Store flush failed at shutdown.");
         }
@@ -268,20 +273,36 @@ impl InferenceWorker {
             .collect();
         let mut segments = SegmentWrites::default();
         for (stream_id, frame, input) in segment_input {
-            if let Some(seg) = self.segmenter(stream_id, frame) {
+            let key = (frame.stream.clone(), frame.source.clone());
+            let label = frame.source_label.clone();
+            if let Some(seg) = self.segmenter(
+                &key,
+                stream_id,
+                Some(label.clone()),
+                frame.ts_ns,
+                input.duration_ns,
+            ) {
                 for closed in seg.push(input) {
                     segments
                         .closed
-                        .push(new_segment(stream_id, &frame.source_label, closed));
+                        .push(new_segment(stream_id, &label, &key.1, closed));
                 }
             }
         }
+        segments.closed.splice(0..0, self.rebuilt.drain(..));
         for key in &touched {
-            if let (Some(seg), Some(p)) = (self.segmenters.get(key), self.progress.get(key)) {
+            if let (Some(seg), Some(p), Some(label)) = (
+                self.segmenters.get(key),
+                self.progress.get(key),
+                self.labels.get(key),
+            ) {
                 segments.open.push(OpenMarker {
                     stream_id: p.stream_id,
                     source: key.1.to_string(),
-                    start_ns: seg.open_start_ns(),
+                    open: seg.open_state().map(|state| OpenSegmentRecord {
+                        state,
+                        label: label.to_string(),
+                    }),
                 });
             }
         }
@@ -308,11 +329,15 @@ impl InferenceWorker {
     fn fail_batch(&mut self, frames: &[Frame], reason: &'static str) {
         self.totals.failed += frames.len() as u64;
         for f in frames {
-            self.damaged.insert((f.stream.clone(), f.source.clone()));
-            // Its segments are rebuilt from the store by the replay that
-            // fills the gap.
-            self.segmenters
-                .remove(&(f.stream.clone(), f.source.clone()));
+            let key = (f.stream.clone(), f.source.clone());
+            // A file's checkpoint freezes before the hole and its segments
+            // are rebuilt by the replay that fills it. A live source cannot
+            // be replayed: its segmenter restarts from the store (the lost
+            // frames are a gap) and segmentation goes on.
+            if resumable(&f.source) {
+                self.damaged.insert(key.clone());
+            }
+            self.segmenters.remove(&key);
             metrics::counter!(telemetry::FRAMES_DROPPED, "stream" => f.stream.to_string(), "reason" => reason).increment(1);
         }
     }
@@ -345,36 +370,43 @@ impl InferenceWorker {
         Ok(self.progress.get_mut(&key).expect("inserted above"))
     }
 
-    /// A source ended: mark it complete if it was read to its end without
-    /// losing a batch, and forget its in-memory progress.
+    /// A source ended. A file read to its end without losing a batch is
+    /// marked complete and its last segment closed; a file stopped early
+    /// keeps its open segment in the store for the next run. A live source
+    /// closes its segment whenever it ends (it never resumes).
     fn end_source(&mut self, stream: &Arc<str>, source: &Arc<str>, complete: bool) {
         let key = (stream.clone(), source.clone());
-        let segmenter = self.segmenters.remove(&key);
         if self.damaged.remove(&key) {
             tracing::error!(%stream, %source, "Frames of this source were lost; it stays incomplete so a replay fills the gap.");
-        } else if complete {
-            self.mark_complete(stream, source, segmenter);
+            self.segmenters.remove(&key);
+        } else if complete || !resumable(source) {
+            self.close_source(&key, complete);
+        } else {
+            self.segmenters.remove(&key);
         }
-        // An unfinished source keeps its open-segment marker: the next run
-        // rebuilds the segment from the store and goes on.
         self.labels.remove(&key);
         self.progress.remove(&key);
     }
 
-    fn mark_complete(
-        &mut self,
-        stream: &Arc<str>,
-        source: &Arc<str>,
-        segmenter: Option<Segmenter>,
-    ) {
-        let update = match self.progress_of(stream, source) {
+    /// Closes the open segment of a source (rebuilt from the store when
+    /// this run saw none of its frames) and, if `complete`, marks its
+    /// checkpoint complete, in one write.
+    fn close_source(&mut self, key: &(Arc<str>, Arc<str>), complete: bool) {
+        let (stream, source) = key;
+        let (stream_id, interval, update) = match self.progress_of(stream, source) {
             Ok(p) => {
-                p.checkpoint.complete = true;
-                CheckpointUpdate {
-                    stream_id: p.stream_id,
-                    source: source.to_string(),
-                    checkpoint: p.checkpoint.clone(),
+                if complete {
+                    p.checkpoint.complete = true;
                 }
+                (
+                    p.stream_id,
+                    p.checkpoint.sample_interval_ns,
+                    complete.then(|| CheckpointUpdate {
+                        stream_id: p.stream_id,
+                        source: source.to_string(),
+                        checkpoint: p.checkpoint.clone(),
+                    }),
+                )
             }
             Err(error) => {
                 tracing::error!(%error, %stream, "Cannot record the end of a source.");
@@ -382,98 +414,143 @@ impl InferenceWorker {
             }
         };
         let mut segments = SegmentWrites::default();
-        if let Some(mut seg) = segmenter {
-            let label = self.labels.remove(&(stream.clone(), source.clone()));
-            let label = label.as_deref().unwrap_or(source);
-            for closed in seg.finish() {
-                segments
-                    .closed
-                    .push(new_segment(update.stream_id, label, closed));
+        if self.segmenting.is_some() {
+            // A resume that delivered no frames still has to close the
+            // segment the previous run left open.
+            self.segmenter(key, stream_id, None, i64::MAX, interval);
+            if let (Some(mut seg), Some(label)) =
+                (self.segmenters.remove(key), self.labels.get(key).cloned())
+            {
+                for closed in seg.finish() {
+                    segments
+                        .closed
+                        .push(new_segment(stream_id, &label, source, closed));
+                }
+                segments.open.push(OpenMarker {
+                    stream_id,
+                    source: source.to_string(),
+                    open: None,
+                });
             }
-            segments.open.push(OpenMarker {
-                stream_id: update.stream_id,
-                source: source.to_string(),
-                start_ns: None,
-            });
+            segments.closed.splice(0..0, self.rebuilt.drain(..));
         }
-        match self.store.write(&[], &[update], &segments) {
+        let updates: Vec<CheckpointUpdate> = update.into_iter().collect();
+        if updates.is_empty() && segments.is_empty() {
+            return;
+        }
+        match self.store.write(&[], &updates, &segments) {
             Ok(_) => self.totals.segments += segments.closed.len() as u64,
             Err(error) => {
                 tracing::error!(%error, %stream, "Cannot record the end of a source.")
             }
         }
     }
+
+    /// At shutdown: live sources close their segments (files keep theirs
+    /// open in the store, to go on when replayed again).
+    fn close_live_sources(&mut self) {
+        let live: Vec<_> = self
+            .segmenters
+            .keys()
+            .filter(|k| !resumable(&k.1))
+            .cloned()
+            .collect();
+        for key in live {
+            self.close_source(&key, false);
+        }
+    }
+}
+
+/// Files resume from their checkpoint; live sources do not.
+fn resumable(source: &str) -> bool {
+    source.starts_with("file:")
 }
 
 impl InferenceWorker {
-    /// The segmenter of a frame's (stream, source); on first use after a
-    /// restart it is rebuilt from the stored frames of the open segment, so
-    /// an interrupted scene continues instead of being cut at the restart.
-    fn segmenter(&mut self, stream_id: u32, frame: &Frame) -> Option<&mut Segmenter> {
+    /// The segmenter of a (stream, source); on first use it is rebuilt
+    /// from the stored frames of the segment a previous run left open, so an
+    /// interrupted scene goes on instead of being cut at the restart.
+    /// `label` is the source's label (`None`: the one stored with the open
+    /// segment, if any); `until_ns` bounds the frames read back.
+    fn segmenter(
+        &mut self,
+        key: &(Arc<str>, Arc<str>),
+        stream_id: u32,
+        label: Option<Arc<str>>,
+        until_ns: i64,
+        interval_ns: u64,
+    ) -> Option<&mut Segmenter> {
         let config = self.segmenting.clone()?;
-        let key = (frame.stream.clone(), frame.source.clone());
-        if !self.segmenters.contains_key(&key) {
+        if !self.segmenters.contains_key(key) {
             let mut seg = Segmenter::new(config);
-            let resume_pts = self
-                .progress
-                .get(&key)
-                .and_then(|p| p.checkpoint.last_pts_ns);
-            match self.rebuild(&mut seg, stream_id, frame, resume_pts) {
-                Ok(n) if n > 0 => {
-                    tracing::info!(stream = %frame.stream, frames = n, "Open segment rebuilt from the store.")
+            let label = match self.rebuild(&mut seg, key, stream_id, until_ns, interval_ns) {
+                Ok(Some((n, stored_label, closed))) => {
+                    tracing::info!(stream = %key.0, frames = n, "Open segment rebuilt from the store.");
+                    let label = label.unwrap_or(stored_label);
+                    for c in closed {
+                        self.rebuilt.push(new_segment(stream_id, &label, &key.1, c));
+                    }
+                    Some(label)
                 }
-                Ok(_) => {}
+                Ok(None) => label,
                 Err(error) => {
-                    tracing::warn!(%error, stream = %frame.stream, "Cannot rebuild the open segment; a new one starts here.")
+                    tracing::warn!(%error, stream = %key.0, "Cannot rebuild the open segment; a new one starts here.");
+                    label
                 }
-            }
-            self.labels.insert(key.clone(), frame.source_label.clone());
+            };
+            let label = label?;
+            self.labels.insert(key.clone(), label);
             self.segmenters.insert(key.clone(), seg);
         }
-        self.segmenters.get_mut(&key)
+        self.segmenters.get_mut(key)
     }
 
-    /// Feeds the stored frames of the open segment (up to the checkpoint)
-    /// back into `seg`; returns how many.
+    /// Feeds the stored frames of the open segment back into `seg` (files:
+    /// up to their checkpoint). Returns how many, the stored label, and
+    /// what they closed; `None` when no segment was left open.
+    #[allow(clippy::type_complexity)]
     fn rebuild(
         &self,
         seg: &mut Segmenter,
+        key: &(Arc<str>, Arc<str>),
         stream_id: u32,
-        frame: &Frame,
-        resume_pts: Option<u64>,
-    ) -> Result<usize, crate::store::StoreError> {
-        let (Some(start), Some(last_pts)) = (
-            self.store.open_segment_start(stream_id, &frame.source)?,
-            resume_pts,
-        ) else {
-            return Ok(0);
+        until_ns: i64,
+        interval_ns: u64,
+    ) -> Result<Option<(usize, Arc<str>, Vec<ClosedSegment>)>, crate::store::StoreError> {
+        let Some(open) = self.store.open_segment(stream_id, &key.1)? else {
+            return Ok(None);
         };
-        let mut n = 0;
-        for f in self
+        let resume_pts = if resumable(&key.1) {
+            self.progress
+                .get(key)
+                .and_then(|p| p.checkpoint.last_pts_ns)
+        } else {
+            None
+        };
+        let frames: Vec<SegmentFrame> = self
             .store
-            .frames_since(stream_id, start, &frame.source_label)?
-        {
-            if f.record.pts_ns > last_pts || f.key.ts_ns >= frame.ts_ns {
-                break;
-            }
-            n += 1;
-            // A rebuilt segment does not close here: it was open when stored.
-            seg.push(SegmentFrame {
+            .frames_between(stream_id, open.state.start_ns, until_ns, &open.label)?
+            .into_iter()
+            .take_while(|f| resume_pts.is_none_or(|p| f.record.pts_ns <= p))
+            .map(|f| SegmentFrame {
                 ts_ns: f.key.ts_ns,
                 pts_ns: f.record.pts_ns,
-                duration_ns: frame.sample_interval_ns,
+                duration_ns: interval_ns,
                 embedding: f.embedding.into(),
                 tags: f.tags.sets.into_iter().map(|t| (t.set, t.top)).collect(),
                 caption_image: None,
-            });
-        }
-        Ok(n)
+            })
+            .collect();
+        let n = frames.len();
+        let closed = seg.restore(&open.state, frames);
+        Ok(Some((n, open.label.as_str().into(), closed)))
     }
 }
 
 /// The store record of a closed segment, its keyframe queued for a caption.
-fn new_segment(stream_id: u32, source: &str, closed: ClosedSegment) -> NewSegment {
+fn new_segment(stream_id: u32, label: &str, source_id: &str, closed: ClosedSegment) -> NewSegment {
     let caption_image = closed.caption_image.as_ref().map(|rgb| CaptionJob {
+        keyframe_ns: closed.keyframe_ns,
         size: ((rgb.len() / 3) as f64).sqrt().round() as u32,
         rgb: rgb.to_vec(),
     });
@@ -483,7 +560,8 @@ fn new_segment(stream_id: u32, source: &str, closed: ClosedSegment) -> NewSegmen
             start_ns: closed.start_ns,
             end_ns: closed.end_ns,
             start_pts_ns: closed.start_pts_ns,
-            source: source.to_string(),
+            source: label.to_string(),
+            source_id: source_id.to_string(),
             frames: closed.frames,
             keyframe_ns: closed.keyframe_ns,
             keyframe_pts_ns: closed.keyframe_pts_ns,

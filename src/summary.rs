@@ -9,6 +9,9 @@ use crate::search::{SearchError, format_time, parse_time};
 use crate::segment::DominantTag;
 use crate::store::{CaptionState, SegmentEntry, SegmentFilter};
 
+/// Segments returned when `top` is not given.
+pub const DEFAULT_SEGMENTS: usize = 1000;
+
 /// Query of `/api/segments` (and the CLI's flags).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +31,9 @@ pub struct SegmentsRequest {
     /// Words that must all be in the caption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub q: Option<String>,
+    /// Most segments returned (default 1000, at most 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top: Option<usize>,
 }
 
 impl SegmentsRequest {
@@ -50,6 +56,11 @@ impl SegmentsRequest {
             to_ns: time("to", &self.to)?,
             caption_words: self.q.iter().cloned().collect(),
             source: self.source.clone(),
+            limit: Some(
+                self.top
+                    .unwrap_or(DEFAULT_SEGMENTS)
+                    .min(crate::search::MAX_RESULTS),
+            ),
         })
     }
 }
@@ -180,6 +191,7 @@ mod tests {
                 end_ns: base + (end * 1e9) as i64,
                 start_pts_ns: (start * 1e9) as u64,
                 source: "a.mp4".into(),
+                source_id: "file:/a.mp4:1:1".into(),
                 frames: 3,
                 keyframe_ns: base,
                 keyframe_pts_ns: 0,

@@ -74,6 +74,23 @@ fn summary_of_the_real_clip_lists_captioned_segments() {
     assert_eq!(body.len(), segments.len(), "{out}");
     assert_eq!(body[0], segments[0]["line"].as_str().unwrap());
 
+    // Another spelling of the same file's path finds the same segments.
+    let canonical = std::fs::canonicalize(&clip).unwrap();
+    assert_ne!(canonical, clip, "the test path is not canonical");
+    let o = roadrep(
+        &[
+            "summary",
+            canonical.to_str().unwrap(),
+            "--store",
+            store_s,
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let again: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(again, segments);
+
     // Captions are searchable by their words.
     let caption = segments[0]["caption"].as_str().unwrap();
     let word = caption

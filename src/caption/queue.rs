@@ -168,7 +168,7 @@ fn run(captioner: &dyn Captioner, store: &Store, flags: &Flags) -> CaptionTotals
         } else {
             totals.captioned += 1;
         }
-        if let Err(error) = store.set_caption(&key, state) {
+        if let Err(error) = store.set_caption(&key, job.keyframe_ns, state) {
             tracing::error!(%error, "Cannot store a caption; captions stop.");
             break;
         }

@@ -34,13 +34,19 @@ pub fn run(
         to: args.to.clone(),
         source: None,
         q: args.caption.clone(),
+        top: args.top,
     };
     base.filter().map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let mut groups: Vec<(Option<String>, Vec<SegmentView>)> = Vec::new();
     let mut ok = true;
     if args.files.is_empty() {
-        let segments = match via_api(&config.api.listen, &base)? {
+        // An explicit --store is read directly, never a daemon's store.
+        let from_api = match &args.store {
+            Some(_) => None,
+            None => via_api(&config.api.listen, &base)?,
+        };
+        let segments = match from_api {
             Some(s) => s,
             None => views(&open_store(&config, args)?.segments(&base.filter()?)?),
         };
@@ -63,9 +69,14 @@ pub fn run(
             if f.error.is_some() {
                 continue;
             }
+            // By identity (canonical path, size, mtime): the clip may have
+            // been replayed under another spelling of its path.
+            let identity = roadrep::ingest::source::source_identity(
+                &roadrep::ingest::config::SourceKind::File(f.file.clone()),
+            );
             let req = SegmentsRequest {
                 camera: Some(f.camera.clone()),
-                source: Some(f.file.display().to_string()),
+                source: Some(identity),
                 ..base.clone()
             };
             groups.push((

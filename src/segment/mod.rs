@@ -36,10 +36,10 @@ pub struct SegmenterConfig {
     pub confirm_secs: f64,
     /// Shortest segment, seconds.
     pub min_segment_secs: f64,
-    /// Longest segment, seconds (0 = unlimited).
+    /// Longest segment, seconds (bounds the memory an open segment holds).
     pub max_segment_secs: f64,
     /// A pause in the frames longer than this (a camera offline, a gap
-    /// between clips) ends the segment, seconds.
+    /// between clips) ends the segment, seconds; 0 = never.
     pub max_gap_secs: f64,
     /// Caption images kept per open segment (each is one preprocessed
     /// image, ~440 KB for BLIP-base); beyond it every other one is dropped.
@@ -86,8 +86,14 @@ impl SegmenterConfig {
                 return Err(format!("{name} {v} must be a finite number >= 0"));
             }
         }
-        if self.max_segment_secs > 0.0 && self.max_segment_secs < self.min_segment_secs {
-            return Err("segments.max_segment_secs must be >= min_segment_secs".into());
+        if !(self.max_segment_secs > 0.0
+            && self.max_segment_secs <= 86_400.0
+            && self.max_segment_secs >= self.min_segment_secs)
+        {
+            return Err(format!(
+                "segments.max_segment_secs {} must be in [min_segment_secs, 86400]",
+                self.max_segment_secs
+            ));
         }
         Ok(())
     }
@@ -142,6 +148,21 @@ pub struct ClosedSegment {
     pub caption_image: Option<Arc<[u8]>>,
 }
 
+/// What a restart needs to rebuild the open segment exactly from its stored
+/// frames: the frames up to `seed_until_ns` entered it in bulk (a confirmed
+/// change, decided with frames that came before them), and only frames from
+/// `centroid_from_ns` on count in its centroid (a too-short scene that was
+/// absorbed does not). Every later frame is decided again, identically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OpenState {
+    /// First frame time, ns.
+    pub start_ns: i64,
+    /// Last frame that entered without a decision, ns.
+    pub seed_until_ns: i64,
+    /// First frame that counts in the centroid, ns.
+    pub centroid_from_ns: i64,
+}
+
 /// Frames of the open segment, with running sums.
 #[derive(Debug, Default)]
 struct OpenSegment {
@@ -151,6 +172,10 @@ struct OpenSegment {
     /// Per set, time each class was on top, ns.
     tag_time: Vec<(String, HashMap<String, u64>)>,
     images: usize,
+    /// Only members whose index is a multiple of this keep their image.
+    image_stride: usize,
+    seed_until_ns: i64,
+    centroid_from_ns: i64,
 }
 
 impl OpenSegment {
@@ -159,11 +184,26 @@ impl OpenSegment {
     }
 
     fn push(&mut self, frame: SegmentFrame, max_images: usize) {
+        self.push_member(frame, max_images, true);
+    }
+
+    /// Adds a frame; `in_centroid` false keeps it out of the centroid.
+    fn push_member(&mut self, mut frame: SegmentFrame, max_images: usize, in_centroid: bool) {
+        if self.members.is_empty() {
+            self.seed_until_ns = frame.ts_ns;
+            self.centroid_from_ns = frame.ts_ns;
+        }
         if self.sum.is_empty() {
             self.sum = vec![0.0; frame.embedding.len()];
         }
-        for (s, x) in self.sum.iter_mut().zip(frame.embedding.iter()) {
-            *s += *x as f64;
+        if in_centroid {
+            for (s, x) in self.sum.iter_mut().zip(frame.embedding.iter()) {
+                *s += *x as f64;
+            }
+        }
+        let stride = self.image_stride.max(1);
+        if !self.members.len().is_multiple_of(stride) {
+            frame.caption_image = None;
         }
         for (set, class) in &frame.tags {
             let slot = match self.tag_time.iter().position(|(s, _)| s == set) {
@@ -184,16 +224,14 @@ impl OpenSegment {
         }
     }
 
-    /// Drops every other kept image (evenly spread candidates stay).
+    /// Doubles the image stride: the kept images stay evenly spread over
+    /// the whole segment.
     fn thin_images(&mut self) {
-        let mut seen = 0;
-        for m in &mut self.members {
-            if m.caption_image.is_some() {
-                if seen % 2 == 1 {
-                    m.caption_image = None;
-                    self.images -= 1;
-                }
-                seen += 1;
+        self.image_stride = self.image_stride.max(1) * 2;
+        let stride = self.image_stride;
+        for (i, m) in self.members.iter_mut().enumerate() {
+            if !i.is_multiple_of(stride) && m.caption_image.take().is_some() {
+                self.images -= 1;
             }
         }
     }
@@ -281,9 +319,37 @@ impl Segmenter {
         }
     }
 
-    /// Start time of the open segment, ns (what a restart rebuilds from).
-    pub fn open_start_ns(&self) -> Option<i64> {
-        self.open.start_ns()
+    /// The open segment, as a restart rebuilds it (see [`OpenState`]).
+    pub fn open_state(&self) -> Option<OpenState> {
+        Some(OpenState {
+            start_ns: self.open.start_ns()?,
+            seed_until_ns: self.open.seed_until_ns,
+            centroid_from_ns: self.open.centroid_from_ns,
+        })
+    }
+
+    /// Rebuilds the open segment of `state` from its stored frames (in time
+    /// order, from `state.start_ns`): frames up to the seed enter as they
+    /// did, later ones are decided again. Returns what they close (nothing,
+    /// when the frames are those the state was taken from).
+    pub fn restore(
+        &mut self,
+        state: &OpenState,
+        frames: impl IntoIterator<Item = SegmentFrame>,
+    ) -> Vec<ClosedSegment> {
+        let max_images = self.config.max_keyframe_candidates;
+        let mut closed = Vec::new();
+        for f in frames {
+            if f.ts_ns <= state.seed_until_ns && self.candidate.is_empty() {
+                let in_centroid = f.ts_ns >= state.centroid_from_ns;
+                self.open.push_member(f, max_images, in_centroid);
+                self.open.seed_until_ns = state.seed_until_ns;
+                self.open.centroid_from_ns = state.centroid_from_ns;
+            } else {
+                closed.extend(self.push(f));
+            }
+        }
+        closed
     }
 
     /// Feeds the next frame; returns the segments it closed (usually none,
@@ -295,6 +361,7 @@ impl Segmenter {
             .or(self.open.members.last())
             .map(|m| m.ts_ns + m.duration_ns as i64);
         if let Some(end) = last_end
+            && self.config.max_gap_secs > 0.0
             && (frame.ts_ns - end) as f64 / 1e9 > self.config.max_gap_secs
         {
             let mut closed = self.finish();
@@ -361,21 +428,30 @@ impl Segmenter {
         let frames = std::mem::take(&mut self.candidate);
         let cut = frames.first()?.ts_ns;
         let start = self.open.start_ns()?;
-        let max_images = self.config.max_keyframe_candidates;
         if ((cut - start) as f64 / 1e9) + 1e-9 < self.config.min_segment_secs {
             // Too short to stand alone: its frames join the new scene, whose
             // centroid alone decides from here on.
             self.open.sum.iter_mut().for_each(|s| *s = 0.0);
-            for f in frames {
-                self.open.push(f, max_images);
-            }
+            self.seed(frames);
             return None;
         }
         let closed = std::mem::take(&mut self.open).close(cut);
-        for f in frames {
-            self.open.push(f, max_images);
-        }
+        self.seed(frames);
         Some(closed)
+    }
+
+    /// Frames of a confirmed change enter the open segment without a
+    /// decision; a restart must replay them the same way.
+    fn seed(&mut self, frames: Vec<SegmentFrame>) {
+        let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
+            return;
+        };
+        let (from, until) = (first.ts_ns, last.ts_ns);
+        for f in frames {
+            self.open.push(f, self.config.max_keyframe_candidates);
+        }
+        self.open.centroid_from_ns = from;
+        self.open.seed_until_ns = until;
     }
 
     fn cut_at(&mut self, frame: SegmentFrame) -> ClosedSegment {

@@ -154,8 +154,99 @@ fn caption_images_are_thinned_to_the_configured_count() {
         .filter(|m| m.caption_image.is_some())
         .count();
     assert_eq!(kept, s.open.images);
+    // Spread over the whole segment, not bunched at its end.
+    let with_image: Vec<usize> = s
+        .open
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.caption_image.is_some())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(with_image.first(), Some(&0));
+    assert!(
+        with_image.iter().any(|&i| (10..30).contains(&i)),
+        "{with_image:?}"
+    );
+    assert!(with_image.len() >= 3, "{with_image:?}");
     let seg = s.finish().remove(0);
     assert!(seg.caption_image.is_some());
+}
+
+/// A drifting stream (deterministic pseudo-random walk between scenes).
+fn drifting(seed: u64, n: usize) -> Vec<SegmentFrame> {
+    let mut x = seed;
+    let mut rnd = move || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((x >> 33) as f32) / (1u64 << 31) as f32
+    };
+    let mut v = [1.0f32, 0.0, 0.0, 0.0];
+    (0..n)
+        .map(|i| {
+            for c in v.iter_mut() {
+                *c += (rnd() - 0.5) * 0.6;
+            }
+            let norm = v.iter().map(|c| c * c).sum::<f32>().sqrt();
+            let e: Vec<f32> = v.iter().map(|c| c / norm).collect();
+            SegmentFrame {
+                ts_ns: i as i64 * STEP as i64,
+                pts_ns: i as u64 * STEP,
+                duration_ns: STEP,
+                embedding: e.into(),
+                tags: vec![("scene".into(), "x".into())],
+                caption_image: None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_restart_anywhere_rebuilds_the_same_segments() {
+    let config = SegmenterConfig {
+        cut_distance: 0.08,
+        keep_distance: 0.04,
+        ..Default::default()
+    };
+    let mut segments = 0;
+    for seed in 0..40 {
+        let frames = drifting(seed, 80);
+        let mut whole = Segmenter::new(config.clone());
+        let mut expected = Vec::new();
+        for f in &frames {
+            expected.extend(whole.push(f.clone()));
+        }
+        expected.extend(whole.finish());
+        let expected = bounds(&expected);
+        segments += expected.len();
+        for k in 1..frames.len() {
+            // Run until frame k, "restart": keep only what the store has
+            // (closed segments, stored frames, the open state).
+            let mut before = Segmenter::new(config.clone());
+            let mut got = Vec::new();
+            for f in &frames[..k] {
+                got.extend(before.push(f.clone()));
+            }
+            let state = before.open_state().unwrap();
+            let mut after = Segmenter::new(config.clone());
+            let stored = frames[..k]
+                .iter()
+                .filter(|f| f.ts_ns >= state.start_ns)
+                .cloned();
+            got.extend(after.restore(&state, stored));
+            for f in &frames[k..] {
+                got.extend(after.push(f.clone()));
+            }
+            got.extend(after.finish());
+            assert_eq!(
+                bounds(&got),
+                expected,
+                "seed {seed}, restart after {k} frames"
+            );
+        }
+    }
+    assert!(segments > 120, "the walk must cut often: {segments}");
 }
 
 #[test]

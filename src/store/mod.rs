@@ -37,8 +37,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use keys::FrameKey;
 pub use schema::{
-    CaptionJob, CaptionState, Checkpoint, FrameRecord, SegmentRecord, SetTag, StreamRecord,
-    TagRecord,
+    CaptionJob, CaptionState, Checkpoint, FrameRecord, OpenSegmentRecord, SegmentRecord, SetTag,
+    StreamRecord, TagRecord,
 };
 pub use segments::{
     NewSegment, OpenMarker, SegmentEntry, SegmentFilter, SegmentWrites, StoredFrameData,
@@ -384,9 +384,10 @@ impl Store {
             &self.segments,
             &self.segment_open,
             &self.caption_queue,
+            &self.caption_index,
         )
             .transaction(
-                |(frames_t, emb_t, tags_t, index_t, ckpt_t, seg_t, open_t, queue_t)| {
+                |(frames_t, emb_t, tags_t, index_t, ckpt_t, seg_t, open_t, queue_t, words_t)| {
                     let mut new = 0;
                     for f in frames {
                         let key = f.key.encode();
@@ -415,7 +416,7 @@ impl Store {
                             schema::encode(&c.checkpoint),
                         )?;
                     }
-                    segments::write_segments(segments, seg_t, open_t, queue_t)?;
+                    segments::write_segments(segments, seg_t, open_t, queue_t, words_t)?;
                     Ok(new)
                 },
             );

@@ -83,8 +83,10 @@ pub struct SegmentRecord {
     pub end_ns: i64,
     /// Pts of the first frame in its source, ns.
     pub start_pts_ns: u64,
-    /// The source the segment's frames came from.
+    /// The source the segment's frames came from (path as given, URL).
     pub source: String,
+    /// Its identity (canonical path, size, mtime for files; see `ingest`).
+    pub source_id: String,
     /// Frames in the segment.
     pub frames: u32,
     /// Keyframe (most central frame) time, ns.
@@ -129,9 +131,21 @@ impl CaptionState {
     }
 }
 
+/// The open segment of a (stream, source) when its last batch was stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenSegmentRecord {
+    /// How to rebuild it.
+    pub state: crate::segment::OpenState,
+    /// Source label of its frames (as stored in their records).
+    pub label: String,
+}
+
 /// A queued caption: the keyframe, already resized for the captioner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaptionJob {
+    /// Keyframe time, ns: a caption applies only while the segment still
+    /// has this keyframe.
+    pub keyframe_ns: i64,
     /// Side of the square image.
     pub size: u32,
     /// Packed RGB, `size * size * 3` bytes.

@@ -8,8 +8,13 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::keys::{self, FrameKey};
-use super::schema::{self, CaptionJob, CaptionState, FrameRecord, SegmentRecord, TagRecord};
-use super::{CAPTION_QUEUE_TREE, SEGMENTS_TREE, Store, StoreError, StreamRecord, TAGS_TREE};
+use super::schema::{
+    self, CaptionJob, CaptionState, FrameRecord, OpenSegmentRecord, SegmentRecord, TagRecord,
+};
+use super::{
+    CAPTION_QUEUE_TREE, SEGMENT_OPEN_TREE, SEGMENTS_TREE, Store, StoreError, StreamRecord,
+    TAGS_TREE,
+};
 
 /// A segment closed by a batch.
 #[derive(Debug, Clone)]
@@ -22,15 +27,15 @@ pub struct NewSegment {
     pub caption_image: Option<CaptionJob>,
 }
 
-/// Where the open segment of a (stream, source) starts; `None` clears it.
+/// The open segment of a (stream, source); `None` clears it.
 #[derive(Debug, Clone)]
 pub struct OpenMarker {
     /// Stream id.
     pub stream_id: u32,
     /// Source identity.
     pub source: String,
-    /// Start of the open segment, ns.
-    pub start_ns: Option<i64>,
+    /// The open segment.
+    pub open: Option<OpenSegmentRecord>,
 }
 
 /// Segment changes written with a batch.
@@ -60,8 +65,11 @@ pub struct SegmentFilter {
     pub to_ns: Option<i64>,
     /// Words that must all occur in the caption.
     pub caption_words: Vec<String>,
-    /// Only segments from this source (file path, URL).
+    /// Only segments from this source: its label (path as replayed, URL)
+    /// or its identity.
     pub source: Option<String>,
+    /// At most this many segments.
+    pub limit: Option<usize>,
 }
 
 /// A segment with its stream name.
@@ -155,6 +163,7 @@ pub(super) fn write_segments(
     seg_t: &TransactionalTree,
     open_t: &TransactionalTree,
     queue_t: &TransactionalTree,
+    words_t: &TransactionalTree,
 ) -> TxResult<()> {
     for s in &writes.closed {
         let key = FrameKey {
@@ -173,6 +182,13 @@ pub(super) fn write_segments(
             {
                 continue;
             }
+            // Replaced: its old caption's words no longer apply.
+            if let Some(text) = old.caption.text() {
+                let segment = FrameKey::decode(&key).expect("a key we encoded");
+                for w in caption_words(text) {
+                    words_t.remove(caption_index_key(&w, &segment))?;
+                }
+            }
         }
         seg_t.insert(&key, schema::encode(&s.record))?;
         match &s.caption_image {
@@ -182,8 +198,8 @@ pub(super) fn write_segments(
     }
     for m in &writes.open {
         let k = keys::checkpoint_key(m.stream_id, &m.source);
-        match m.start_ns {
-            Some(t) => open_t.insert(k, &t.to_be_bytes())?,
+        match &m.open {
+            Some(o) => open_t.insert(k, schema::encode(o))?,
             None => open_t.remove(k)?,
         };
     }
@@ -191,32 +207,36 @@ pub(super) fn write_segments(
 }
 
 impl Store {
-    /// Start of the open segment of `source` on `stream_id`, if one was
-    /// being built when the last run stopped.
-    pub fn open_segment_start(
+    /// The open segment of `source` on `stream_id`, if one was being
+    /// built when the last run stopped.
+    pub fn open_segment(
         &self,
         stream_id: u32,
         source: &str,
-    ) -> Result<Option<i64>, StoreError> {
-        Ok(self
-            .segment_open
+    ) -> Result<Option<OpenSegmentRecord>, StoreError> {
+        self.segment_open
             .get(keys::checkpoint_key(stream_id, source))
             .map_err(|e| self.err(e))?
-            .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes)))
+            .map(|v| schema::decode(SEGMENT_OPEN_TREE, &v))
+            .transpose()
     }
 
-    /// Stored frames of a stream from `from_ns` on that came from `source`
-    /// (label), with tags and embeddings, in time order.
-    pub fn frames_since(
+    /// Stored frames of a stream with times in `[from_ns, until_ns)` that
+    /// came from `source` (label), with tags and embeddings, in time order.
+    pub fn frames_between(
         &self,
         stream_id: u32,
         from_ns: i64,
+        until_ns: i64,
         source: &str,
     ) -> Result<Vec<StoredFrameData>, StoreError> {
         let mut out = Vec::new();
+        if until_ns <= from_ns {
+            return Ok(out);
+        }
         for kv in self
             .frames
-            .range(FrameKey::range(stream_id, from_ns, i64::MAX))
+            .range(FrameKey::range(stream_id, from_ns, until_ns - 1))
         {
             let (k, v) = kv.map_err(|e| self.err(e))?;
             let Some(key) = FrameKey::decode(&k) else {
@@ -266,10 +286,15 @@ impl Store {
             .flat_map(|w| caption_words(w))
             .collect();
         let with_words = if words.is_empty() {
+            // Only stop words ("the"): they are not indexed, nothing matches.
+            if filter.caption_words.iter().any(|w| !w.trim().is_empty()) {
+                return Ok(Vec::new());
+            }
             None
         } else {
             Some(self.keys_with_words(&words)?)
         };
+        let limit = filter.limit.unwrap_or(usize::MAX);
         let from = filter.from_ns.unwrap_or(i64::MIN);
         let to = filter.to_ns.unwrap_or(i64::MAX);
         let mut out = Vec::new();
@@ -284,7 +309,10 @@ impl Store {
                 }
                 let record: SegmentRecord = schema::decode(SEGMENTS_TREE, &v)?;
                 if record.end_ns < from
-                    || filter.source.as_ref().is_some_and(|s| s != &record.source)
+                    || filter
+                        .source
+                        .as_ref()
+                        .is_some_and(|s| s != &record.source && s != &record.source_id)
                 {
                     continue;
                 }
@@ -292,6 +320,9 @@ impl Store {
                     stream: stream.name.clone(),
                     record,
                 });
+                if out.len() >= limit {
+                    return Ok(out);
+                }
             }
         }
         Ok(out)
@@ -342,18 +373,35 @@ impl Store {
         self.caption_signal.wait(seen, timeout);
     }
 
-    /// Stores the caption of a segment, indexes its words and removes the
-    /// job from the queue, in one transaction.
-    pub fn set_caption(&self, segment: &FrameKey, state: CaptionState) -> Result<(), StoreError> {
+    /// Stores the caption of a segment's keyframe `keyframe_ns`, indexes
+    /// its words and removes the job from the queue, in one transaction.
+    /// Nothing happens if the segment was closed again meanwhile with
+    /// another keyframe: its new job stays queued.
+    pub fn set_caption(
+        &self,
+        segment: &FrameKey,
+        keyframe_ns: i64,
+        state: CaptionState,
+    ) -> Result<(), StoreError> {
         let key = segment.encode();
         let result = (&self.segments, &self.caption_queue, &self.caption_index).transaction(
             |(seg_t, queue_t, index_t)| {
+                if let Some(job) = queue_t.get(key)? {
+                    let job: CaptionJob = schema::decode(CAPTION_QUEUE_TREE, &job)
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    if job.keyframe_ns != keyframe_ns {
+                        return Ok(());
+                    }
+                }
                 queue_t.remove(&key)?;
                 let Some(v) = seg_t.get(key)? else {
                     return Ok(());
                 };
                 let mut record: SegmentRecord = schema::decode(SEGMENTS_TREE, &v)
                     .map_err(ConflictableTransactionError::Abort)?;
+                if record.keyframe_ns != keyframe_ns {
+                    return Ok(());
+                }
                 if let Some(old) = record.caption.text() {
                     for w in caption_words(old) {
                         index_t.remove(caption_index_key(&w, segment))?;

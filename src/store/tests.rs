@@ -213,3 +213,81 @@ fn another_model_does_not_see_these_embeddings() {
             .is_empty()
     );
 }
+
+fn segment(stream_id: u32, start: i64, keyframe: i64, caption: CaptionState) -> NewSegment {
+    NewSegment {
+        stream_id,
+        record: SegmentRecord {
+            start_ns: start,
+            end_ns: start + 10,
+            start_pts_ns: 0,
+            source: "clip.mp4".into(),
+            source_id: "file:/clip.mp4:1:1".into(),
+            frames: 2,
+            keyframe_ns: keyframe,
+            keyframe_pts_ns: 0,
+            tags: Vec::new(),
+            caption,
+        },
+        caption_image: Some(CaptionJob {
+            keyframe_ns: keyframe,
+            size: 1,
+            rgb: vec![0; 3],
+        }),
+    }
+}
+
+#[test]
+fn captions_apply_only_to_the_keyframe_they_were_made_for_and_stale_words_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let id = s.stream_id("front").unwrap();
+    let key = FrameKey {
+        stream_id: id,
+        ts_ns: 100,
+    };
+    let write = |seg: NewSegment| {
+        s.write(
+            &[],
+            &[],
+            &SegmentWrites {
+                closed: vec![seg],
+                open: Vec::new(),
+            },
+        )
+        .unwrap()
+    };
+    let done = |text: &str| CaptionState::Done {
+        text: text.into(),
+        model: "m".into(),
+    };
+    let words = |q: &str| {
+        s.segments(&SegmentFilter {
+            caption_words: vec![q.into()],
+            ..Default::default()
+        })
+        .unwrap()
+        .len()
+    };
+    write(segment(id, 100, 103, CaptionState::Pending));
+    s.set_caption(&key, 103, done("a truck on a bridge"))
+        .unwrap();
+    assert_eq!(words("truck bridge"), 1);
+    assert_eq!(s.caption_backlog(), 0);
+
+    // Closed again with another keyframe: the old caption's words go, and
+    // a caption made for the old keyframe no longer applies.
+    write(segment(id, 100, 105, CaptionState::Pending));
+    assert_eq!(words("truck"), 0);
+    s.set_caption(&key, 103, done("a stale caption")).unwrap();
+    assert_eq!(
+        s.caption_backlog(),
+        1,
+        "the new keyframe's job stays queued"
+    );
+    assert_eq!(words("stale"), 0);
+    s.set_caption(&key, 105, done("a bus in the rain")).unwrap();
+    assert_eq!(words("bus rain"), 1);
+    assert_eq!(words("the"), 0, "stop words alone match nothing");
+    assert_eq!(s.caption_backlog(), 0);
+}
