@@ -20,13 +20,15 @@ use ndarray::{Array2, Array4, ArrayD, Axis, IxDyn};
 use ort::session::Session;
 use ort::value::TensorRef;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use super::decode::{GenerationSettings, StepModel, generate};
 use super::{Caption, CaptionError, Captioner};
 use crate::models::clip::{PIXEL_VALUES, check_signature};
-use crate::models::manifest::{FileEntry, MANIFEST_FILE, verify_files};
+use crate::models::manifest::{
+    FileEntry, MANIFEST_FILE, check_fingerprint, check_format_version, file_entry, fingerprint,
+    float_list, read_toml, verify_files,
+};
 use crate::models::preprocess::{ImagePreprocessor, Resample, RgbFrame};
 use crate::models::{ModelError, OrtRuntime};
 
@@ -116,31 +118,15 @@ pub struct BlipPreprocess {
 impl BlipManifest {
     /// Reads `dir/manifest.toml` and checks the files and fingerprint.
     pub fn read_verified(dir: &Path) -> Result<Self, ModelError> {
-        if !dir.is_dir() {
-            return Err(ModelError::DirMissing {
-                dir: dir.to_path_buf(),
-            });
-        }
-        let path = dir.join(MANIFEST_FILE);
+        let (m, path): (Self, _) = read_toml(dir)?;
         let bad = |message: String| ModelError::Manifest {
             path: path.clone(),
             message,
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
-        let m: Self = toml::from_str(&text)
-            .map_err(|e| bad(crate::models::manifest::one_line(&e.to_string())))?;
         if m.kind != "blip" {
             return Err(bad(format!("kind '{}' is not a BLIP captioner", m.kind)));
         }
-        if m.format_version != crate::models::manifest::FORMAT_VERSION {
-            return Err(bad(format!(
-                "format_version {} is not supported",
-                m.format_version
-            )));
-        }
+        check_format_version(&path, m.format_version)?;
         if m.preprocess.resample != "bicubic" {
             return Err(bad(format!(
                 "preprocess.resample '{}' is not supported (expected 'bicubic')",
@@ -151,49 +137,30 @@ impl BlipManifest {
             return Err(bad("preprocess needs size > 0 and std > 0".into()));
         }
         verify_files(dir, &m.files)?;
-        let computed = m.compute_fingerprint(dir)?;
-        if computed != m.fingerprint {
-            return Err(bad(format!(
-                "fingerprint {} does not match its files ({computed})",
-                m.fingerprint
-            )));
-        }
+        check_fingerprint(dir, &m.fingerprint, &m.compute_fingerprint()?)?;
         Ok(m)
     }
 
     /// sha256 over the graphs', the tokenizer's sha256 and the
-    /// preprocessing. Mirrors `models/export.py`.
-    pub fn compute_fingerprint(&self, dir: &Path) -> Result<String, ModelError> {
-        let mut h = Sha256::new();
-        for role in [roles::VISION_ENCODER, roles::TEXT_DECODER, roles::TOKENIZER] {
-            h.update(format!(
-                "{role}={}\n",
-                self.file(dir, role)?.sha256.to_ascii_lowercase()
-            ));
-        }
+    /// preprocessing (the CLIP scheme, with `size` for the resize).
+    pub fn compute_fingerprint(&self) -> Result<String, ModelError> {
         let p = &self.preprocess;
-        let list = |v: &[f64; 3]| {
-            v.iter()
-                .map(|x| format!("{x:.8}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        h.update(format!(
-            "size={}\nresample={}\nmean={}\nstd={}\n",
-            p.size,
-            p.resample,
-            list(&p.mean),
-            list(&p.std)
-        ));
-        Ok(hex::encode(h.finalize()))
+        fingerprint(
+            &self.files,
+            &[roles::VISION_ENCODER, roles::TEXT_DECODER, roles::TOKENIZER],
+            &format!(
+                "size={}\nresample={}\nmean={}\nstd={}\n",
+                p.size,
+                p.resample,
+                float_list(&p.mean),
+                float_list(&p.std)
+            ),
+        )
     }
 
     /// The entry of a file role.
     pub fn file(&self, dir: &Path, role: &str) -> Result<&FileEntry, ModelError> {
-        self.files.get(role).ok_or_else(|| ModelError::Manifest {
-            path: dir.join(MANIFEST_FILE),
-            message: format!("no [files.{role}] entry"),
-        })
+        file_entry(&self.files, dir, role)
     }
 }
 

@@ -122,33 +122,8 @@ pub enum Dim {
 impl ModelManifest {
     /// Reads and parses `dir/manifest.toml` (no file checks).
     pub fn read(dir: &Path) -> Result<Self, ModelError> {
-        if !dir.is_dir() {
-            return Err(ModelError::DirMissing {
-                dir: dir.to_path_buf(),
-            });
-        }
-        let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Manifest {
-            path: path.clone(),
-            message: if e.kind() == std::io::ErrorKind::NotFound {
-                "file not found".into()
-            } else {
-                e.to_string()
-            },
-        })?;
-        let manifest: ModelManifest = toml::from_str(&text).map_err(|e| ModelError::Manifest {
-            path: path.clone(),
-            message: one_line(&e.to_string()),
-        })?;
-        if manifest.format_version != FORMAT_VERSION {
-            return Err(ModelError::Manifest {
-                path,
-                message: format!(
-                    "format_version {} is not supported (expected {FORMAT_VERSION})",
-                    manifest.format_version
-                ),
-            });
-        }
+        let (manifest, path): (Self, _) = read_toml(dir)?;
+        check_format_version(&path, manifest.format_version)?;
         Ok(manifest)
     }
 
@@ -157,55 +132,32 @@ impl ModelManifest {
     pub fn read_verified(dir: &Path) -> Result<Self, ModelError> {
         let manifest = Self::read(dir)?;
         verify_files(dir, &manifest.files)?;
-        let computed = manifest.compute_fingerprint()?;
-        if computed != manifest.fingerprint {
-            return Err(ModelError::Manifest {
-                path: dir.join(MANIFEST_FILE),
-                message: format!(
-                    "fingerprint {} does not match its files ({computed})",
-                    manifest.fingerprint
-                ),
-            });
-        }
+        check_fingerprint(dir, &manifest.fingerprint, &manifest.compute_fingerprint()?)?;
         Ok(manifest)
     }
 
     /// The entry for a file role, or an error naming the manifest.
     pub fn file(&self, dir: &Path, role: &str) -> Result<&FileEntry, ModelError> {
-        self.files.get(role).ok_or_else(|| ModelError::Manifest {
-            path: dir.join(MANIFEST_FILE),
-            message: format!("no [files.{role}] entry"),
-        })
+        file_entry(&self.files, dir, role)
     }
 
     /// Fingerprint of the embedding space: sha256 over the fp32 encoders', the
     /// tokenizer's sha256 and the preprocessing settings. Derived files (INT8)
     /// are left out on purpose. Mirrors `fingerprint()` in `models/export.py`.
     pub fn compute_fingerprint(&self) -> Result<String, ModelError> {
-        let mut h = Sha256::new();
-        for role in [roles::IMAGE_ENCODER, roles::TEXT_ENCODER, roles::TOKENIZER] {
-            let entry = self.files.get(role).ok_or_else(|| ModelError::Manifest {
-                path: PathBuf::from(MANIFEST_FILE),
-                message: format!("no [files.{role}] entry"),
-            })?;
-            h.update(format!("{role}={}\n", entry.sha256.to_ascii_lowercase()));
-        }
         let p = &self.preprocess;
-        let list = |v: &[f64; 3]| {
-            v.iter()
-                .map(|x| format!("{x:.8}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        h.update(format!(
-            "shortest_edge={}\ncrop_size={}\nresample={}\nmean={}\nstd={}\n",
-            p.shortest_edge,
-            p.crop_size,
-            p.resample,
-            list(&p.mean),
-            list(&p.std)
-        ));
-        Ok(hex::encode(h.finalize()))
+        fingerprint(
+            &self.files,
+            &[roles::IMAGE_ENCODER, roles::TEXT_ENCODER, roles::TOKENIZER],
+            &format!(
+                "shortest_edge={}\ncrop_size={}\nresample={}\nmean={}\nstd={}\n",
+                p.shortest_edge,
+                p.crop_size,
+                p.resample,
+                float_list(&p.mean),
+                float_list(&p.std)
+            ),
+        )
     }
 
     /// The image preprocessing this model was trained with.
@@ -238,6 +190,96 @@ impl ModelManifest {
             std: p.std.map(|x| x as f32),
         })
     }
+}
+
+/// Reads `dir/manifest.toml` as `T`; returns it and the manifest's path.
+/// A missing directory, an unreadable file and invalid TOML are errors
+/// naming them.
+pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+) -> Result<(T, PathBuf), ModelError> {
+    if !dir.is_dir() {
+        return Err(ModelError::DirMissing {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Manifest {
+        path: path.clone(),
+        message: if e.kind() == std::io::ErrorKind::NotFound {
+            "file not found".into()
+        } else {
+            e.to_string()
+        },
+    })?;
+    let value = toml::from_str(&text).map_err(|e| ModelError::Manifest {
+        path: path.clone(),
+        message: one_line(&e.to_string()),
+    })?;
+    Ok((value, path))
+}
+
+/// Refuses a manifest of another format version.
+pub(crate) fn check_format_version(path: &Path, version: u32) -> Result<(), ModelError> {
+    if version == FORMAT_VERSION {
+        return Ok(());
+    }
+    Err(ModelError::Manifest {
+        path: path.to_path_buf(),
+        message: format!("format_version {version} is not supported (expected {FORMAT_VERSION})"),
+    })
+}
+
+/// The entry for a file role, or an error naming the manifest.
+pub(crate) fn file_entry<'a>(
+    files: &'a BTreeMap<String, FileEntry>,
+    dir: &Path,
+    role: &str,
+) -> Result<&'a FileEntry, ModelError> {
+    files.get(role).ok_or_else(|| ModelError::Manifest {
+        path: dir.join(MANIFEST_FILE),
+        message: format!("no [files.{role}] entry"),
+    })
+}
+
+/// A model directory's fingerprint: sha256 over `role=sha256` lines of the
+/// files that define the model, then its preprocessing lines. Mirrors
+/// `fingerprint()` in `models/export.py` and `models/blip.py`.
+pub(crate) fn fingerprint(
+    files: &BTreeMap<String, FileEntry>,
+    roles: &[&str],
+    preprocess: &str,
+) -> Result<String, ModelError> {
+    let mut h = Sha256::new();
+    for role in roles {
+        let entry = file_entry(files, Path::new(""), role)?;
+        h.update(format!("{role}={}\n", entry.sha256.to_ascii_lowercase()));
+    }
+    h.update(preprocess);
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Per-channel values as the fingerprint writes them (`%.8f`, commas).
+pub(crate) fn float_list(v: &[f64; 3]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.8}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Refuses a manifest whose recorded fingerprint is not its files'.
+pub(crate) fn check_fingerprint(
+    dir: &Path,
+    recorded: &str,
+    computed: &str,
+) -> Result<(), ModelError> {
+    if recorded == computed {
+        return Ok(());
+    }
+    Err(ModelError::Manifest {
+        path: dir.join(MANIFEST_FILE),
+        message: format!("fingerprint {recorded} does not match its files ({computed})"),
+    })
 }
 
 /// Checks that every listed file is present and matches its sha256.
