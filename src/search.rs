@@ -60,16 +60,39 @@ pub const MAX_RESULTS: usize = 10_000;
 /// Results when `top` is not given.
 pub const DEFAULT_TOP: usize = 10;
 
+/// `camera=a,b`: the named cameras; `None` (all) when absent or empty.
+pub fn cameras(param: Option<&str>) -> Option<Vec<String>> {
+    let names: Vec<String> = param?
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    (!names.is_empty()).then_some(names)
+}
+
+/// `from` and `to` as ns; errors name the parameter.
+pub fn time_range(
+    from: &Option<String>,
+    to: &Option<String>,
+) -> Result<(Option<i64>, Option<i64>), SearchError> {
+    let time = |name: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| parse_time(s).map_err(|e| SearchError::BadRequest(format!("{name}: {e}"))))
+            .transpose()
+    };
+    let (from, to) = (time("from", from)?, time("to", to)?);
+    if let (Some(a), Some(b)) = (from, to)
+        && a > b
+    {
+        return Err(SearchError::BadRequest("from is after to".into()));
+    }
+    Ok((from, to))
+}
+
 impl SearchRequest {
     /// The store filter this request describes.
     pub fn filter(&self) -> Result<FrameFilter, SearchError> {
-        let cameras = self.camera.as_deref().map(|c| {
-            c.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        });
         let tags = match self.tag.as_deref() {
             None => Vec::new(),
             Some(t) => t
@@ -88,15 +111,11 @@ impl SearchRequest {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let time = |name: &str, v: &Option<String>| {
-            v.as_deref()
-                .map(|s| parse_time(s).map_err(|e| SearchError::BadRequest(format!("{name}: {e}"))))
-                .transpose()
-        };
+        let (from_ns, to_ns) = time_range(&self.from, &self.to)?;
         let filter = FrameFilter {
-            streams: cameras.filter(|c| !c.is_empty()),
-            from_ns: time("from", &self.from)?,
-            to_ns: time("to", &self.to)?,
+            streams: cameras(self.camera.as_deref()),
+            from_ns,
+            to_ns,
             tags,
             min_tag_score: self.min_tag_score,
         };
@@ -104,11 +123,6 @@ impl SearchRequest {
             return Err(SearchError::BadRequest(
                 "min_tag_score needs a tag filter".into(),
             ));
-        }
-        if let (Some(a), Some(b)) = (filter.from_ns, filter.to_ns)
-            && a > b
-        {
-            return Err(SearchError::BadRequest("from is after to".into()));
         }
         Ok(filter)
     }

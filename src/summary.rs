@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::search::{SearchError, format_time, parse_time};
+use crate::search::{SearchError, cameras, format_time, time_range};
 use crate::segment::DominantTag;
 use crate::store::{CaptionState, SegmentEntry, SegmentFilter};
 
@@ -39,21 +39,11 @@ pub struct SegmentsRequest {
 impl SegmentsRequest {
     /// The store filter; bad times are errors naming the field.
     pub fn filter(&self) -> Result<SegmentFilter, SearchError> {
-        let time = |name: &str, v: &Option<String>| {
-            v.as_deref()
-                .map(|s| parse_time(s).map_err(|e| SearchError::BadRequest(format!("{name}: {e}"))))
-                .transpose()
-        };
+        let (from_ns, to_ns) = time_range(&self.from, &self.to)?;
         Ok(SegmentFilter {
-            streams: self.camera.as_deref().map(|c| {
-                c.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            }),
-            from_ns: time("from", &self.from)?,
-            to_ns: time("to", &self.to)?,
+            streams: cameras(self.camera.as_deref()),
+            from_ns,
+            to_ns,
             caption_words: self.q.iter().cloned().collect(),
             source: self.source.clone(),
             limit: Some(

@@ -9,17 +9,7 @@ use common::{copy_dir, realdata, root, tiny_model_dir};
 
 const SETS: [&str; 4] = ["weather", "time_of_day", "scene", "road_surface"];
 
-/// Runs the binary from the repo root with an isolated cache directory.
-fn roadrep(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_roadrep"))
-        .args(args)
-        .current_dir(root())
-        .env("XDG_CACHE_HOME", cache)
-        .env_remove("ROADREP_CONFIG")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run roadrep")
-}
+use common::roadrep;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

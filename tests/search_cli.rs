@@ -8,13 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn roadrep(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_roadrep"))
-        .args(args)
-        .current_dir(common::root())
-        .env("XDG_CACHE_HOME", dir.join("cache"))
-        .env_remove("ROADREP_CONFIG")
-        .output()
-        .unwrap()
+    common::roadrep(args, &dir.join("cache"))
 }
 
 fn err(o: &Output) -> String {

@@ -4,16 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn roadrep(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_roadrep"))
-        .args(args)
-        .current_dir(common::root())
-        .env("XDG_CACHE_HOME", dir.join("cache"))
-        .env_remove("ROADREP_CONFIG")
-        .output()
-        .unwrap()
+    common::roadrep(args, &dir.join("cache"))
 }
 
 fn text(b: &[u8]) -> String {

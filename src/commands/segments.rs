@@ -6,11 +6,11 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use roadrep::config::RoadrepConfig;
-use roadrep::store::{Store, StoreError};
+use roadrep::store::Store;
 use roadrep::summary::{SegmentView, SegmentsRequest, views};
 
+use super::client;
 use crate::cli::{ReplayArgs, SegmentsArgs};
 
 /// How segments are printed.
@@ -142,53 +142,22 @@ fn print_group(file: Option<&str>, segments: &[SegmentView], style: Style) {
 
 /// Asks a running daemon; `None` when nothing listens.
 fn via_api(listen: &str, req: &SegmentsRequest) -> anyhow::Result<Option<Vec<SegmentView>>> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(std::time::Duration::from_millis(500)))
-        .timeout_global(Some(std::time::Duration::from_secs(60)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = format!(
-        "http://{listen}/api/segments?{}",
-        super::search::serde_urlencoded(req)
-    );
-    let mut resp = match agent.get(&url).call() {
-        Ok(r) => r,
-        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            return Ok(None);
-        }
-        Err(ureq::Error::ConnectionFailed) => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("daemon at {listen}")),
-    };
-    let status = resp.status();
-    let body = resp
-        .body_mut()
-        .read_to_string()
-        .context("reading the API answer")?;
-    anyhow::ensure!(status.is_success(), "daemon at {listen}: {status}: {body}");
-    Ok(Some(
-        serde_json::from_str(&body).context("parsing the API answer")?,
-    ))
+    let url = format!("http://{listen}/api/segments?{}", client::query_string(req));
+    client::answer(
+        listen,
+        client::agent(std::time::Duration::from_secs(60))
+            .get(&url)
+            .call(),
+    )
 }
 
 /// Opens the store read-side (the CLIP fingerprint names its embedding tree).
 fn open_store(config: &RoadrepConfig, args: &SegmentsArgs) -> anyhow::Result<Store> {
-    let path = args
-        .store
-        .clone()
-        .unwrap_or_else(|| config.store.path.clone());
-    anyhow::ensure!(
-        path.exists(),
-        "store '{}' does not exist (nothing replayed or recorded yet)",
-        path.display()
-    );
     let manifest = roadrep::models::ModelManifest::read(&config.models.clip)?;
-    match Store::open(&path, &manifest.fingerprint, manifest.clip.embed_dim) {
-        Err(StoreError::Locked { path }) => anyhow::bail!(
-            "store '{}' is held by a running daemon, but its API at {} does not answer",
-            path.display(),
-            config.api.listen
-        ),
-        other => Ok(other?),
-    }
+    client::open_store(
+        config,
+        args.store.as_deref(),
+        &manifest.fingerprint,
+        manifest.clip.embed_dim,
+    )
 }

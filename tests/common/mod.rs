@@ -63,3 +63,16 @@ pub fn make_clip(path: &Path, frames: u32, fps: u32, width: u32, height: u32, pa
         path.display()
     ));
 }
+
+/// Runs the roadrep binary from the repo root with an isolated cache
+/// directory and no config from the environment.
+pub fn roadrep(args: &[&str], cache: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_roadrep"))
+        .args(args)
+        .current_dir(root())
+        .env("XDG_CACHE_HOME", cache)
+        .env_remove("ROADREP_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run roadrep")
+}
