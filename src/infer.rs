@@ -21,6 +21,7 @@ use ndarray::{Array4, Axis};
 
 use crate::batcher::{Batch, BatchAssembler, BatcherConfig};
 use crate::frame::{Frame, IngestEvent};
+use crate::ingest::source::is_resumable;
 use crate::models::ClipModel;
 use crate::segment::{ClosedSegment, SegmentFrame, Segmenter, SegmenterConfig};
 use crate::store::{
@@ -49,6 +50,12 @@ pub struct InferenceTotals {
     pub inference_secs: f64,
 }
 
+/// The segmenter of one (stream, source) and the label its records carry.
+struct SourceSegments {
+    segmenter: Segmenter,
+    label: Arc<str>,
+}
+
 /// Checkpoint state of one (stream, source) while a worker runs.
 struct SourceProgress {
     stream_id: u32,
@@ -69,9 +76,7 @@ pub struct InferenceWorker {
     totals: InferenceTotals,
     stored: Option<Arc<AtomicU64>>,
     segmenting: Option<SegmenterConfig>,
-    segmenters: HashMap<(Arc<str>, Arc<str>), Segmenter>,
-    /// Source labels (paths) of the segmented sources, for their records.
-    labels: HashMap<(Arc<str>, Arc<str>), Arc<str>>,
+    segmenters: HashMap<(Arc<str>, Arc<str>), SourceSegments>,
     /// Segments closed while rebuilding, written with the next write.
     rebuilt: Vec<NewSegment>,
 }
@@ -95,7 +100,6 @@ impl InferenceWorker {
             stored: None,
             segmenting: None,
             segmenters: HashMap::new(),
-            labels: HashMap::new(),
             rebuilt: Vec::new(),
         }
     }
@@ -291,17 +295,13 @@ impl InferenceWorker {
         }
         segments.closed.splice(0..0, self.rebuilt.drain(..));
         for key in &touched {
-            if let (Some(seg), Some(p), Some(label)) = (
-                self.segmenters.get(key),
-                self.progress.get(key),
-                self.labels.get(key),
-            ) {
+            if let (Some(s), Some(p)) = (self.segmenters.get(key), self.progress.get(key)) {
                 segments.open.push(OpenMarker {
                     stream_id: p.stream_id,
                     source: key.1.to_string(),
-                    open: seg.open_state().map(|state| OpenSegmentRecord {
+                    open: s.segmenter.open_state().map(|state| OpenSegmentRecord {
                         state,
-                        label: label.to_string(),
+                        label: s.label.to_string(),
                     }),
                 });
             }
@@ -334,7 +334,7 @@ impl InferenceWorker {
             // are rebuilt by the replay that fills it. A live source cannot
             // be replayed: its segmenter restarts from the store (the lost
             // frames are a gap) and segmentation goes on.
-            if resumable(&f.source) {
+            if is_resumable(&f.source) {
                 self.damaged.insert(key.clone());
             }
             self.segmenters.remove(&key);
@@ -379,12 +379,11 @@ impl InferenceWorker {
         if self.damaged.remove(&key) {
             tracing::error!(%stream, %source, "Frames of this source were lost; it stays incomplete so a replay fills the gap.");
             self.segmenters.remove(&key);
-        } else if complete || !resumable(source) {
+        } else if complete || !is_resumable(source) {
             self.close_source(&key, complete);
         } else {
             self.segmenters.remove(&key);
         }
-        self.labels.remove(&key);
         self.progress.remove(&key);
     }
 
@@ -418,10 +417,12 @@ impl InferenceWorker {
             // A resume that delivered no frames still has to close the
             // segment the previous run left open.
             self.segmenter(key, stream_id, None, i64::MAX, interval);
-            if let (Some(mut seg), Some(label)) =
-                (self.segmenters.remove(key), self.labels.get(key).cloned())
+            if let Some(SourceSegments {
+                mut segmenter,
+                label,
+            }) = self.segmenters.remove(key)
             {
-                for closed in seg.finish() {
+                for closed in segmenter.finish() {
                     segments
                         .closed
                         .push(new_segment(stream_id, &label, source, closed));
@@ -452,18 +453,13 @@ impl InferenceWorker {
         let live: Vec<_> = self
             .segmenters
             .keys()
-            .filter(|k| !resumable(&k.1))
+            .filter(|k| !is_resumable(&k.1))
             .cloned()
             .collect();
         for key in live {
             self.close_source(&key, false);
         }
     }
-}
-
-/// Files resume from their checkpoint; live sources do not.
-fn resumable(source: &str) -> bool {
-    source.starts_with("file:")
 }
 
 impl InferenceWorker {
@@ -499,10 +495,15 @@ impl InferenceWorker {
                 }
             };
             let label = label?;
-            self.labels.insert(key.clone(), label);
-            self.segmenters.insert(key.clone(), seg);
+            self.segmenters.insert(
+                key.clone(),
+                SourceSegments {
+                    segmenter: seg,
+                    label,
+                },
+            );
         }
-        self.segmenters.get_mut(key)
+        self.segmenters.get_mut(key).map(|s| &mut s.segmenter)
     }
 
     /// Feeds the stored frames of the open segment back into `seg` (files:
@@ -520,7 +521,7 @@ impl InferenceWorker {
         let Some(open) = self.store.open_segment(stream_id, &key.1)? else {
             return Ok(None);
         };
-        let resume_pts = if resumable(&key.1) {
+        let resume_pts = if is_resumable(&key.1) {
             self.progress
                 .get(key)
                 .and_then(|p| p.checkpoint.last_pts_ns)

@@ -464,18 +464,19 @@ impl BlipCaptioner {
         pixel_values: &Array4<f32>,
         tokens: usize,
     ) -> Result<Vec<u32>, CaptionError> {
-        let cross_kv = self.encode_image(pixel_values)?;
-        let mut state = self.state(cross_kv);
-        let mut ids = self.prompt_ids.clone();
-        let mut logits = state.forward(&[&ids])?.swap_remove(0);
-        for i in 0..tokens {
-            let next = super::decode::argmax(&logits);
-            ids.push(next);
-            if i + 1 < tokens {
-                logits = state.forward(&[&[next]])?.swap_remove(0);
-            }
-        }
-        Ok(ids)
+        let settings = GenerationSettings {
+            max_new_tokens: tokens,
+            ..Default::default()
+        };
+        let mut state = self.state(self.encode_image(pixel_values)?);
+        // An end token no vocabulary has: decoding runs to `tokens`.
+        generate(
+            &mut state,
+            &self.prompt_ids,
+            u32::MAX,
+            &settings,
+            &mut || {},
+        )
     }
 
     /// Mean milliseconds of one decoder step (one new token) over a
@@ -579,7 +580,13 @@ impl<S: std::ops::DerefMut<Target = Session>> StepModel for DecoderState<'_, S> 
 
     fn select(&mut self, from: &[usize]) -> Result<(), CaptionError> {
         if let Some(past) = &self.past {
-            self.past = Some(past.select(Axis(2), from).as_standard_layout().into_owned());
+            // `select` copies; only a non-standard result needs a second copy.
+            let picked = past.select(Axis(2), from);
+            self.past = Some(if picked.is_standard_layout() {
+                picked
+            } else {
+                picked.as_standard_layout().into_owned()
+            });
         }
         Ok(())
     }

@@ -29,6 +29,22 @@ pub struct PipelineParts {
     pub captioner: Option<Arc<BlipCaptioner>>,
 }
 
+impl PipelineParts {
+    /// What the ingest keeps of each frame for captions: only with a
+    /// captioner and segments (keyframes come from segments).
+    pub fn caption_preprocess(
+        &self,
+        config: &RoadrepConfig,
+    ) -> Option<roadrep::models::ImagePreprocessor> {
+        use roadrep::caption::Captioner;
+        let c = self
+            .captioner
+            .as_ref()
+            .filter(|_| config.segments.enabled)?;
+        Some(c.preprocessor().clone())
+    }
+}
+
 /// Loads the configured captioner, if any.
 pub fn load_captioner(config: &RoadrepConfig) -> anyhow::Result<Option<Arc<BlipCaptioner>>> {
     let Some(dir) = &config.captions.model else {

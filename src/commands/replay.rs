@@ -48,7 +48,7 @@ pub fn replay_clips(
         queue_frames: config.ingest.queue_frames,
         batcher: config.batcher.clone(),
         segments: config.segments.enabled.then(|| config.segments.clone()),
-        caption_preprocess: parts.captioner.as_ref().map(|c| c.preprocessor().clone()),
+        caption_preprocess: parts.caption_preprocess(config),
     };
     anyhow::ensure!(
         settings.sample_fps > 0.0 && settings.sample_fps <= 120.0,

@@ -22,16 +22,14 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let caption_preprocess = parts.caption_preprocess(&config);
     let totals = runtime.block_on(async {
         let parts = DaemonParts {
             model: parts.model,
             tagger: parts.tagger,
             store: parts.store,
             metrics: Some(metrics),
-            caption_preprocess: parts
-                .captioner
-                .as_ref()
-                .map(|c| roadrep::caption::Captioner::preprocessor(c.as_ref()).clone()),
+            caption_preprocess,
             captioner: parts
                 .captioner
                 .map(|c| c as Arc<dyn roadrep::caption::Captioner>),

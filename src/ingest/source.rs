@@ -136,6 +136,12 @@ pub fn source_identity(kind: &SourceKind) -> String {
     }
 }
 
+/// Whether a source identity is a file's: files resume from their replay
+/// checkpoint; live sources (RTSP, V4L2, pipelines) start afresh.
+pub fn is_resumable(identity: &str) -> bool {
+    identity.starts_with("file:")
+}
+
 fn source_label(kind: &SourceKind) -> String {
     match kind {
         SourceKind::File(p) => p.display().to_string(),
