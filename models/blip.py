@@ -46,7 +46,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from modeldir import onnx_io, rename_initializers, set_output_shapes, sha256_file, toml_value  # noqa: E402
+from modeldir import rename_initializers, set_output_shapes  # noqa: E402
+from modeldir import write_manifest as modeldir_write_manifest  # noqa: E402
 
 OPSET = 17
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -468,27 +469,9 @@ def image_processor(preprocess: dict):
     )
 
 
-def fingerprint(files: dict[str, str], preprocess: dict) -> str:
-    """Identity of the captioner: weights, tokenizer and preprocessing.
-
-    Same scheme as the CLIP fingerprint: `role=sha256` lines for the
-    vision_encoder, text_decoder and tokenizer, then the preprocessing lines.
-    """
-    h = hashlib.sha256()
-    for role in ("vision_encoder", "text_decoder", "tokenizer"):
-        h.update(f"{role}={files[role]}\n".encode())
-    h.update(
-        (
-            f"size={preprocess['size']}\n"
-            f"resample={preprocess['resample']}\n"
-            f"mean={','.join(f'{x:.8f}' for x in preprocess['mean'])}\n"
-            f"std={','.join(f'{x:.8f}' for x in preprocess['std'])}\n"
-        ).encode()
-    )
-    return h.hexdigest()
-
-
 def write_manifest(out_dir: Path, name: str, source: str, model, preprocess: dict) -> dict:
+    """manifest.toml; the fingerprint covers both graphs, the tokenizer and
+    the preprocessing (the CLIP scheme, with `size` for the resize)."""
     roles = {
         "vision_encoder": VISION_FILE,
         "text_decoder": DECODER_FILE,
@@ -496,35 +479,10 @@ def write_manifest(out_dir: Path, name: str, source: str, model, preprocess: dic
         "preprocessor_config": "preprocessor_config.json",
         "config": "config.json",
     }
-    shas = {role: sha256_file(out_dir / f) for role, f in roles.items()}
-    fp = fingerprint(shas, preprocess)
     dims = blip_dims(model)
-    lines = [
-        "# roadrep model directory manifest; written by models/export.py, do not edit by hand.",
-        "format_version = 1",
-        'kind = "blip"',
-        f"name = {toml_value(name)}",
-        f"source = {toml_value(source)}",
-        f"fingerprint = {toml_value(fp)}",
-        "",
-        "[blip]",
-    ]
-    lines += [f"{k} = {toml_value(v)}" for k, v in dims.items()]
-    lines += [
-        "",
-        "[preprocess]",
-        f"size = {preprocess['size']}",
-        f"resample = {toml_value(preprocess['resample'])}",
-        f"mean = {toml_value(preprocess['mean'])}",
-        f"std = {toml_value(preprocess['std'])}",
-    ]
-    for role, f in roles.items():
-        lines += ["", f"[files.{role}]", f"path = {toml_value(f)}", f"sha256 = {toml_value(shas[role])}"]
-        if f.endswith(".onnx"):
-            ins, outs = onnx_io(out_dir / f)
-            lines.append(f"inputs = {toml_value(ins)}")
-            lines.append(f"outputs = {toml_value(outs)}")
-    (out_dir / "manifest.toml").write_text("\n".join(lines) + "\n")
+    keys = ("size", "resample", "mean", "std")
+    fp = modeldir_write_manifest(out_dir, "blip", name, source, dims, {k: preprocess[k] for k in keys},
+                                 roles, ["vision_encoder", "text_decoder", "tokenizer"])
     return {"fingerprint": fp, **dims}
 
 

@@ -53,7 +53,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from modeldir import derive_int8, onnx_io, sha256_file, toml_value  # noqa: E402
+from modeldir import derive_int8, sha256_file  # noqa: E402
+from modeldir import write_manifest as modeldir_write_manifest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REALDATA = ROOT.parent / "shared" / "realdata"
@@ -315,27 +316,9 @@ def strip_wrapper_prefix(path: Path) -> None:
 
 
 
-def fingerprint(files: dict[str, str], preprocess: dict) -> str:
-    """Identity of the embedding space: the fp32 weights, tokenizer and preprocessing.
-
-    Derived files (INT8) are left out: they approximate the same space.
-    Must match `ModelManifest::compute_fingerprint` in src/models/manifest.rs.
-    """
-    h = hashlib.sha256()
-    for role in ("image_encoder", "text_encoder", "tokenizer"):
-        h.update(f"{role}={files[role]}\n".encode())
-    h.update(
-        (
-            f"shortest_edge={preprocess['shortest_edge']}\ncrop_size={preprocess['crop_size']}\n"
-            f"resample={preprocess['resample']}\n"
-            f"mean={','.join(f'{x:.8f}' for x in preprocess['mean'])}\n"
-            f"std={','.join(f'{x:.8f}' for x in preprocess['std'])}\n"
-        ).encode()
-    )
-    return h.hexdigest()
-
-
 def write_manifest(out_dir: Path, name: str, source: str, model, preprocess: dict) -> dict:
+    """manifest.toml; the fingerprint covers the fp32 encoders, the tokenizer
+    and the preprocessing (derived INT8 files approximate the same space)."""
     roles = {
         "image_encoder": "image_encoder.onnx",
         "image_encoder_int8": "image_encoder.int8.onnx",
@@ -345,36 +328,15 @@ def write_manifest(out_dir: Path, name: str, source: str, model, preprocess: dic
         "config": "config.json",
     }
     roles = {role: f for role, f in roles.items() if (out_dir / f).exists()}
-    shas = {role: sha256_file(out_dir / f) for role, f in roles.items()}
-    fp = fingerprint(shas, preprocess)
     logit_scale = float(model.logit_scale.exp().item())
-    lines = [
-        "# roadrep model directory manifest; written by models/export.py, do not edit by hand.",
-        "format_version = 1",
-        'kind = "clip"',
-        f"name = {toml_value(name)}",
-        f"source = {toml_value(source)}",
-        f"fingerprint = {toml_value(fp)}",
-        "",
-        "[clip]",
-        f"embed_dim = {model.config.projection_dim}",
-        f"logit_scale = {logit_scale!r}",
-        f"context_length = {model.config.text_config.max_position_embeddings}",
-        "",
-        "[preprocess]",
-        f"shortest_edge = {preprocess['shortest_edge']}",
-        f"crop_size = {preprocess['crop_size']}",
-        f"resample = {toml_value(preprocess['resample'])}",
-        f"mean = {toml_value(preprocess['mean'])}",
-        f"std = {toml_value(preprocess['std'])}",
-    ]
-    for role, f in roles.items():
-        lines += ["", f"[files.{role}]", f"path = {toml_value(f)}", f"sha256 = {toml_value(shas[role])}"]
-        if f.endswith(".onnx"):
-            ins, outs = onnx_io(out_dir / f)
-            lines.append(f"inputs = {toml_value(ins)}")
-            lines.append(f"outputs = {toml_value(outs)}")
-    (out_dir / "manifest.toml").write_text("\n".join(lines) + "\n")
+    section = {
+        "embed_dim": model.config.projection_dim,
+        "logit_scale": logit_scale,
+        "context_length": model.config.text_config.max_position_embeddings,
+    }
+    keys = ("shortest_edge", "crop_size", "resample", "mean", "std")
+    fp = modeldir_write_manifest(out_dir, "clip", name, source, section, {k: preprocess[k] for k in keys},
+                                 roles, ["image_encoder", "text_encoder", "tokenizer"])
     return {"fingerprint": fp, "logit_scale": logit_scale}
 
 

@@ -45,9 +45,9 @@ def toml_value(v) -> str:
     raise TypeError(type(v))
 
 
-def dump_manifest(m: dict) -> str:
-    """manifest.toml text: top-level keys, [clip], [preprocess], [files.ROLE]."""
-    lines = ["# roadrep model directory manifest; written by models/, do not edit by hand."]
+def dump_manifest(m: dict, writer: str = "models/") -> str:
+    """manifest.toml text: top-level keys, [kind], [preprocess], [files.ROLE]."""
+    lines = [f"# roadrep model directory manifest; written by {writer}, do not edit by hand."]
     lines += [f"{k} = {toml_value(v)}" for k, v in m.items() if not isinstance(v, dict)]
     for section, body in m.items():
         if not isinstance(body, dict) or section == "files":
@@ -56,6 +56,37 @@ def dump_manifest(m: dict) -> str:
     for role, body in m.get("files", {}).items():
         lines += ["", f"[files.{role}]"] + [f"{k} = {toml_value(v)}" for k, v in body.items()]
     return "\n".join(lines) + "\n"
+
+
+def fingerprint(shas: dict[str, str], roles: list[str], preprocess: dict) -> str:
+    """Identity of a model directory: `role=sha256` lines of the files that
+    define it, then its preprocessing (in manifest order; lists as %.8f).
+
+    Must match `fingerprint()` in src/models/manifest.rs.
+    """
+    h = hashlib.sha256()
+    for role in roles:
+        h.update(f"{role}={shas[role]}\n".encode())
+    for k, v in preprocess.items():
+        text = ",".join(f"{x:.8f}" for x in v) if isinstance(v, list) else str(v)
+        h.update(f"{k}={text}\n".encode())
+    return h.hexdigest()
+
+
+def write_manifest(out_dir: Path, kind: str, name: str, source: str, section: dict,
+                   preprocess: dict, files: dict[str, str], fingerprint_roles: list[str]) -> str:
+    """Writes out_dir/manifest.toml (files by role: sha256, ONNX inputs and
+    outputs); returns the fingerprint."""
+    entries = {}
+    for role, f in files.items():
+        entries[role] = {"path": f, "sha256": sha256_file(out_dir / f)}
+        if f.endswith(".onnx"):
+            entries[role]["inputs"], entries[role]["outputs"] = onnx_io(out_dir / f)
+    fp = fingerprint({r: e["sha256"] for r, e in entries.items()}, fingerprint_roles, preprocess)
+    manifest = {"format_version": 1, "kind": kind, "name": name, "source": source, "fingerprint": fp,
+                kind: section, "preprocess": preprocess, "files": entries}
+    (out_dir / "manifest.toml").write_text(dump_manifest(manifest, writer="models/export.py"))
+    return fp
 
 
 def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
