@@ -163,18 +163,13 @@ pub struct ReplayArgs {
 /// `roadrep segments` / `roadrep summary`
 #[derive(Debug, Args)]
 pub struct SegmentsArgs {
-    /// Clips: replayed first when not stored yet, then only their segments
-    /// are shown (the daemon must not be running).
+    /// Clips: replayed first when not stored yet (as the one --camera
+    /// given, else each file's name), then only their segments are shown
+    /// (the daemon must not be running).
     pub files: Vec<PathBuf>,
-    /// Only these cameras (repeatable); with files: the camera to replay them as.
-    #[arg(long)]
-    pub camera: Vec<String>,
-    /// Earliest time (RFC 3339 or Unix seconds).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Latest time (RFC 3339 or Unix seconds).
-    #[arg(long)]
-    pub to: Option<String>,
+    /// Which cameras and times.
+    #[command(flatten)]
+    pub range: RangeArgs,
     /// Words the caption must contain ("truck bridge").
     #[arg(long)]
     pub caption: Option<String>,
@@ -261,9 +256,9 @@ pub struct ExportArgs {
     pub store: Option<PathBuf>,
 }
 
-/// Frame filters shared by `search` and `export-frames`.
+/// Camera and time range, shared by every query command.
 #[derive(Debug, Args)]
-pub struct FilterArgs {
+pub struct RangeArgs {
     /// Only these cameras (repeatable).
     #[arg(long)]
     pub camera: Vec<String>,
@@ -273,6 +268,21 @@ pub struct FilterArgs {
     /// Latest time (RFC 3339 or Unix seconds).
     #[arg(long)]
     pub to: Option<String>,
+}
+
+impl RangeArgs {
+    /// `--camera` as the API's comma-separated `camera` parameter.
+    pub fn camera_param(&self) -> Option<String> {
+        (!self.camera.is_empty()).then(|| self.camera.join(","))
+    }
+}
+
+/// Frame filters shared by `search` and `export-frames`.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Which cameras and times.
+    #[command(flatten)]
+    pub range: RangeArgs,
     /// Only frames whose top class is this, as SET=CLASS (repeatable), e.g. weather=foggy.
     #[arg(long)]
     pub tag: Vec<String>,
@@ -286,9 +296,9 @@ impl FilterArgs {
     pub fn to_request(&self) -> roadrep::search::SearchRequest {
         let tags: Vec<String> = self.tag.iter().map(|t| t.replacen('=', ":", 1)).collect();
         roadrep::search::SearchRequest {
-            camera: (!self.camera.is_empty()).then(|| self.camera.join(",")),
-            from: self.from.clone(),
-            to: self.to.clone(),
+            camera: self.range.camera_param(),
+            from: self.range.from.clone(),
+            to: self.range.to.clone(),
             tag: (!tags.is_empty()).then(|| tags.join(",")),
             min_tag_score: self.min_tag_score,
             ..Default::default()

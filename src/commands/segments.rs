@@ -29,9 +29,9 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
     let base = SegmentsRequest {
-        camera: (!args.camera.is_empty()).then(|| args.camera.join(",")),
-        from: args.from.clone(),
-        to: args.to.clone(),
+        camera: args.range.camera_param(),
+        from: args.range.from.clone(),
+        to: args.range.to.clone(),
         source: None,
         q: args.caption.clone(),
         top: args.top,
@@ -53,12 +53,12 @@ pub fn run(
         groups.push((None, segments));
     } else {
         anyhow::ensure!(
-            args.camera.len() <= 1,
+            args.range.camera.len() <= 1,
             "give at most one --camera when summarising files"
         );
         let replay_args = ReplayArgs {
             files: args.files.clone(),
-            camera: args.camera.first().cloned(),
+            camera: args.range.camera.first().cloned(),
             fps: args.fps,
             start: None,
             store: args.store.clone(),
