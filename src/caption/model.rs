@@ -24,7 +24,7 @@ use tokenizers::Tokenizer;
 
 use super::decode::{GenerationSettings, StepModel, generate};
 use super::{Caption, CaptionError, Captioner};
-use crate::models::clip::{PIXEL_VALUES, check_signature};
+use crate::models::clip::{PIXEL_VALUES, open_checked};
 use crate::models::manifest::{
     FileEntry, MANIFEST_FILE, check_fingerprint, check_format_version, file_entry, fingerprint,
     float_list, read_toml, verify_files,
@@ -214,13 +214,11 @@ impl BlipCaptioner {
             b.head_dim as i64,
         );
 
-        let entry = manifest.file(dir, roles::VISION_ENCODER)?;
-        let vision_path = dir.join(&entry.path);
-        let vision = runtime.session(&vision_path, intra_threads)?;
-        check_signature(
-            &vision_path,
-            entry,
-            &vision,
+        let (vision_path, vision) = open_checked(
+            runtime,
+            dir,
+            manifest.file(dir, roles::VISION_ENCODER)?,
+            intra_threads,
             &[(
                 PIXEL_VALUES,
                 "float32",
@@ -239,13 +237,11 @@ impl BlipCaptioner {
                 ),
             ],
         )?;
-        let entry = manifest.file(dir, roles::TEXT_DECODER)?;
-        let decoder_path = dir.join(&entry.path);
-        let decoder = runtime.session(&decoder_path, intra_threads)?;
-        check_signature(
-            &decoder_path,
-            entry,
-            &decoder,
+        let (decoder_path, decoder) = open_checked(
+            runtime,
+            dir,
+            manifest.file(dir, roles::TEXT_DECODER)?,
+            intra_threads,
             &[
                 (INPUT_IDS, "int64", vec![None, None]),
                 (

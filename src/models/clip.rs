@@ -130,13 +130,11 @@ impl ClipModel {
             ImagePrecision::Fp32 => roles::IMAGE_ENCODER,
             ImagePrecision::Int8 => roles::IMAGE_ENCODER_INT8,
         };
-        let image_entry = manifest.file(dir, image_role)?;
-        let image_path = dir.join(&image_entry.path);
-        let image = runtime.session(&image_path, options.intra_threads)?;
-        check_signature(
-            &image_path,
-            image_entry,
-            &image,
+        let (image_path, image) = open_checked(
+            runtime,
+            dir,
+            manifest.file(dir, image_role)?,
+            options.intra_threads,
             &[(
                 PIXEL_VALUES,
                 "float32",
@@ -146,13 +144,11 @@ impl ClipModel {
         )?;
 
         let text = if options.load_text_encoder {
-            let entry = manifest.file(dir, roles::TEXT_ENCODER)?;
-            let path = dir.join(&entry.path);
-            let session = runtime.session(&path, options.intra_threads)?;
-            check_signature(
-                &path,
-                entry,
-                &session,
+            let (path, session) = open_checked(
+                runtime,
+                dir,
+                manifest.file(dir, roles::TEXT_ENCODER)?,
+                options.intra_threads,
                 &[
                     (INPUT_IDS, "int64", vec![None, None]),
                     (ATTENTION_MASK, "int64", vec![None, None]),
@@ -352,12 +348,28 @@ pub fn load_tokenizer(path: &Path, context_length: usize) -> Result<(Tokenizer, 
     Ok((tokenizer, eos))
 }
 
+/// Opens the ONNX file of `entry` and checks its graph against the
+/// manifest and the expected tensors; returns its path and session.
+pub(crate) fn open_checked(
+    runtime: &OrtRuntime,
+    dir: &Path,
+    entry: &FileEntry,
+    intra_threads: usize,
+    inputs: &[Expected<'_>],
+    outputs: &[Expected<'_>],
+) -> Result<(PathBuf, Session), ModelError> {
+    let path = dir.join(&entry.path);
+    let session = runtime.session(&path, intra_threads)?;
+    check_signature(&path, entry, &session, inputs, outputs)?;
+    Ok((path, session))
+}
+
 /// Expected tensor: name, dtype, dims (`None` = dynamic).
 pub(crate) type Expected<'a> = (&'a str, &'a str, Vec<Option<i64>>);
 
 /// Checks the session's graph against the manifest, and the manifest against
 /// the contract this code was written for.
-pub(crate) fn check_signature(
+fn check_signature(
     path: &Path,
     entry: &FileEntry,
     session: &Session,
