@@ -249,20 +249,21 @@ impl OpenSegment {
     fn close(self, end_ns: i64) -> ClosedSegment {
         let first = &self.members[0];
         let total: u64 = self.members.iter().map(|m| m.duration_ns).sum();
-        // Most central first: the keyframe, then the best frame with an image.
-        let mut order: Vec<(f32, usize)> = self
+        // The most central frame that kept an image is both keyframe and
+        // captioned frame; without images, the most central frame.
+        let distances: Vec<f32> = self
             .members
             .iter()
-            .enumerate()
-            .map(|(i, m)| (self.distance(&m.embedding), i))
+            .map(|m| self.distance(&m.embedding))
             .collect();
-        order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let with_image = order
-            .iter()
-            .find(|(_, i)| self.members[*i].caption_image.is_some())
-            .map(|(_, i)| *i);
-        // The captioned frame is the keyframe whenever one has an image.
-        let key = with_image.unwrap_or(order[0].1);
+        let most_central = |with_image: bool| {
+            (0..self.members.len())
+                .filter(|&i| !with_image || self.members[i].caption_image.is_some())
+                .min_by(|&a, &b| distances[a].total_cmp(&distances[b]))
+        };
+        let key = most_central(true)
+            .or_else(|| most_central(false))
+            .expect("a closed segment has members");
         let tags = self
             .tag_time
             .iter()
