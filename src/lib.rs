@@ -8,29 +8,30 @@
 //! implementation (transformers) exactly.
 //!
 //! # Layout
-//! Data flows top to bottom:
+//! Data flows top to bottom; each folder is one stage.
 //! - [`config`]: `roadrep.toml`, one section per stage.
-//! - [`frame`]: the [`frame::Frame`] passed between stages.
 //! - [`ingest`]: GStreamer sources (files, RTSP, V4L2, any source bin) ->
-//!   sampled, preprocessed frames; still images.
-//! - [`batcher`]: cross-stream batches (max frames, max wait).
+//!   sampled, preprocessed frames; still images; frames decoded again by pts.
+//! - [`pipeline`]: the frame path from the ingest threads to the store, in
+//!   one place: the frame channel and its load/heartbeat handle, batching,
+//!   the CLIP embedding and tags of a batch, the [`pipeline::SourceTracker`]
+//!   (checkpoints, damaged sources, resume points), the segment tracker, and
+//!   one store transaction per batch. Metric names live here too.
 //! - [`models`]: ONNX Runtime setup, model directories and their manifests,
-//!   reference-exact image preprocessing, the CLIP image/text encoders.
+//!   reference-exact image preprocessing, the CLIP image/text encoders and
+//!   the BLIP captioner.
 //! - [`tagging`]: label sets, prompt ensembles, zero-shot scores (pure), and
 //!   the on-disk cache of class text embeddings.
-//! - [`infer`]: the inference worker: batch -> CLIP -> tags -> segments ->
-//!   store.
 //! - [`segment`]: scene segmentation of a camera's embedding stream (pure):
 //!   cuts, keyframes, dominant tags.
-//! - [`caption`]: BLIP keyframe captions: the model, greedy/beam decoding,
-//!   and the low-priority worker that drains the store's caption backlog.
-//! - [`summary`]: segments as summary lines (API and CLI).
+//! - [`caption`]: keyframe captions: greedy/beam decoding and the
+//!   low-priority worker that drains the store's caption backlog.
 //! - [`store`]: sled trees, keys, versioned values, search scans.
-//! - [`replay`], [`daemon`]: the two ways frames flow (recorded clips, live).
-//! - [`search`]: text/image queries with camera, time and tag filters.
+//! - [`search`]: text/image queries with camera, time and tag filters;
+//!   segments as summary lines; stored frames exported as a dataset.
+//! - [`replay`], [`daemon`]: the two ways frames enter the pipeline
+//!   (recorded clips; supervised live streams with the HTTP API).
 //! - [`api`]: HTTP API (search, frames, timeline, health, metrics).
-//! - [`export`]: stored frames -> image-caption dataset (trainer input).
-//! - [`telemetry`]: metric names.
 //! - [`bench`]: throughput measurements reported in `BENCHMARKS.md`.
 //! - `trainer` (feature `trainer`, binary `trainer`): offline LoRA
 //!   fine-tuning of CLIP in candle from our ONNX initializers, datasets
@@ -38,22 +39,17 @@
 //!   merging the adapter back into a model directory the daemon loads.
 
 pub mod api;
-pub mod batcher;
 pub mod bench;
 pub mod caption;
 pub mod config;
 pub mod daemon;
-pub mod export;
-pub mod frame;
-pub mod infer;
 pub mod ingest;
 pub mod models;
+pub mod pipeline;
 pub mod replay;
 pub mod search;
 pub mod segment;
 pub mod store;
-pub mod summary;
 pub mod tagging;
-pub mod telemetry;
 #[cfg(feature = "trainer")]
 pub mod trainer;

@@ -1,6 +1,5 @@
 //! `roadrep`: the daemon and its command-line tools.
 
-mod cli;
 mod commands;
 
 use std::process::ExitCode;
@@ -8,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, LogFormat};
+use commands::cli::{self, Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -9,7 +9,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use roadrep::caption::{BlipCaptioner, Captioner, GenerationSettings};
+use roadrep::caption::{Captioner, GenerationSettings};
+use roadrep::models::BlipCaptioner;
 use roadrep::models::RgbFrame;
 use serde_json::Value;
 use sha2::{Digest, Sha256};

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use roadrep::frame::IngestEvent;
 use roadrep::ingest::config::{RtspTransport, SourceKind};
 use roadrep::ingest::source::{IngestError, SourceCounters, SourceEnd, SourceSpec, run_source};
 use roadrep::models::ModelManifest;
+use roadrep::pipeline::{IngestEvent, PipelineLoad, frame_channel};
 
 fn spec(kind: SourceKind, fps: f64) -> SourceSpec {
     SourceSpec {
@@ -38,7 +38,7 @@ fn a_non_live_test_source_is_sampled_by_timestamp_without_drops() {
     let kind = SourceKind::Pipeline(
         "videotestsrc num-buffers=90 ! video/x-raw,width=160,height=120,framerate=30/1".into(),
     );
-    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    let (tx, rx) = frame_channel(4, PipelineLoad::new());
     let consumer = std::thread::spawn(move || {
         rx.iter()
             .filter_map(|e| match e {
@@ -71,7 +71,7 @@ fn a_live_source_keeps_the_newest_frame_and_counts_drops_when_behind() {
     let kind = SourceKind::Pipeline(
         "videotestsrc is-live=true ! video/x-raw,width=160,height=120,framerate=30/1".into(),
     );
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let (tx, rx) = frame_channel(1, PipelineLoad::new());
     let counters = Arc::new(SourceCounters::default());
     let stop = Arc::new(AtomicBool::new(false));
     let consumer = {
@@ -113,7 +113,7 @@ fn a_live_source_keeps_the_newest_frame_and_counts_drops_when_behind() {
 
 #[test]
 fn unreachable_rtsp_and_bad_descriptions_are_named_errors() {
-    let (tx, _rx) = std::sync::mpsc::sync_channel(1);
+    let (tx, _rx) = frame_channel(1, PipelineLoad::new());
     let counters = Arc::new(SourceCounters::default());
     let rtsp = spec(SourceKind::Rtsp("rtsp://127.0.0.1:9/nothing".into()), 2.0);
     let e = run_source(

@@ -246,6 +246,7 @@ fn a_batch_that_cannot_be_stored_leaves_its_clip_incomplete() {
     use std::sync::atomic::AtomicBool;
 
     use roadrep::models::{ClipModel, ClipOptions, ImagePrecision};
+    use roadrep::pipeline::{Pipeline, PipelineParts, PipelineSettings};
     use roadrep::replay::{ReplayProgress, ReplaySettings};
     use roadrep::tagging::{LabelSets, SceneTagger};
 
@@ -278,26 +279,28 @@ fn a_batch_that_cannot_be_stored_leaves_its_clip_incomplete() {
         camera: Some("cam".into()),
         sample_fps: 2.0,
         file_start_ns: None,
-        queue_frames: 4,
-        batcher: Default::default(),
-        segments: None,
-        caption_preprocess: None,
     };
-    let report = roadrep::replay::replay(
-        Arc::new(model),
-        Arc::new(tagger),
-        store.clone(),
-        &settings,
+    let pipeline = Pipeline::start(
+        PipelineParts {
+            model: Arc::new(model),
+            tagger: Arc::new(tagger),
+            store: store.clone(),
+        },
+        &PipelineSettings {
+            queue_frames: 4,
+            batcher: Default::default(),
+            segments: None,
+            caption_preprocess: None,
+        },
         Arc::new(AtomicBool::new(false)),
-        &Quiet,
-    )
-    .unwrap();
+    );
+    let report = roadrep::replay::replay(pipeline, &settings, &Quiet).unwrap();
     assert_eq!(report.totals.failed, 4);
     assert!(!report.all_ok(), "lost frames fail the run");
     let id = store.stream_id("cam").unwrap();
     let identity =
-        roadrep::ingest::source::source_identity(&roadrep::ingest::config::SourceKind::File(clip));
-    let checkpoint = store.checkpoint(id, &identity).unwrap();
+        roadrep::pipeline::SourceId::of(&roadrep::ingest::config::SourceKind::File(clip));
+    let checkpoint = store.checkpoint(id, identity.as_str()).unwrap();
     assert!(
         checkpoint
             .as_ref()
@@ -328,7 +331,7 @@ fn stored_frames_export_as_an_image_caption_dataset() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stored = frames(&store, "front");
-    let lines: Vec<roadrep::export::ExportRecord> =
+    let lines: Vec<roadrep::search::export::ExportRecord> =
         std::fs::read_to_string(out.join("frames.jsonl"))
             .unwrap()
             .lines()
@@ -340,7 +343,10 @@ fn stored_frames_export_as_an_image_caption_dataset() {
         assert_eq!(rec.image, format!("front/{}.jpg", f.ts_ns));
         let img = roadrep::ingest::still::decode_file(&out.join(&rec.image)).unwrap();
         assert_eq!(img.dimensions(), (320, 240));
-        assert_eq!(rec.caption, roadrep::export::caption_from_tags(&f.tags));
+        assert_eq!(
+            rec.caption,
+            roadrep::search::export::caption_from_tags(&f.tags)
+        );
         assert_eq!(rec.labels.len(), 4);
         assert_eq!(
             rec.labels["weather"],

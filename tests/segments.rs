@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use roadrep::caption::{Caption, CaptionError, CaptionWorker, Captioner};
 use roadrep::models::{ImagePrecision, ImagePreprocessor, preprocess::Resample};
+use roadrep::pipeline::{Pipeline, PipelineLoad, PipelineParts, PipelineSettings};
 use roadrep::replay::{FileReport, ReplayProgress, ReplaySettings, replay};
 use roadrep::segment::SegmenterConfig;
 use roadrep::store::{CaptionState, SegmentEntry, SegmentFilter, Store};
@@ -72,60 +73,66 @@ impl ReplayProgress for StopAfter {
     fn file_finished(&self, _: &FileReport) {}
 }
 
-struct Pipeline {
+struct Models {
     model: Arc<roadrep::models::ClipModel>,
     tagger: Arc<SceneTagger>,
 }
 
-fn pipeline() -> Pipeline {
+fn pipeline() -> Models {
     let model = common::load_tiny(ImagePrecision::Fp32);
     let labels = LabelSets::from_file(&common::root().join("config/labels.toml")).unwrap();
     let tagger = SceneTagger::new(&model, &labels, None).unwrap();
-    Pipeline {
+    Models {
         model: Arc::new(model),
         tagger: Arc::new(tagger),
     }
 }
 
-fn settings(clip: &Path, caption: Option<ImagePreprocessor>) -> ReplaySettings {
-    ReplaySettings {
-        files: vec![clip.to_path_buf()],
-        camera: Some("cam".into()),
-        sample_fps: 2.0,
-        file_start_ns: Some(0),
-        queue_frames: 4,
-        batcher: Default::default(),
-        segments: Some(tiny_segments()),
-        caption_preprocess: caption,
+struct Settings {
+    replay: ReplaySettings,
+    pipeline: PipelineSettings,
+}
+
+fn settings(clip: &Path, caption: Option<ImagePreprocessor>) -> Settings {
+    Settings {
+        replay: ReplaySettings {
+            files: vec![clip.to_path_buf()],
+            camera: Some("cam".into()),
+            sample_fps: 2.0,
+            file_start_ns: Some(0),
+        },
+        pipeline: PipelineSettings {
+            queue_frames: 4,
+            batcher: Default::default(),
+            segments: Some(tiny_segments()),
+            caption_preprocess: caption,
+        },
     }
 }
 
-fn open(p: &Pipeline, dir: &Path) -> Store {
+fn open(p: &Models, dir: &Path) -> Store {
     Store::open(dir, p.model.fingerprint(), p.model.embed_dim()).unwrap()
 }
 
-fn run(p: &Pipeline, store: &Store, s: &ReplaySettings, progress: &dyn ReplayProgress) -> bool {
+fn run(p: &Models, store: &Store, s: &Settings, progress: &dyn ReplayProgress) -> bool {
     let stop = Arc::new(AtomicBool::new(false));
     run_with(p, store, s, stop, progress)
 }
 
 fn run_with(
-    p: &Pipeline,
+    p: &Models,
     store: &Store,
-    s: &ReplaySettings,
+    s: &Settings,
     stop: Arc<AtomicBool>,
     progress: &dyn ReplayProgress,
 ) -> bool {
-    replay(
-        p.model.clone(),
-        p.tagger.clone(),
-        store.clone(),
-        s,
-        stop,
-        progress,
-    )
-    .unwrap()
-    .all_ok()
+    let parts = PipelineParts {
+        model: p.model.clone(),
+        tagger: p.tagger.clone(),
+        store: store.clone(),
+    };
+    let pipeline = Pipeline::start(parts, &s.pipeline, stop);
+    replay(pipeline, &s.replay, progress).unwrap().all_ok()
 }
 
 fn bounds(segments: &[SegmentEntry]) -> Vec<(f64, f64)> {
@@ -283,7 +290,9 @@ fn a_stuck_captioner_never_delays_tagging_and_its_backlog_is_caught_up() {
     let p = pipeline();
     let store = open(&p, &dir.path().join("store"));
     let captioner = Arc::new(BlockedCaptioner::new());
-    let worker = CaptionWorker::spawn(captioner.clone(), store.clone(), 10);
+    // Its own load handle: the stuck captioner must not hold tagging back
+    // whatever the pipeline's load says.
+    let worker = CaptionWorker::spawn(captioner.clone(), store.clone(), 10, PipelineLoad::new());
 
     // Every frame is tagged and stored while the captioner is stuck.
     let s = settings(&clip, Some(captioner.pre.clone()));

@@ -31,36 +31,6 @@ pub use routes::{FrameView, HitView, SearchResponse};
 use crate::models::ClipModel;
 use crate::store::Store;
 
-/// Live state of one stream, shown by `/health`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct StreamStatus {
-    /// Camera name.
-    pub name: String,
-    /// `starting`, `running`, `retrying`, `finished`, `stopped`.
-    pub state: String,
-    /// Last error, if any.
-    pub last_error: Option<String>,
-    /// Frames delivered to inference by the current run.
-    pub frames: u64,
-    /// Frames dropped because inference was behind (live sources).
-    pub dropped: u64,
-    /// Counters of the current run, read when `/health` is asked.
-    #[serde(skip)]
-    pub current: Option<Arc<crate::ingest::source::SourceCounters>>,
-}
-
-impl StreamStatus {
-    /// The status with `frames`/`dropped` read from the current run.
-    pub fn snapshot(&self) -> Self {
-        let mut s = self.clone();
-        if let Some(c) = &self.current {
-            s.frames = c.delivered.load(std::sync::atomic::Ordering::Relaxed);
-            s.dropped = c.dropped();
-        }
-        s
-    }
-}
-
 /// Shared handler state.
 #[derive(Clone)]
 pub struct ApiState {
@@ -71,7 +41,7 @@ pub struct ApiState {
     /// Prometheus renderer, if metrics are installed.
     pub metrics: Option<PrometheusHandle>,
     /// Stream states, updated by the daemon.
-    pub streams: Arc<std::sync::RwLock<Vec<StreamStatus>>>,
+    pub streams: crate::daemon::StreamStatuses,
     /// Bounds concurrent model runs from requests.
     pub limit: Arc<Semaphore>,
 }

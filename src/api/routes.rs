@@ -114,7 +114,7 @@ impl From<FrameEntry> for FrameView {
             time: search::format_time(f.ts_ns),
             ts_ns: f.ts_ns,
             pts_s: f.record.pts_ns as f64 / 1e9,
-            source: f.record.source,
+            source: f.record.source_label,
             tags: f
                 .tags
                 .into_iter()
@@ -270,19 +270,19 @@ pub async fn streams(State(state): State<ApiState>) -> Result<impl IntoResponse,
 /// `/api/segments`: scene segments (camera, time, source, caption words).
 pub async fn segments(
     State(state): State<ApiState>,
-    req: Result<Query<crate::summary::SegmentsRequest>, QueryRejection>,
-) -> Result<Json<Vec<crate::summary::SegmentView>>, ApiError> {
+    req: Result<Query<crate::search::summary::SegmentsRequest>, QueryRejection>,
+) -> Result<Json<Vec<crate::search::summary::SegmentView>>, ApiError> {
     let Query(req) = req.map_err(query_error)?;
     let filter = req.filter()?;
     let s = state.clone();
     let segments = blocking(&state, move || Ok(s.store.segments(&filter)?)).await?;
-    Ok(Json(crate::summary::views(&segments)))
+    Ok(Json(crate::search::summary::views(&segments)))
 }
 
 /// `/api/summary`: the same segments as text, one line each.
 pub async fn summary(
     State(state): State<ApiState>,
-    req: Result<Query<crate::summary::SegmentsRequest>, QueryRejection>,
+    req: Result<Query<crate::search::summary::SegmentsRequest>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(views) = segments(State(state), req).await?;
     let text: String = views.iter().map(|v| format!("{}\n", v.line)).collect();

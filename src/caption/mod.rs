@@ -1,20 +1,15 @@
-//! Keyframe captions (BLIP): the model, the decoding loop, and the
-//! low-priority worker that drains the store's caption backlog.
+//! Keyframe captions: the decoding loop and the low-priority worker that
+//! drains the store's caption backlog. The BLIP model itself (vision
+//! encoder, text decoder, WordPiece tokenizer over ONNX Runtime) lives
+//! beside CLIP in [`crate::models::blip`].
 //!
-//! - [`model`]: a BLIP model directory (vision encoder, text decoder,
-//!   WordPiece tokenizer) run with ONNX Runtime. The vision encoder also
-//!   returns the decoder's cross-attention keys/values over the image
-//!   tokens, so they are computed once per image; the decoder keeps a
-//!   self-attention cache, so each step feeds one token.
 //! - [`decode`]: greedy and beam search with repetition penalty and a
 //!   prompt prefix, step for step as transformers' `generate` does them.
 //! - [`queue`]: the caption worker. It runs at a lower OS priority, waits
 //!   while the inference worker has frames to embed, and never blocks it;
 //!   the backlog lives in the store, so it survives restarts.
 
-pub mod bench;
 pub mod decode;
-pub mod model;
 pub mod queue;
 
 use std::path::PathBuf;
@@ -22,7 +17,6 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use decode::GenerationSettings;
-pub use model::BlipCaptioner;
 pub use queue::{CaptionWorker, CaptionWorkerHandle};
 
 use crate::models::{ImagePreprocessor, ModelError};

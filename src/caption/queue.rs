@@ -15,8 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::Captioner;
+use crate::pipeline::{PipelineLoad, metrics};
 use crate::store::{CaptionState, Store};
-use crate::telemetry;
 
 /// Totals of a worker run.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -45,16 +45,25 @@ struct Flags {
     stop: Arc<AtomicBool>,
     drain: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
+    /// The pipeline whose tagging has priority.
+    load: Arc<PipelineLoad>,
 }
 
 impl CaptionWorker {
     /// Starts captioning `store`'s backlog with `captioner` on a thread with
-    /// nice value `nice` (Linux; elsewhere the default priority).
-    pub fn spawn(captioner: Arc<dyn Captioner>, store: Store, nice: i32) -> CaptionWorkerHandle {
+    /// nice value `nice` (Linux; elsewhere the default priority). Each model
+    /// run waits until the pipeline behind `load` is idle.
+    pub fn spawn(
+        captioner: Arc<dyn Captioner>,
+        store: Store,
+        nice: i32,
+        load: Arc<PipelineLoad>,
+    ) -> CaptionWorkerHandle {
         let flags = Flags {
             stop: Arc::new(AtomicBool::new(false)),
             drain: Arc::new(AtomicBool::new(false)),
             done: Arc::new(AtomicU64::new(0)),
+            load,
         };
         let handle = CaptionWorkerHandle {
             store: store.clone(),
@@ -69,7 +78,7 @@ impl CaptionWorker {
                 })
                 .expect("spawn the caption thread"),
         };
-        metrics::gauge!(telemetry::CAPTION_BACKLOG).set(handle.backlog() as f64);
+        ::metrics::gauge!(metrics::CAPTION_BACKLOG).set(handle.backlog() as f64);
         handle
     }
 }
@@ -136,7 +145,7 @@ fn run(captioner: &dyn Captioner, store: &Store, flags: &Flags) -> CaptionTotals
         };
         let (key, job) = job;
         let started = Instant::now();
-        let mut pace = || wait_for_idle(&flags.stop);
+        let mut pace = || wait_for_idle(&flags.load, &flags.stop);
         let state = if job.size != size {
             // Queued for another captioner (the model changed): the image is
             // at the wrong size, so this keyframe gets no caption.
@@ -174,16 +183,16 @@ fn run(captioner: &dyn Captioner, store: &Store, flags: &Flags) -> CaptionTotals
         }
         totals.seconds += secs;
         flags.done.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(telemetry::CAPTIONS, "outcome" => outcome).increment(1);
-        metrics::histogram!(telemetry::CAPTION_SECONDS).record(secs);
-        metrics::gauge!(telemetry::CAPTION_BACKLOG).set(store.caption_backlog() as f64);
+        ::metrics::counter!(metrics::CAPTIONS, "outcome" => outcome).increment(1);
+        ::metrics::histogram!(metrics::CAPTION_SECONDS).record(secs);
+        ::metrics::gauge!(metrics::CAPTION_BACKLOG).set(store.caption_backlog() as f64);
     }
     totals
 }
 
 /// Blocks while tagging has work (or until `stop`).
-fn wait_for_idle(stop: &AtomicBool) {
-    while !telemetry::inference_idle() && !stop.load(Ordering::Relaxed) {
+fn wait_for_idle(load: &PipelineLoad, stop: &AtomicBool) {
+    while !load.is_idle() && !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }

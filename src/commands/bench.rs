@@ -9,7 +9,7 @@ use roadrep::bench::{ClipBenchSettings, bench_clip, default_bench_model};
 use roadrep::config::RoadrepConfig;
 use roadrep::models::OrtRuntime;
 
-use crate::cli::{BenchCaptionArgs, BenchClipArgs, BenchReplayArgs};
+use super::cli::{BenchCaptionArgs, BenchClipArgs, BenchReplayArgs};
 
 pub fn run_clip(config_path: Option<&Path>, args: &BenchClipArgs) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
@@ -48,7 +48,7 @@ pub fn run_replay(config_path: Option<&Path>, args: &BenchReplayArgs) -> anyhow:
     let mut config = RoadrepConfig::load(config_path)?;
     config.models.clip = args.model.clone().unwrap_or_else(default_bench_model);
     config.models.precision = args.precision;
-    let parts = super::load_pipeline_parts(
+    let parts = super::load_parts(
         &config,
         &std::env::temp_dir().join(format!("roadrep-bench-open-{}", std::process::id())),
     )?;
@@ -90,9 +90,9 @@ pub fn run_caption(
     let dir = args
         .model
         .clone()
-        .unwrap_or_else(roadrep::caption::bench::default_caption_model);
+        .unwrap_or_else(roadrep::bench::caption::default_caption_model);
     eprintln!("benchmarking {} ...", dir.display());
-    let report = roadrep::caption::bench::bench_caption(
+    let report = roadrep::bench::caption::bench_caption(
         &runtime,
         &dir,
         &args.threads,

@@ -7,7 +7,7 @@ use roadrep::config::RoadrepConfig;
 use roadrep::models::ModelManifest;
 use roadrep::store::Store;
 
-use crate::cli::ExportArgs;
+use super::cli::ExportArgs;
 
 pub fn run(config_path: Option<&Path>, args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
@@ -24,15 +24,20 @@ pub fn run(config_path: Option<&Path>, args: &ExportArgs) -> anyhow::Result<Exit
     // Only frames are read: the manifest's fingerprint opens the right trees.
     let manifest = ModelManifest::read(&config.models.clip)?;
     let store = Store::open(&path, &manifest.fingerprint, manifest.clip.embed_dim)?;
-    let report =
-        roadrep::export::export_frames(&store, &filter, args.limit, &args.out, args.quality)?;
+    let report = roadrep::search::export::export_frames(
+        &store,
+        &filter,
+        args.limit,
+        &args.out,
+        args.quality,
+    )?;
     for (source, error) in &report.errors {
         eprintln!("error: {source}: {error}");
     }
     eprintln!(
         "exported {} frames to {} ({} skipped: source not a readable file)",
         report.written,
-        args.out.join(roadrep::export::MANIFEST).display(),
+        args.out.join(roadrep::search::export::MANIFEST).display(),
         report.skipped
     );
     Ok(if report.errors.is_empty() {

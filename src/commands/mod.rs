@@ -1,6 +1,7 @@
 //! Subcommand implementations (the binary's edge: anyhow errors with context).
 
 pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod export;
 pub mod replay;
@@ -14,14 +15,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use roadrep::caption::BlipCaptioner;
 use roadrep::config::RoadrepConfig;
+use roadrep::models::BlipCaptioner;
 use roadrep::models::{ClipModel, ClipOptions, ModelManifest, OrtRuntime};
 use roadrep::store::Store;
 use roadrep::tagging::{LabelSets, SceneTagger, TextEmbeddingCache};
 
-/// What replay and the daemon share: model, tagger, store, captioner.
-pub struct PipelineParts {
+/// What replay, the daemon and the benchmarks load from the config: model,
+/// tagger, store, captioner.
+pub struct LoadedParts {
     pub model: Arc<ClipModel>,
     pub tagger: Arc<SceneTagger>,
     pub store: Store,
@@ -29,7 +31,7 @@ pub struct PipelineParts {
     pub captioner: Option<Arc<BlipCaptioner>>,
 }
 
-impl PipelineParts {
+impl LoadedParts {
     /// What the ingest keeps of each frame for captions: only with a
     /// captioner and segments (keyframes come from segments).
     pub fn caption_preprocess(
@@ -42,6 +44,15 @@ impl PipelineParts {
             .as_ref()
             .filter(|_| config.segments.enabled)?;
         Some(c.preprocessor().clone())
+    }
+
+    /// What the pipeline runs on.
+    pub fn pipeline_parts(&self) -> roadrep::pipeline::PipelineParts {
+        roadrep::pipeline::PipelineParts {
+            model: self.model.clone(),
+            tagger: self.tagger.clone(),
+            store: self.store.clone(),
+        }
     }
 }
 
@@ -73,10 +84,7 @@ pub fn load_model(config: &RoadrepConfig) -> anyhow::Result<ClipModel> {
 }
 
 /// Loads the model and labels, builds the tagger, opens the store.
-pub fn load_pipeline_parts(
-    config: &RoadrepConfig,
-    store_path: &Path,
-) -> anyhow::Result<PipelineParts> {
+pub fn load_parts(config: &RoadrepConfig, store_path: &Path) -> anyhow::Result<LoadedParts> {
     let labels = LabelSets::from_file(&config.tagging.labels)?;
     let model = load_model(config)?;
     let cache = TextEmbeddingCache::new(
@@ -93,7 +101,7 @@ pub fn load_pipeline_parts(
     }
     let captioner = load_captioner(config)?;
     let store = Store::open(store_path, model.fingerprint(), model.embed_dim())?;
-    Ok(PipelineParts {
+    Ok(LoadedParts {
         model: Arc::new(model),
         tagger: Arc::new(tagger),
         store,

@@ -9,10 +9,11 @@ use std::sync::atomic::AtomicBool;
 use indicatif::{ProgressBar, ProgressStyle};
 use roadrep::caption::{CaptionWorker, Captioner};
 use roadrep::config::RoadrepConfig;
+use roadrep::pipeline::{Pipeline, PipelineSettings};
 use roadrep::replay::{FileReport, ReplayProgress, ReplaySettings, replay};
 use roadrep::store::Store;
 
-use crate::cli::ReplayArgs;
+use super::cli::ReplayArgs;
 
 pub fn run(config_path: Option<&Path>, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
@@ -34,7 +35,7 @@ pub fn replay_clips(
         .store
         .clone()
         .unwrap_or_else(|| config.store.path.clone());
-    let parts = super::load_pipeline_parts(config, &store_path)?;
+    let parts = super::load_parts(config, &store_path)?;
     let settings = ReplaySettings {
         files: args.files.clone(),
         camera: args.camera.clone(),
@@ -45,10 +46,6 @@ pub fn replay_clips(
             .map(roadrep::search::parse_time)
             .transpose()
             .map_err(|e| anyhow::anyhow!("--start: {e}"))?,
-        queue_frames: config.ingest.queue_frames,
-        batcher: config.batcher.clone(),
-        segments: config.segments.enabled.then(|| config.segments.clone()),
-        caption_preprocess: parts.caption_preprocess(config),
     };
     anyhow::ensure!(
         settings.sample_fps > 0.0 && settings.sample_fps <= 120.0,
@@ -62,6 +59,16 @@ pub fn replay_clips(
         signal_hook::flag::register(signal, stop.clone())?;
     }
     let progress = Progress::new();
+    let pipeline = Pipeline::start(
+        parts.pipeline_parts(),
+        &PipelineSettings {
+            queue_frames: config.ingest.queue_frames,
+            batcher: config.batcher.clone(),
+            segments: config.segments.enabled.then(|| config.segments.clone()),
+            caption_preprocess: parts.caption_preprocess(config),
+        },
+        stop.clone(),
+    );
     // Captions run alongside, whenever tagging is idle; what is left is
     // caught up after the last frame.
     let captions = parts.captioner.clone().map(|c| {
@@ -69,17 +76,10 @@ pub fn replay_clips(
             c as Arc<dyn Captioner>,
             parts.store.clone(),
             config.captions.nice,
+            pipeline.load(),
         )
     });
-    let store = parts.store.clone();
-    let report = replay(
-        parts.model,
-        parts.tagger,
-        parts.store,
-        &settings,
-        stop.clone(),
-        &progress,
-    )?;
+    let report = replay(pipeline, &settings, &progress)?;
     progress.bar.finish_and_clear();
     if let Some(c) = captions {
         let backlog = c.backlog();
@@ -127,7 +127,7 @@ pub fn replay_clips(
         report.totals.batches,
         report.totals.inference_secs
     );
-    Ok((report, store))
+    Ok((report, parts.store))
 }
 
 fn describe(f: &FileReport) -> String {

@@ -16,7 +16,7 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
-    let parts = super::load_pipeline_parts(&config, &config.store.path)?;
+    let parts = super::load_parts(&config, &config.store.path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

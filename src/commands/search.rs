@@ -11,8 +11,8 @@ use roadrep::ingest::still;
 use roadrep::models::RgbFrame;
 use roadrep::search::{self, SearchRequest};
 
+use super::cli::SearchArgs;
 use super::client;
-use crate::cli::SearchArgs;
 
 pub fn run(config_path: Option<&Path>, args: &SearchArgs) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;

@@ -7,11 +7,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use roadrep::config::RoadrepConfig;
+use roadrep::search::summary::{SegmentView, SegmentsRequest, views};
 use roadrep::store::Store;
-use roadrep::summary::{SegmentView, SegmentsRequest, views};
 
+use super::cli::{ReplayArgs, SegmentsArgs};
 use super::client;
-use crate::cli::{ReplayArgs, SegmentsArgs};
 
 /// How segments are printed.
 #[derive(Debug, Clone, Copy)]
@@ -71,9 +71,10 @@ pub fn run(
             }
             // By identity (canonical path, size, mtime): the clip may have
             // been replayed under another spelling of its path.
-            let identity = roadrep::ingest::source::source_identity(
+            let identity = roadrep::pipeline::SourceId::of(
                 &roadrep::ingest::config::SourceKind::File(f.file.clone()),
-            );
+            )
+            .to_string();
             let req = SegmentsRequest {
                 camera: Some(f.camera.clone()),
                 source: Some(identity),

@@ -10,7 +10,7 @@ use roadrep::models::{ClipModel, ClipOptions, OrtRuntime, RgbFrame};
 use roadrep::tagging::{LabelSets, SceneTagger, SetScores, TextEmbeddingCache};
 use serde::Serialize;
 
-use crate::cli::TagArgs;
+use super::cli::TagArgs;
 
 /// One tagged image, as printed with `--json`.
 #[derive(Debug, Serialize)]

@@ -2,10 +2,14 @@
 //!
 //! - [`config`]: `[[streams]]` and `[ingest]` settings, source kinds.
 //! - [`sampler`]: which frames to keep, by timestamp (pure).
-//! - [`source`]: one GStreamer pipeline per source.
+//! - [`gst`]: the GStreamer decode graph, bus errors, RGB views of samples.
+//! - [`source`]: one run of one source into the pipeline.
+//! - [`frames_at`]: chosen frames of a file decoded again (frame export).
 //! - [`still`]: still image files (`roadrep tag`, image search queries).
 
 pub mod config;
+pub mod frames_at;
+pub mod gst;
 pub mod sampler;
 pub mod source;
 pub mod still;

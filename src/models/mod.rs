@@ -2,13 +2,16 @@
 //!
 //! A model directory (written by `models/export.py`) holds ONNX files, a
 //! `tokenizer.json`, the preprocessing settings and a `manifest.toml` with the
-//! sha256 of every file. [`ClipModel::load`] verifies the directory against
+//! sha256 of every file. [`ClipModel::load`] (CLIP image/text encoders, in
+//! [`clip`]) and [`BlipCaptioner::load`] (the BLIP captioner, in [`blip`])
+//! verify the directory against
 //! its manifest and the ONNX graphs against the recorded input/output names
 //! and shapes before running anything.
 //!
 //! ONNX Runtime is loaded at run time (`ort` feature `load-dynamic`) from the
 //! `onnxruntime` PyPI wheel that `make setup` installs; see [`runtime`].
 
+pub mod blip;
 pub mod clip;
 pub mod manifest;
 pub mod preprocess;
@@ -16,6 +19,7 @@ pub mod runtime;
 
 use std::path::PathBuf;
 
+pub use blip::BlipCaptioner;
 pub use clip::{ClipModel, ClipOptions, ImagePrecision};
 pub use manifest::ModelManifest;
 pub use preprocess::{ImagePreprocessor, RgbFrame};

@@ -20,8 +20,8 @@ pub struct FrameRecord {
     pub width: u32,
     /// Decoded frame height.
     pub height: u32,
-    /// The source the frame came from (file path, URL, device).
-    pub source: String,
+    /// Human-readable source the frame came from (file path, URL, device).
+    pub source_label: String,
 }
 
 /// Zero-shot tags of one frame: per label set, its top class and scores.
@@ -83,8 +83,8 @@ pub struct SegmentRecord {
     pub end_ns: i64,
     /// Pts of the first frame in its source, ns.
     pub start_pts_ns: u64,
-    /// The source the segment's frames came from (path as given, URL).
-    pub source: String,
+    /// Human-readable source of the segment's frames (path as given, URL).
+    pub source_label: String,
     /// Its identity (canonical path, size, mtime for files; see `ingest`).
     pub source_id: String,
     /// Frames in the segment.
@@ -204,7 +204,7 @@ mod tests {
             wall_ns: -3,
             width: 640,
             height: 360,
-            source: "a.mp4".into(),
+            source_label: "a.mp4".into(),
         };
         let bytes = encode(&r);
         assert_eq!(decode::<FrameRecord>("frames", &bytes).unwrap(), r);

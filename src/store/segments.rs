@@ -33,7 +33,7 @@ pub struct OpenMarker {
     /// Stream id.
     pub stream_id: u32,
     /// Source identity.
-    pub source: String,
+    pub source_id: String,
     /// The open segment.
     pub open: Option<OpenSegmentRecord>,
 }
@@ -197,7 +197,7 @@ pub(super) fn write_segments(
         };
     }
     for m in &writes.open {
-        let k = keys::checkpoint_key(m.stream_id, &m.source);
+        let k = keys::checkpoint_key(m.stream_id, &m.source_id);
         match &m.open {
             Some(o) => open_t.insert(k, schema::encode(o))?,
             None => open_t.remove(k)?,
@@ -243,7 +243,7 @@ impl Store {
                 continue;
             };
             let record: FrameRecord = schema::decode(super::FRAMES_TREE, &v)?;
-            if record.source != source {
+            if record.source_label != source {
                 continue;
             }
             let Some(embedding) = self.embedding(&key)? else {
@@ -312,7 +312,7 @@ impl Store {
                     || filter
                         .source
                         .as_ref()
-                        .is_some_and(|s| s != &record.source && s != &record.source_id)
+                        .is_some_and(|s| s != &record.source_label && s != &record.source_id)
                 {
                     continue;
                 }

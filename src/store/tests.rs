@@ -24,7 +24,7 @@ fn frame(store: &Store, stream: &str, ts_ns: i64, emb: [f32; DIM], weather: &str
             wall_ns: ts_ns,
             width: 64,
             height: 32,
-            source: "clip.mp4".into(),
+            source_label: "clip.mp4".into(),
         },
         embedding: unit(emb),
         tags: TagRecord {
@@ -164,7 +164,7 @@ fn checkpoints_and_frames_persist_across_reopen() {
         let f = frame(&s, "front", 5, [0.0, 0.0, 1.0, 0.0], "clear");
         let ckpt = CheckpointUpdate {
             stream_id: f.key.stream_id,
-            source: "file:/a.mp4:1:2".into(),
+            source_id: "file:/a.mp4:1:2".into(),
             checkpoint: Checkpoint {
                 last_pts_ns: Some(5),
                 frames: 1,
@@ -221,7 +221,7 @@ fn segment(stream_id: u32, start: i64, keyframe: i64, caption: CaptionState) -> 
             start_ns: start,
             end_ns: start + 10,
             start_pts_ns: 0,
-            source: "clip.mp4".into(),
+            source_label: "clip.mp4".into(),
             source_id: "file:/clip.mp4:1:1".into(),
             frames: 2,
             keyframe_ns: keyframe,

@@ -4,6 +4,12 @@
 //! (which sends it to a running daemon, or opens the store itself). Query
 //! embeddings come from the model whose fingerprint names the store's
 //! embedding tree, so a query is never compared across embedding spaces.
+//!
+//! - [`summary`]: segments as summary lines (API and CLI).
+//! - [`export`]: stored frames -> image-caption dataset (trainer input).
+
+pub mod export;
+pub mod summary;
 
 use serde::{Deserialize, Serialize};
 

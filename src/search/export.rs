@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::ingest::source::decode_frames_at;
+use crate::ingest::frames_at::decode_frames_at;
 use crate::store::{FrameEntry, FrameFilter, SetTag, Store, StoreError};
 
 /// File name of the manifest in the output directory.
@@ -80,7 +80,7 @@ pub fn export_frames(
     let mut by_source: BTreeMap<(String, String), Vec<FrameEntry>> = BTreeMap::new();
     for f in store.frames(filter, limit)? {
         by_source
-            .entry((f.record.source.clone(), f.stream.clone()))
+            .entry((f.record.source_label.clone(), f.stream.clone()))
             .or_default()
             .push(f);
     }

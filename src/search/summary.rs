@@ -97,7 +97,7 @@ pub fn views(segments: &[SegmentEntry]) -> Vec<SegmentView> {
         .iter()
         .map(|e| {
             let r = &e.record;
-            let key = (e.stream.as_str(), r.source.as_str());
+            let key = (e.stream.as_str(), r.source_label.as_str());
             let origin = match origins.iter().find(|(k, _)| *k == key) {
                 Some((_, o)) => *o,
                 None => {
@@ -113,7 +113,7 @@ pub fn views(segments: &[SegmentEntry]) -> Vec<SegmentView> {
             let caption = r.caption.text().map(str::to_string);
             let mut view = SegmentView {
                 camera: e.stream.clone(),
-                source: r.source.clone(),
+                source: r.source_label.clone(),
                 start: format_time(r.start_ns),
                 end: format_time(r.end_ns),
                 start_s,
@@ -180,7 +180,7 @@ mod tests {
                 start_ns: base + (start * 1e9) as i64,
                 end_ns: base + (end * 1e9) as i64,
                 start_pts_ns: (start * 1e9) as u64,
-                source: "a.mp4".into(),
+                source_label: "a.mp4".into(),
                 source_id: "file:/a.mp4:1:1".into(),
                 frames: 3,
                 keyframe_ns: base,

@@ -6,9 +6,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::CaptionError;
-use super::decode::GenerationSettings;
-use super::model::BlipCaptioner;
+use crate::caption::{CaptionError, GenerationSettings};
+use crate::models::BlipCaptioner;
 use crate::models::{ModelError, OrtRuntime};
 
 /// One thread count's figures.

@@ -1,4 +1,4 @@
-//! Metric names and logging set-up shared by the stages.
+//! Metric names of the frame path and the stages around it.
 //!
 //! Metrics go through the `metrics` facade; the daemon installs a
 //! Prometheus recorder and serves it at `/metrics`. Without a recorder
@@ -19,19 +19,6 @@ pub const INFERENCE_SECONDS: &str = "roadrep_inference_seconds";
 /// Gauge: frames waiting between ingest and inference.
 pub const QUEUE_DEPTH: &str = "roadrep_queue_frames";
 
-/// Frames sent to the inference worker and not yet taken out of the queue.
-/// The std channel does not expose its length, so senders count up after a
-/// send and the worker counts down after a receive.
-pub static QUEUED_FRAMES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-/// Batches the inference worker is embedding right now (0 or 1 per worker).
-pub static INFERENCE_BUSY: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-
-/// Whether tagging has nothing to do: no queued frames, no batch running.
-/// The captioner only runs then.
-pub fn inference_idle() -> bool {
-    use std::sync::atomic::Ordering;
-    QUEUED_FRAMES.load(Ordering::Relaxed) <= 0 && INFERENCE_BUSY.load(Ordering::Relaxed) <= 0
-}
 /// Counter: captions written, label `outcome` (`ok`, `failed`).
 pub const CAPTIONS: &str = "roadrep_captions_total";
 /// Gauge: keyframes waiting for a caption.

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::batcher::BatcherConfig;
 use crate::ingest::config::{IngestConfig, StreamConfig};
 use crate::models::ImagePrecision;
+use crate::pipeline::BatcherConfig;
 
 /// Config file read when no `-c` is given and it exists.
 pub const DEFAULT_CONFIG: &str = "config/roadrep.toml";

@@ -13,23 +13,16 @@
 //! A file that cannot be read fails on its own; the others go on.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::batcher::BatcherConfig;
-use crate::frame::IngestEvent;
-use crate::infer::{InferenceTotals, InferenceWorker};
 use crate::ingest::config::{RtspTransport, SourceKind};
-use crate::ingest::source::{
-    IngestError, SourceCounters, SourceEnd, SourceSpec, run_source, source_identity,
+use crate::ingest::source::{IngestError, SourceCounters, SourceEnd, SourceSpec, run_source};
+use crate::pipeline::{
+    IngestEvent, Pipeline, PipelineTotals, ResumePoint, SourceId, SourceKey, WorkerDied,
 };
-use crate::models::preprocess::FramePreprocessing;
-use crate::models::{ClipModel, ImagePreprocessor};
-use crate::segment::SegmenterConfig;
-use crate::store::{Store, StoreError};
-use crate::tagging::SceneTagger;
+use crate::store::StoreError;
 
 /// What to replay.
 #[derive(Debug, Clone)]
@@ -43,15 +36,6 @@ pub struct ReplaySettings {
     /// Time of pts 0 for every file, ns since the epoch; unset: each file's
     /// modification time.
     pub file_start_ns: Option<i64>,
-    /// Frames queued between decoding and inference.
-    pub queue_frames: usize,
-    /// Batching.
-    pub batcher: BatcherConfig,
-    /// Scene segmentation; `None`: off.
-    pub segments: Option<SegmenterConfig>,
-    /// The captioner's input size, when captioning is on: frames keep a
-    /// resized copy so their segment's keyframe can be captioned.
-    pub caption_preprocess: Option<ImagePreprocessor>,
 }
 
 /// How one file went.
@@ -77,7 +61,7 @@ pub struct ReplayReport {
     /// Per file, in order.
     pub files: Vec<FileReport>,
     /// Inference and store totals.
-    pub totals: InferenceTotals,
+    pub totals: PipelineTotals,
 }
 
 impl ReplayReport {
@@ -103,16 +87,15 @@ pub fn default_camera(file: &std::path::Path) -> String {
         .map_or_else(|| "camera".into(), |s| s.to_string_lossy().into_owned())
 }
 
-/// Replays `settings.files` into `store`. `stop` ends the run early (the
-/// checkpoint keeps what was stored).
+/// Replays `settings.files` into `pipeline`, then finishes it. The
+/// pipeline's shutdown flag ends the run early (the checkpoint keeps what
+/// was stored).
 pub fn replay(
-    model: Arc<ClipModel>,
-    tagger: Arc<SceneTagger>,
-    store: Store,
+    pipeline: Pipeline,
     settings: &ReplaySettings,
-    stop: Arc<AtomicBool>,
     progress: &dyn ReplayProgress,
 ) -> Result<ReplayReport, StoreError> {
+    let store = pipeline.store().clone();
     if settings.file_start_ns.is_some() && settings.files.len() > 1 && settings.camera.is_some() {
         // Frame keys are (camera, start + pts): one start for several clips
         // of one camera would make them overwrite each other.
@@ -122,28 +105,9 @@ pub fn replay(
                 .into(),
         });
     }
-    let (tx, rx) = sync_channel::<IngestEvent>(settings.queue_frames.max(1));
-    let stored = Arc::new(AtomicU64::new(0));
-    let worker = InferenceWorker::new(
-        model.clone(),
-        tagger,
-        store.clone(),
-        settings.batcher.clone(),
-    )
-    .with_stored_counter(stored.clone());
-    let worker = match &settings.segments {
-        Some(config) => worker.with_segments(config.clone()),
-        None => worker,
-    };
-    let worker = std::thread::Builder::new()
-        .name("inference".into())
-        .spawn(move || worker.run(rx))
-        .expect("spawn the inference thread");
-
-    let preprocessor = FramePreprocessing {
-        clip: model.preprocessor().clone(),
-        caption: settings.caption_preprocess.clone(),
-    };
+    let stop = pipeline.shutdown().clone();
+    let load = pipeline.load();
+    let tx = pipeline.input();
     let mut reports = Vec::new();
     for file in &settings.files {
         if stop.load(Ordering::Relaxed) {
@@ -154,23 +118,18 @@ pub fn replay(
             .clone()
             .unwrap_or_else(|| default_camera(file));
         let kind = SourceKind::File(file.clone());
-        let identity = source_identity(&kind);
-        let checkpoint = store.checkpoint(store.stream_id(&camera)?, &identity)?;
+        let source_id = SourceId::of(&kind);
+        let resume = ResumePoint::of(&store, &camera, &source_id, settings.sample_fps)?;
         let mut report = FileReport {
             file: file.clone(),
             camera: camera.clone(),
             frames: 0,
-            resumed_after_pts_ns: checkpoint.as_ref().and_then(|c| c.last_pts_ns),
-            already_complete: checkpoint.as_ref().is_some_and(|c| c.complete),
+            resumed_after_pts_ns: resume.after_pts(),
+            already_complete: resume == ResumePoint::Complete,
             error: None,
         };
-        let interval = crate::ingest::sampler::FrameSampler::interval_ns(settings.sample_fps);
-        if let Some(c) = checkpoint
-            .as_ref()
-            .filter(|c| c.sample_interval_ns != 0 && c.sample_interval_ns != interval)
-        {
-            let fps = 1e9 / c.sample_interval_ns as f64;
-            report.already_complete = false;
+        if let ResumePoint::OtherRate { stored_interval_ns } = resume {
+            let fps = 1e9 / stored_interval_ns as f64;
             report.error = Some(IngestError::Checkpoint {
                 stream: camera.clone(),
                 message: format!(
@@ -178,11 +137,8 @@ pub fn replay(
                     settings.sample_fps
                 ),
             });
-            progress.file_finished(&report);
-            reports.push(report);
-            continue;
         }
-        if report.already_complete {
+        if report.already_complete || report.error.is_some() {
             progress.file_finished(&report);
             reports.push(report);
             continue;
@@ -202,7 +158,7 @@ pub fn replay(
             let ingest = scope.spawn(|| {
                 let r = run_source(
                     &spec,
-                    &preprocessor,
+                    pipeline.preprocessing(),
                     &tx,
                     &stop,
                     report.resumed_after_pts_ns,
@@ -221,7 +177,7 @@ pub fn replay(
                 progress.tick(
                     counters.delivered.load(Ordering::Relaxed),
                     counters.last_pts_ns.load(Ordering::Relaxed),
-                    stored.load(Ordering::Relaxed),
+                    load.stored_frames(),
                 );
             }
         });
@@ -232,17 +188,19 @@ pub fn replay(
             report.error = Some(e);
         }
         let _ = tx.send(IngestEvent::SourceEnded {
-            stream: spec.stream.clone(),
-            source: identity.into(),
+            key: SourceKey {
+                stream: spec.stream.clone(),
+                source_id,
+            },
             complete,
         });
         progress.file_finished(&report);
         reports.push(report);
     }
     drop(tx);
-    let totals = worker.join().unwrap_or_else(|_| {
+    let totals = pipeline.finish().unwrap_or_else(|WorkerDied| {
         tracing::error!("The inference thread panicked.");
-        InferenceTotals {
+        PipelineTotals {
             failed: u64::MAX,
             ..Default::default()
         }

@@ -1,0 +1,146 @@
+//! One configured stream, supervised on its own thread: a failure (file
+//! missing, RTSP server down, corrupt data) is logged and retried with
+//! exponential backoff while the other streams go on; a live source that
+//! ends is reconnected; a file read to its end is finished (and skipped on
+//! the next start, thanks to its checkpoint).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::status::{RetryReason, StatusSlot, StreamState, Transition};
+use crate::ingest::source::{SourceCounters, SourceEnd, SourceSpec, run_source};
+use crate::models::preprocess::FramePreprocessing;
+use crate::pipeline::{FrameSender, IngestEvent, ResumePoint, SourceId, SourceKey, metrics};
+use crate::store::Store;
+
+/// Backoff between attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First delay (and the delay after a run that delivered frames).
+    pub initial: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+/// Runs one stream with retries.
+pub struct Supervisor {
+    pub(super) spec: SourceSpec,
+    pub(super) status: StatusSlot,
+    pub(super) preprocessing: FramePreprocessing,
+    pub(super) input: FrameSender,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) store: Store,
+    pub(super) backoff: Backoff,
+}
+
+impl Supervisor {
+    /// Runs attempts until the stream finishes or shutdown.
+    pub fn run(self) {
+        let stream = self.spec.stream.to_string();
+        let mut delay = self.backoff.initial;
+        while !self.stop.load(Ordering::Relaxed) {
+            // Per attempt: a file that was missing has a new identity once it exists.
+            let source_id = SourceId::of(&self.spec.kind);
+            let resume = match self.resume_point(&source_id) {
+                ResumePoint::Complete => {
+                    tracing::info!(%stream, "File already ingested.");
+                    self.status.to(StreamState::Finished, None);
+                    return;
+                }
+                ResumePoint::OtherRate { .. } => {
+                    tracing::warn!(%stream, "Sample rate changed since the last run; reading the file again.");
+                    None
+                }
+                point => point.after_pts(),
+            };
+            let counters = Arc::new(SourceCounters::default());
+            self.status.to(StreamState::Running, Some(&counters));
+            let result = run_source(
+                &self.spec,
+                &self.preprocessing,
+                &self.input,
+                &self.stop,
+                resume,
+                &counters,
+            );
+            let delivered = counters.delivered.load(Ordering::Relaxed);
+            self.status.to(StreamState::Running, Some(&counters));
+            match result {
+                // A file, or a gst: description that is not live (a test
+                // source, a filesrc), is done at its end; live ones reconnect.
+                Ok(SourceEnd::Eos) if !counters.live.load(Ordering::Relaxed) => {
+                    let _ = self.input.send(IngestEvent::SourceEnded {
+                        key: SourceKey {
+                            stream: self.spec.stream.clone(),
+                            source_id,
+                        },
+                        complete: true,
+                    });
+                    self.status.to(StreamState::Finished, Some(&counters));
+                    return;
+                }
+                Ok(SourceEnd::Eos) => {
+                    tracing::warn!(%stream, "Live source ended; reconnecting.");
+                    self.retrying(RetryReason::EndOfStream, "end of stream".into(), &counters);
+                }
+                Ok(SourceEnd::Stopped) => {
+                    if !self.stop.load(Ordering::Relaxed) {
+                        // The inference worker is gone; the daemon notices and exits.
+                        tracing::error!(%stream, "Inference stopped taking frames; stream stopped.");
+                    }
+                    self.status.to(StreamState::Stopped, Some(&counters));
+                    return;
+                }
+                Err(error) => {
+                    ::metrics::counter!(metrics::SOURCE_ERRORS, "stream" => stream.clone())
+                        .increment(1);
+                    tracing::error!(%stream, %error, retry_in_secs = delay.as_secs_f64(), "Stream failed; retrying.");
+                    self.retrying(RetryReason::Error, error.to_string(), &counters);
+                }
+            }
+            // A run that delivered frames was healthy: start backoff over.
+            if delivered > 0 {
+                delay = self.backoff.initial;
+            }
+            if !self.sleep(delay) {
+                break;
+            }
+            delay = (delay * 2).min(self.backoff.max);
+        }
+        self.status.to(StreamState::Stopped, None);
+    }
+
+    fn retrying(&self, reason: RetryReason, error: String, counters: &Arc<SourceCounters>) {
+        self.status.set(Transition {
+            state: StreamState::Retrying,
+            reason: Some(reason),
+            error: Some(error),
+            counters: Some(counters),
+        });
+    }
+
+    /// Files continue after their checkpoint; a finished file is done. A
+    /// store that cannot be read means starting over (keys are idempotent).
+    fn resume_point(&self, source_id: &SourceId) -> ResumePoint {
+        ResumePoint::of(
+            &self.store,
+            &self.spec.stream,
+            source_id,
+            self.spec.sample_fps,
+        )
+        .unwrap_or(ResumePoint::Start)
+    }
+
+    /// Sleeps `d` unless stopped first; returns false when stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        while Instant::now() < deadline {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));
+        }
+        !self.stop.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,84 @@
+//! Decoding chosen frames of a file again, by pts (the frame export).
+
+use std::sync::Arc;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+use super::config::{RtspTransport, SourceKind};
+use super::gst::{
+    PipelineGuard, build_pipeline, first_bus_error, init_gstreamer, pipeline_ends, pop_error,
+    with_rgb,
+};
+use super::source::{IngestError, SourceSpec};
+use crate::models::RgbFrame;
+
+/// Decodes a video file once and hands `visit` the RGB frames whose pts is
+/// in `pts_ns` (sorted), e.g. to export stored frames. Other frames are
+/// dropped before colour conversion. Returns how many were found.
+pub fn decode_frames_at(
+    stream: &str,
+    path: &std::path::Path,
+    pts_ns: &[u64],
+    mut visit: impl FnMut(u64, &RgbFrame<'_>) -> Result<(), String>,
+) -> Result<usize, IngestError> {
+    init_gstreamer()?;
+    let spec = SourceSpec {
+        stream: stream.into(),
+        kind: SourceKind::File(path.to_path_buf()),
+        sample_fps: 1.0,
+        rtsp_transport: RtspTransport::Tcp,
+        latency_ms: 0,
+        file_start_ns: None,
+    };
+    let err = |element: &str, message: String| IngestError::Stream {
+        stream: stream.into(),
+        element: element.into(),
+        message,
+    };
+    std::fs::File::open(path).map_err(|e| IngestError::Open {
+        stream: stream.into(),
+        what: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let pipeline = build_pipeline(&spec).map_err(|e| err("pipeline", e))?;
+    let (convert, sink) = pipeline_ends(&pipeline);
+    let wanted: Arc<Vec<u64>> = Arc::new(pts_ns.to_vec());
+    let probe_wanted = wanted.clone();
+    convert
+        .static_pad("sink")
+        .expect("videoconvert has a sink pad")
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            let keep = info
+                .buffer()
+                .and_then(|b| b.pts())
+                .is_some_and(|p| probe_wanted.binary_search(&p.nseconds()).is_ok());
+            if keep {
+                gst::PadProbeReturn::Ok
+            } else {
+                gst::PadProbeReturn::Handled
+            }
+        });
+    let _guard = PipelineGuard(pipeline.clone());
+    pipeline.set_state(gst::State::Playing).map_err(|_| {
+        first_bus_error(&pipeline, stream)
+            .unwrap_or_else(|| err("pipeline", "failed to start".into()))
+    })?;
+    let bus = pipeline.bus().expect("a pipeline has a bus");
+    let mut found = 0;
+    loop {
+        if let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
+            with_rgb(&sample, |pts, rgb| visit(pts, rgb)).map_err(|e| err("export", e))?;
+            found += 1;
+            if found == wanted.len() {
+                break;
+            }
+        } else if sink.is_eos() {
+            break;
+        }
+        if let Some(e) = pop_error(&bus, stream) {
+            return Err(e);
+        }
+    }
+    Ok(found)
+}

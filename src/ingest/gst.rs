@@ -1,0 +1,215 @@
+//! GStreamer plumbing shared by the sources and the frame export: the
+//! decode pipeline, its ends, bus errors, and RGB views of samples.
+//!
+//! ```text
+//! uridecodebin (file, rtsp) | v4l2src ! decodebin | <gst description> ! decodebin
+//!   -> [probe on videoconvert's sink pad: the caller drops what it skips]
+//!   -> videoconvert -> video/x-raw,format=RGB -> appsink
+//! ```
+//! Non-video pads (audio) are left unlinked: demuxers go on while at least
+//! one pad is linked.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+
+use super::config::{RtspTransport, SourceKind};
+use super::source::{IngestError, SourceSpec};
+use crate::models::RgbFrame;
+
+/// Initialises GStreamer once per process.
+pub fn init_gstreamer() -> Result<(), IngestError> {
+    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
+    INIT.get_or_init(|| gst::init().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(IngestError::Init)
+}
+
+/// Whether any source element of the pipeline is live (cameras, network,
+/// `is-live=true` test sources).
+pub(super) fn has_live_source(pipeline: &gst::Pipeline) -> bool {
+    pipeline
+        .iterate_recurse()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.downcast::<gstreamer_base::BaseSrc>().ok())
+        .any(|src| gstreamer_base::prelude::BaseSrcExt::is_live(&src))
+}
+
+/// Sets the pipeline to NULL when dropped (error paths included).
+pub(super) struct PipelineGuard(pub(super) gst::Pipeline);
+impl Drop for PipelineGuard {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
+/// The converter (whose sink pad gets the sampling probe) and the appsink
+/// of a pipeline made by [`build_pipeline`].
+pub(super) fn pipeline_ends(pipeline: &gst::Pipeline) -> (gst::Element, gst_app::AppSink) {
+    let convert = pipeline
+        .by_name("convert")
+        .expect("built with a convert element");
+    let sink = pipeline
+        .by_name("sink")
+        .and_then(|s| s.downcast::<gst_app::AppSink>().ok())
+        .expect("built with an appsink");
+    (convert, sink)
+}
+
+pub(super) fn build_pipeline(spec: &SourceSpec) -> Result<gst::Pipeline, String> {
+    let make = |factory: &str, name: Option<&str>| {
+        let mut b = gst::ElementFactory::make(factory);
+        if let Some(n) = name {
+            b = b.name(n);
+        }
+        b.build().map_err(|_| {
+            format!("GStreamer element '{factory}' is missing (install the GStreamer plugins)")
+        })
+    };
+    let pipeline = gst::Pipeline::with_name(&format!("stream-{}", spec.stream));
+    let convert = make("videoconvert", Some("convert"))?;
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", "RGB")
+        .build();
+    let filter = gst::ElementFactory::make("capsfilter")
+        .property("caps", &caps)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let sink = gst_app::AppSink::builder().name("sink").sync(false).build();
+    pipeline
+        .add_many([&convert, &filter, sink.upcast_ref()])
+        .map_err(|e| e.to_string())?;
+    gst::Element::link_many([&convert, &filter, sink.upcast_ref()]).map_err(|e| e.to_string())?;
+
+    // The decoding element whose first video pad feeds videoconvert.
+    let decoder = match &spec.kind {
+        SourceKind::File(p) => {
+            let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+            let uri = gst::glib::filename_to_uri(&abs, None).map_err(|e| e.to_string())?;
+            let d = make("uridecodebin", Some("decode"))?;
+            d.set_property("uri", uri.as_str());
+            pipeline.add(&d).map_err(|e| e.to_string())?;
+            d
+        }
+        SourceKind::Rtsp(url) => {
+            let d = make("uridecodebin", Some("decode"))?;
+            d.set_property("uri", url.as_str());
+            let (transport, latency) = (spec.rtsp_transport, spec.latency_ms);
+            d.connect("source-setup", false, move |args| {
+                if let Some(src) = args.get(1).and_then(|v| v.get::<gst::Element>().ok())
+                    && src.has_property("protocols")
+                {
+                    let protocols = match transport {
+                        RtspTransport::Tcp => "tcp",
+                        RtspTransport::Udp => "udp",
+                    };
+                    src.set_property_from_str("protocols", protocols);
+                    src.set_property("latency", latency);
+                }
+                None
+            });
+            pipeline.add(&d).map_err(|e| e.to_string())?;
+            d
+        }
+        SourceKind::V4l2(dev) => {
+            let src = make("v4l2src", Some("src"))?;
+            src.set_property("device", dev.display().to_string());
+            let d = make("decodebin", Some("decode"))?;
+            pipeline.add_many([&src, &d]).map_err(|e| e.to_string())?;
+            src.link(&d).map_err(|e| e.to_string())?;
+            d
+        }
+        SourceKind::Pipeline(desc) => {
+            // A trailing queue lets the description end in caps (which the
+            // parser only accepts between elements) and decouples the source.
+            let bin = gst::parse::bin_from_description(&format!("{desc} ! queue"), true)
+                .map_err(|e| format!("invalid source description '{desc}': {e}"))?;
+            let d = make("decodebin", Some("decode"))?;
+            pipeline
+                .add_many([bin.upcast_ref(), &d])
+                .map_err(|e| e.to_string())?;
+            bin.link(&d).map_err(|e| e.to_string())?;
+            d
+        }
+    };
+    let convert_weak = convert.downgrade();
+    decoder.connect_pad_added(move |_, pad| {
+        let Some(convert) = convert_weak.upgrade() else {
+            return;
+        };
+        let sink_pad = convert
+            .static_pad("sink")
+            .expect("videoconvert has a sink pad");
+        if sink_pad.is_linked() {
+            return; // only the first video stream of a source
+        }
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let is_video = caps
+            .structure(0)
+            .is_some_and(|s| s.name().starts_with("video/"));
+        if is_video {
+            let _ = pad.link(&sink_pad);
+        }
+    });
+    Ok(pipeline)
+}
+
+/// Calls `visit` with an RGB view of an appsink sample and its pts.
+pub(super) fn with_rgb<T>(
+    sample: &gst::Sample,
+    visit: impl FnOnce(u64, &RgbFrame<'_>) -> Result<T, String>,
+) -> Result<T, String> {
+    let caps = sample.caps().ok_or("sample without caps")?;
+    let info = gst_video::VideoInfo::from_caps(caps)
+        .map_err(|e| format!("unexpected caps {caps}: {e}"))?;
+    if info.format() != gst_video::VideoFormat::Rgb {
+        return Err(format!("appsink got {:?}, expected RGB", info.format()));
+    }
+    let buffer = sample.buffer().ok_or("sample without buffer")?;
+    let pts_ns = buffer.pts().map_or(0, |p| p.nseconds());
+    let map = buffer.map_readable().map_err(|e| e.to_string())?;
+    let rgb = RgbFrame {
+        width: info.width(),
+        height: info.height(),
+        stride: info.stride()[0] as usize,
+        data: map.as_slice(),
+    };
+    visit(pts_ns, &rgb)
+}
+
+pub(super) fn pop_error(bus: &gst::Bus, stream: &str) -> Option<IngestError> {
+    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Warning]) {
+        match msg.view() {
+            gst::MessageView::Error(e) => {
+                let element = msg
+                    .src()
+                    .map_or_else(|| "pipeline".into(), |s| s.name().to_string());
+                if let Some(details) = e.debug() {
+                    tracing::debug!(stream, details = %details, "GStreamer error details.");
+                }
+                return Some(IngestError::Stream {
+                    stream: stream.to_string(),
+                    element,
+                    message: e.error().to_string(),
+                });
+            }
+            gst::MessageView::Warning(w) => {
+                tracing::warn!(stream, warning = %w.error(), "GStreamer warning.");
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+pub(super) fn first_bus_error(pipeline: &gst::Pipeline, stream: &str) -> Option<IngestError> {
+    let bus = pipeline.bus()?;
+    // Errors during a failed state change are posted right away.
+    std::thread::sleep(Duration::from_millis(10));
+    pop_error(&bus, stream)
+}

@@ -1,0 +1,138 @@
+//! `manifest.toml` of a BLIP model directory: its files, their roles, the
+//! decoder's shapes and the preprocessing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::models::ModelError;
+use crate::models::manifest::{
+    FileEntry, check_fingerprint, check_format_version, file_entry, fingerprint, float_list,
+    read_toml, verify_files,
+};
+
+/// Roles of the files of a BLIP model directory.
+pub mod roles {
+    /// Vision encoder (+ cross-attention keys/values).
+    pub const VISION_ENCODER: &str = "vision_encoder";
+    /// Text decoder with a self-attention cache.
+    pub const TEXT_DECODER: &str = "text_decoder";
+    /// WordPiece `tokenizer.json`.
+    pub const TOKENIZER: &str = "tokenizer";
+}
+
+/// `manifest.toml` of a BLIP directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlipManifest {
+    /// Manifest format version.
+    pub format_version: u32,
+    /// `"blip"`.
+    pub kind: String,
+    /// Human name.
+    pub name: String,
+    /// Where the weights came from.
+    pub source: String,
+    /// Identity of the captioner (see [`BlipManifest::compute_fingerprint`]).
+    pub fingerprint: String,
+    /// Architecture and special tokens.
+    pub blip: BlipSection,
+    /// Image preprocessing (resize to `size`², no crop).
+    pub preprocess: BlipPreprocess,
+    /// Files by role.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// `[blip]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlipSection {
+    /// Input side.
+    pub image_size: u32,
+    /// Image tokens (1 + patches).
+    pub num_image_tokens: usize,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+    /// Decoder hidden size.
+    pub hidden_size: usize,
+    /// Vision encoder hidden size (`image_embeds` width).
+    pub vision_hidden_size: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Position embeddings (longest sequence).
+    pub max_positions: usize,
+    /// Decoder start token (`[DEC]`).
+    pub bos_token_id: u32,
+    /// End of caption (`[SEP]`).
+    pub sep_token_id: u32,
+    /// Padding.
+    pub pad_token_id: u32,
+}
+
+/// `[preprocess]` of a BLIP directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlipPreprocess {
+    /// Square side both image sides are resized to.
+    pub size: u32,
+    /// Only `bicubic`.
+    pub resample: String,
+    /// Per-channel mean.
+    pub mean: [f64; 3],
+    /// Per-channel std.
+    pub std: [f64; 3],
+}
+
+impl BlipManifest {
+    /// Reads `dir/manifest.toml` and checks the files and fingerprint.
+    pub fn read_verified(dir: &Path) -> Result<Self, ModelError> {
+        let (m, path): (Self, _) = read_toml(dir)?;
+        let bad = |message: String| ModelError::Manifest {
+            path: path.clone(),
+            message,
+        };
+        if m.kind != "blip" {
+            return Err(bad(format!("kind '{}' is not a BLIP captioner", m.kind)));
+        }
+        check_format_version(&path, m.format_version)?;
+        if m.preprocess.resample != "bicubic" {
+            return Err(bad(format!(
+                "preprocess.resample '{}' is not supported (expected 'bicubic')",
+                m.preprocess.resample
+            )));
+        }
+        if m.preprocess.size == 0 || m.preprocess.std.iter().any(|s| *s <= 0.0) {
+            return Err(bad("preprocess needs size > 0 and std > 0".into()));
+        }
+        verify_files(dir, &m.files)?;
+        check_fingerprint(dir, &m.fingerprint, &m.compute_fingerprint()?)?;
+        Ok(m)
+    }
+
+    /// sha256 over the graphs', the tokenizer's sha256 and the
+    /// preprocessing (the CLIP scheme, with `size` for the resize).
+    pub fn compute_fingerprint(&self) -> Result<String, ModelError> {
+        let p = &self.preprocess;
+        fingerprint(
+            &self.files,
+            &[roles::VISION_ENCODER, roles::TEXT_DECODER, roles::TOKENIZER],
+            &format!(
+                "size={}\nresample={}\nmean={}\nstd={}\n",
+                p.size,
+                p.resample,
+                float_list(&p.mean),
+                float_list(&p.std)
+            ),
+        )
+    }
+
+    /// The entry of a file role.
+    pub fn file(&self, dir: &Path, role: &str) -> Result<&FileEntry, ModelError> {
+        file_entry(&self.files, dir, role)
+    }
+}

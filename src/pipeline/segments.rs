@@ -1,0 +1,237 @@
+//! Scene segments of every (stream, source) the worker sees.
+//!
+//! Each source has its own [`Segmenter`]. On first use it is rebuilt from
+//! the stored frames of the segment a previous run left open, so an
+//! interrupted scene goes on instead of being cut at the restart. The
+//! segments a batch closes, their keyframes queued for the captioner, and
+//! each source's open-segment marker are written in the batch's
+//! transaction.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::frame::SourceKey;
+use crate::segment::{ClosedSegment, SegmentFrame, Segmenter, SegmenterConfig};
+use crate::store::{
+    CaptionJob, CaptionState, NewSegment, OpenMarker, OpenSegmentRecord, SegmentRecord,
+    SegmentWrites, Store, StoreError,
+};
+
+/// The segmenter of one (stream, source) and the label its records carry.
+struct SourceSegments {
+    segmenter: Segmenter,
+    label: Arc<str>,
+}
+
+/// Where a source stands, as the checkpoints know it.
+#[derive(Debug, Clone, Copy)]
+pub struct SourcePosition {
+    /// The source's stream id.
+    pub stream_id: u32,
+    /// Frames after this pts are not stored yet (files; `None`: live).
+    pub resume_pts: Option<u64>,
+    /// Sampling interval, ns (a frame's duration).
+    pub interval_ns: u64,
+}
+
+/// The segmenters of the sources a worker has seen.
+pub struct SegmentTracker {
+    store: Store,
+    config: SegmenterConfig,
+    segmenters: HashMap<SourceKey, SourceSegments>,
+    /// Segments closed while rebuilding, written with the next write.
+    rebuilt: Vec<NewSegment>,
+}
+
+impl SegmentTracker {
+    /// A tracker that cuts with `config`.
+    pub fn new(store: Store, config: SegmenterConfig) -> Self {
+        Self {
+            store,
+            config,
+            segmenters: HashMap::new(),
+            rebuilt: Vec::new(),
+        }
+    }
+
+    /// Feeds one stored frame of `key` (labelled `label`); what it closes
+    /// goes into `writes`.
+    pub fn push(
+        &mut self,
+        key: &SourceKey,
+        label: &Arc<str>,
+        at: SourcePosition,
+        frame: SegmentFrame,
+        writes: &mut SegmentWrites,
+    ) {
+        let ts_ns = frame.ts_ns;
+        if let Some(seg) = self.segmenter(key, Some(label.clone()), at, ts_ns) {
+            for closed in seg.push(frame) {
+                writes
+                    .closed
+                    .push(new_segment(at.stream_id, label, key, closed));
+            }
+        }
+    }
+
+    /// Adds the segments closed by rebuilds (first, they are older) and the
+    /// open-segment markers of `touched` sources to `writes`.
+    pub fn finish_writes(&mut self, touched: &[(SourceKey, u32)], writes: &mut SegmentWrites) {
+        writes.closed.splice(0..0, self.rebuilt.drain(..));
+        for (key, stream_id) in touched {
+            if let Some(s) = self.segmenters.get(key) {
+                writes.open.push(OpenMarker {
+                    stream_id: *stream_id,
+                    source_id: key.source_id.to_string(),
+                    open: s.segmenter.open_state().map(|state| OpenSegmentRecord {
+                        state,
+                        label: s.label.to_string(),
+                    }),
+                });
+            }
+        }
+    }
+
+    /// Closes the open segment of `key` (rebuilt from the store when this
+    /// run saw none of its frames, e.g. a resume that delivered nothing).
+    pub fn close(&mut self, key: &SourceKey, at: SourcePosition) -> SegmentWrites {
+        let mut writes = SegmentWrites::default();
+        self.segmenter(key, None, at, i64::MAX);
+        if let Some(SourceSegments {
+            mut segmenter,
+            label,
+        }) = self.segmenters.remove(key)
+        {
+            for closed in segmenter.finish() {
+                writes
+                    .closed
+                    .push(new_segment(at.stream_id, &label, key, closed));
+            }
+            writes.open.push(OpenMarker {
+                stream_id: at.stream_id,
+                source_id: key.source_id.to_string(),
+                open: None,
+            });
+        }
+        writes.closed.splice(0..0, self.rebuilt.drain(..));
+        writes
+    }
+
+    /// Forgets a source's segmenter: its open segment stays in the store
+    /// and is rebuilt when the source comes back.
+    pub fn forget(&mut self, key: &SourceKey) {
+        self.segmenters.remove(key);
+    }
+
+    /// Live sources with a segmenter (they close theirs at shutdown).
+    pub fn live_sources(&self) -> Vec<SourceKey> {
+        self.segmenters
+            .keys()
+            .filter(|k| !k.source_id.resumes())
+            .cloned()
+            .collect()
+    }
+
+    /// The segmenter of `key`, rebuilt on first use. `label` is the
+    /// source's label (`None`: the one stored with the open segment, if
+    /// any); `until_ns` bounds the frames read back.
+    fn segmenter(
+        &mut self,
+        key: &SourceKey,
+        label: Option<Arc<str>>,
+        at: SourcePosition,
+        until_ns: i64,
+    ) -> Option<&mut Segmenter> {
+        if !self.segmenters.contains_key(key) {
+            let mut seg = Segmenter::new(self.config.clone());
+            let label = match self.rebuild(&mut seg, key, at, until_ns) {
+                Ok(Some((n, stored_label, closed))) => {
+                    tracing::info!(stream = %key.stream, frames = n, "Open segment rebuilt from the store.");
+                    let label = label.unwrap_or(stored_label);
+                    for c in closed {
+                        self.rebuilt.push(new_segment(at.stream_id, &label, key, c));
+                    }
+                    Some(label)
+                }
+                Ok(None) => label,
+                Err(error) => {
+                    tracing::warn!(%error, stream = %key.stream, "Cannot rebuild the open segment; a new one starts here.");
+                    label
+                }
+            };
+            self.segmenters.insert(
+                key.clone(),
+                SourceSegments {
+                    segmenter: seg,
+                    label: label?,
+                },
+            );
+        }
+        self.segmenters.get_mut(key).map(|s| &mut s.segmenter)
+    }
+
+    /// Feeds the stored frames of the open segment back into `seg` (files:
+    /// up to their checkpoint). Returns how many, the stored label, and
+    /// what they closed; `None` when no segment was left open.
+    #[allow(clippy::type_complexity)]
+    fn rebuild(
+        &self,
+        seg: &mut Segmenter,
+        key: &SourceKey,
+        at: SourcePosition,
+        until_ns: i64,
+    ) -> Result<Option<(usize, Arc<str>, Vec<ClosedSegment>)>, StoreError> {
+        let Some(open) = self
+            .store
+            .open_segment(at.stream_id, key.source_id.as_str())?
+        else {
+            return Ok(None);
+        };
+        let frames: Vec<SegmentFrame> = self
+            .store
+            .frames_between(at.stream_id, open.state.start_ns, until_ns, &open.label)?
+            .into_iter()
+            .take_while(|f| at.resume_pts.is_none_or(|p| f.record.pts_ns <= p))
+            .map(|f| SegmentFrame {
+                ts_ns: f.key.ts_ns,
+                pts_ns: f.record.pts_ns,
+                duration_ns: at.interval_ns,
+                embedding: f.embedding.into(),
+                tags: f.tags.sets.into_iter().map(|t| (t.set, t.top)).collect(),
+                caption_image: None,
+            })
+            .collect();
+        let n = frames.len();
+        let closed = seg.restore(&open.state, frames);
+        Ok(Some((n, open.label.as_str().into(), closed)))
+    }
+}
+
+/// The store record of a closed segment, its keyframe queued for a caption.
+fn new_segment(stream_id: u32, label: &str, key: &SourceKey, closed: ClosedSegment) -> NewSegment {
+    let caption_image = closed.caption_image.as_ref().map(|rgb| CaptionJob {
+        keyframe_ns: closed.keyframe_ns,
+        size: ((rgb.len() / 3) as f64).sqrt().round() as u32,
+        rgb: rgb.to_vec(),
+    });
+    NewSegment {
+        stream_id,
+        record: SegmentRecord {
+            start_ns: closed.start_ns,
+            end_ns: closed.end_ns,
+            start_pts_ns: closed.start_pts_ns,
+            source_label: label.to_string(),
+            source_id: key.source_id.to_string(),
+            frames: closed.frames,
+            keyframe_ns: closed.keyframe_ns,
+            keyframe_pts_ns: closed.keyframe_pts_ns,
+            tags: closed.tags,
+            caption: if caption_image.is_some() {
+                CaptionState::Pending
+            } else {
+                CaptionState::None
+            },
+        },
+        caption_image,
+    }
+}

@@ -1,0 +1,256 @@
+//! The worker loop: frames from the channel -> batches -> embeddings and
+//! tags -> checkpoints and segments -> one store transaction per batch.
+//!
+//! It runs on its own OS thread (model runs are CPU-bound and must stay off
+//! the async threads). Captioning runs elsewhere (see `caption`): this
+//! worker never waits for it. When every sender is gone the worker flushes
+//! its open batch and the store, then returns its totals.
+
+use std::sync::Arc;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use super::batch::{Batch, BatchAssembler};
+use super::embed::FrameEmbedder;
+use super::frame::{Frame, IngestEvent, SourceKey};
+use super::load::{FrameReceiver, PipelineLoad};
+use super::metrics;
+use super::segments::{SegmentTracker, SourcePosition};
+use super::sources::{SourceEnding, SourceTracker};
+use crate::store::{SegmentWrites, Store};
+
+/// Totals of a pipeline run.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PipelineTotals {
+    /// Frames embedded and stored.
+    pub frames: u64,
+    /// Of those, frames whose key was new in the store.
+    pub new_frames: u64,
+    /// Frames lost to model or store errors.
+    pub failed: u64,
+    /// Encoder batches run.
+    pub batches: u64,
+    /// Scene segments closed.
+    pub segments: u64,
+    /// Time spent in the image encoder.
+    pub inference_secs: f64,
+}
+
+/// Why frames were lost (a metric label).
+#[derive(Debug, Clone, Copy)]
+enum LossReason {
+    Inference,
+    Store,
+}
+
+impl LossReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Inference => "inference_error",
+            Self::Store => "store_error",
+        }
+    }
+}
+
+/// Embeds, tags and stores frames.
+pub(super) struct Worker {
+    pub(super) embedder: FrameEmbedder,
+    pub(super) store: Store,
+    pub(super) sources: SourceTracker,
+    pub(super) segments: Option<SegmentTracker>,
+    pub(super) load: Arc<PipelineLoad>,
+    pub(super) totals: PipelineTotals,
+}
+
+impl Worker {
+    /// Runs until every sender is gone, then flushes; returns the totals.
+    pub(super) fn run(
+        mut self,
+        rx: FrameReceiver,
+        mut assembler: BatchAssembler<Frame>,
+    ) -> PipelineTotals {
+        loop {
+            let timeout = assembler
+                .deadline()
+                .map_or(Duration::from_millis(500), |d| {
+                    d.saturating_duration_since(Instant::now())
+                });
+            match rx.recv_timeout(timeout) {
+                Ok(IngestEvent::Frame(frame)) => {
+                    if let Some(batch) = assembler.push(frame, Instant::now()) {
+                        self.process(batch);
+                    }
+                }
+                Ok(IngestEvent::SourceEnded { key, complete }) => {
+                    // The source's last frames go out before its checkpoint says complete.
+                    if let Some(batch) = assembler.drain() {
+                        self.process(batch);
+                    }
+                    self.end_source(&key, complete);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.load.beat();
+                    if let Some(batch) = assembler.poll(Instant::now()) {
+                        self.process(batch);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if let Some(batch) = assembler.drain() {
+            self.process(batch);
+        }
+        // Live sources close their segments; files keep theirs open in the
+        // store, to go on when replayed again.
+        if let Some(segments) = &self.segments {
+            for key in segments.live_sources() {
+                self.close_source(&key, false);
+            }
+        }
+        if let Err(error) = self.store.flush() {
+            tracing::error!(%error, "Store flush failed at shutdown.");
+        }
+        self.totals
+    }
+
+    fn process(&mut self, batch: Batch<Frame>) {
+        // Tells the captioner to hold off while a batch runs.
+        let load = self.load.clone();
+        let _running = load.batch_running();
+        let n = batch.items.len();
+        ::metrics::histogram!(metrics::BATCH_SIZE).record(n as f64);
+        ::metrics::counter!(metrics::BATCHES_FLUSHED, "reason" => batch.reason.as_str())
+            .increment(1);
+        let (embedded, secs) = match self.embedder.embed(&batch.items) {
+            Ok(e) => e,
+            Err(error) => {
+                tracing::error!(%error, frames = n, "Image encoder failed; batch dropped.");
+                self.fail_batch(&batch.items, LossReason::Inference);
+                return;
+            }
+        };
+        ::metrics::histogram!(metrics::INFERENCE_SECONDS).record(secs);
+        self.totals.inference_secs += secs;
+        self.totals.batches += 1;
+
+        let mut stored = Vec::with_capacity(n);
+        let mut segment_input = Vec::new();
+        let mut touched: Vec<(SourceKey, u32)> = Vec::new();
+        for (frame, embedded) in batch.items.iter().zip(embedded) {
+            let stream_id = match self.sources.record(frame) {
+                Ok(id) => id,
+                Err(error) => {
+                    tracing::error!(%error, stream = %frame.stream, "Cannot resolve stream; frame dropped.");
+                    continue;
+                }
+            };
+            let key = frame.source_key();
+            if !touched.iter().any(|(k, _)| k == &key) {
+                touched.push((key.clone(), stream_id));
+            }
+            if self.segments.is_some() && !self.sources.is_damaged(&key) {
+                segment_input.push((stream_id, frame, embedded.segment_input(frame)));
+            }
+            stored.push(embedded.into_stored(frame, stream_id));
+        }
+        let keys: Vec<SourceKey> = touched.iter().map(|(k, _)| k.clone()).collect();
+        let checkpoints = self.sources.updates(&keys);
+        let mut writes = SegmentWrites::default();
+        if let Some(segments) = &mut self.segments {
+            for (stream_id, frame, input) in segment_input {
+                let key = frame.source_key();
+                let at = SourcePosition {
+                    stream_id,
+                    resume_pts: self.sources.resume_pts(&key),
+                    interval_ns: frame.sample_interval_ns,
+                };
+                segments.push(&key, &frame.source_label, at, input, &mut writes);
+            }
+            segments.finish_writes(&touched, &mut writes);
+        }
+        match self.store.write(&stored, &checkpoints, &writes) {
+            Ok(new) => {
+                self.totals.segments += writes.closed.len() as u64;
+                ::metrics::counter!(metrics::SEGMENTS).increment(writes.closed.len() as u64);
+                self.totals.frames += stored.len() as u64;
+                self.load.add_stored(stored.len() as u64);
+                self.totals.new_frames += new as u64;
+                for frame in &batch.items {
+                    ::metrics::counter!(metrics::FRAMES_STORED, "stream" => frame.stream.to_string()).increment(1);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, frames = n, "Store write failed; batch dropped.");
+                self.fail_batch(&batch.items, LossReason::Store);
+            }
+        }
+    }
+
+    fn fail_batch(&mut self, frames: &[Frame], reason: LossReason) {
+        self.totals.failed += frames.len() as u64;
+        for f in frames {
+            let key = f.source_key();
+            // A file's segments are rebuilt by the replay that fills the
+            // hole. A live source's segmenter restarts from the store (the
+            // lost frames are a gap) and segmentation goes on.
+            self.sources.lost_frame(&key);
+            if let Some(segments) = &mut self.segments {
+                segments.forget(&key);
+            }
+            ::metrics::counter!(metrics::FRAMES_DROPPED, "stream" => f.stream.to_string(), "reason" => reason.as_str()).increment(1);
+        }
+    }
+
+    /// A source ended: recorded as [`SourceTracker::end`] decides.
+    fn end_source(&mut self, key: &SourceKey, complete: bool) {
+        match self.sources.end(key, complete) {
+            SourceEnding::Close { complete } => self.close_source(key, complete),
+            SourceEnding::Damaged | SourceEnding::Suspend => {
+                if let Some(segments) = &mut self.segments {
+                    segments.forget(key);
+                }
+            }
+        }
+        self.sources.forget(key);
+    }
+
+    /// Closes the open segment of a source and, if `complete`, marks its
+    /// checkpoint complete, in one write.
+    fn close_source(&mut self, key: &SourceKey, complete: bool) {
+        let stream = &key.stream;
+        let position = self.sources.stream_id(key).and_then(|stream_id| {
+            Ok(SourcePosition {
+                stream_id,
+                resume_pts: None,
+                interval_ns: self.sources.sample_interval_ns(key)?,
+            })
+        });
+        let update = if complete {
+            Some(self.sources.complete(key))
+        } else {
+            None
+        };
+        let (mut at, update) = match (position, update.transpose()) {
+            (Ok(at), Ok(update)) => (at, update),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!(%error, %stream, "Cannot record the end of a source.");
+                return;
+            }
+        };
+        at.resume_pts = self.sources.resume_pts(key);
+        let writes = match &mut self.segments {
+            Some(segments) => segments.close(key, at),
+            None => SegmentWrites::default(),
+        };
+        let updates: Vec<_> = update.into_iter().collect();
+        if updates.is_empty() && writes.is_empty() {
+            return;
+        }
+        match self.store.write(&[], &updates, &writes) {
+            Ok(_) => self.totals.segments += writes.closed.len() as u64,
+            Err(error) => {
+                tracing::error!(%error, %stream, "Cannot record the end of a source.")
+            }
+        }
+    }
+}

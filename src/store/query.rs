@@ -1,0 +1,275 @@
+//! Reading frames back: filtered scans in (camera, time) order, vector
+//! search over one model's embeddings, store statistics.
+
+use std::collections::BinaryHeap;
+
+use super::{
+    FRAMES_TREE, FrameKey, FrameRecord, SetTag, Store, StoreError, TAGS_TREE, TagRecord, keys,
+    schema,
+};
+
+/// Which frames a query looks at.
+#[derive(Debug, Clone, Default)]
+pub struct FrameFilter {
+    /// Stream names; `None` = all.
+    pub streams: Option<Vec<String>>,
+    /// Earliest frame time, ns (inclusive).
+    pub from_ns: Option<i64>,
+    /// Latest frame time, ns (inclusive).
+    pub to_ns: Option<i64>,
+    /// `(set, class)` pairs that must all be the frame's top class.
+    pub tags: Vec<(String, String)>,
+    /// Minimum probability of each tag in `tags`.
+    pub min_tag_score: Option<f32>,
+}
+
+/// A frame with its metadata, as returned by queries.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FrameEntry {
+    /// Stream name.
+    pub stream: String,
+    /// Frame time, ns.
+    pub ts_ns: i64,
+    /// Metadata.
+    pub record: FrameRecord,
+    /// Tags (empty if none stored).
+    pub tags: Vec<SetTag>,
+}
+
+/// One search result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SearchHit {
+    /// Cosine similarity to the query.
+    pub score: f32,
+    /// The frame.
+    #[serde(flatten)]
+    pub frame: FrameEntry,
+}
+
+/// Store size figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreStats {
+    /// Frames per stream.
+    pub frames: Vec<(String, u64)>,
+    /// Bytes sled uses on disk.
+    pub disk_bytes: u64,
+}
+
+/// The typed store.
+impl Store {
+    /// Resolves a filter's streams to `(id, name)`; unknown names are errors.
+    fn filter_streams(&self, filter: &FrameFilter) -> Result<Vec<(u32, String)>, StoreError> {
+        let all = self.streams()?;
+        match &filter.streams {
+            None => Ok(all.into_iter().map(|s| (s.id, s.name)).collect()),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    all.iter()
+                        .find(|s| &s.name == n)
+                        .map(|s| (s.id, s.name.clone()))
+                        .ok_or_else(|| StoreError::UnknownStream(n.clone()))
+                })
+                .collect(),
+        }
+    }
+
+    /// Calls `visit` for every frame key that passes `filter`, in
+    /// (stream, time) order per stream. `visit` returns false to stop.
+    fn scan(
+        &self,
+        filter: &FrameFilter,
+        mut visit: impl FnMut(FrameKey) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let from = filter.from_ns.unwrap_or(i64::MIN);
+        let to = filter.to_ns.unwrap_or(i64::MAX);
+        for (id, _) in self.filter_streams(filter)? {
+            let range = FrameKey::range(id, from, to);
+            if let Some((set, class)) = filter.tags.first() {
+                // The first tag filter drives the scan through the index.
+                let prefix = keys::tag_index_prefix(set, class);
+                let mut start = prefix.clone();
+                start.extend_from_slice(range.start());
+                let mut end = prefix.clone();
+                end.extend_from_slice(range.end());
+                for kv in self.tag_index.range(start..=end) {
+                    let (k, score) = kv.map_err(|e| self.err(e))?;
+                    let Some(key) = FrameKey::decode(&k[prefix.len()..]) else {
+                        continue;
+                    };
+                    let score = f32::from_be_bytes(score.as_ref().try_into().unwrap_or([0; 4]));
+                    if filter.min_tag_score.is_some_and(|m| score < m)
+                        || !self.other_tags_match(&key, filter)?
+                    {
+                        continue;
+                    }
+                    if !visit(key)? {
+                        return Ok(());
+                    }
+                }
+            } else {
+                for kv in self.frames.range(range) {
+                    let (k, _) = kv.map_err(|e| self.err(e))?;
+                    let Some(key) = FrameKey::decode(&k) else {
+                        continue;
+                    };
+                    if !visit(key)? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn other_tags_match(&self, key: &FrameKey, filter: &FrameFilter) -> Result<bool, StoreError> {
+        if filter.tags.len() < 2 {
+            return Ok(true);
+        }
+        let tags = self.tags_of(key)?;
+        Ok(filter.tags[1..].iter().all(|(set, class)| {
+            tags.get(set).is_some_and(|t| {
+                &t.top == class && filter.min_tag_score.is_none_or(|m| t.score >= m)
+            })
+        }))
+    }
+
+    fn tags_of(&self, key: &FrameKey) -> Result<TagRecord, StoreError> {
+        match self.tags.get(key.encode()).map_err(|e| self.err(e))? {
+            Some(v) => schema::decode(TAGS_TREE, &v),
+            None => Ok(TagRecord { sets: Vec::new() }),
+        }
+    }
+
+    fn entry(
+        &self,
+        key: &FrameKey,
+        names: &std::collections::HashMap<u32, String>,
+    ) -> Result<Option<FrameEntry>, StoreError> {
+        let Some(v) = self.frames.get(key.encode()).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        Ok(Some(FrameEntry {
+            stream: names.get(&key.stream_id).cloned().unwrap_or_default(),
+            ts_ns: key.ts_ns,
+            record: schema::decode(FRAMES_TREE, &v)?,
+            tags: self.tags_of(key)?.sets,
+        }))
+    }
+
+    /// Frames passing `filter`, in (stream, time) order, at most `limit`.
+    pub fn frames(
+        &self,
+        filter: &FrameFilter,
+        limit: usize,
+    ) -> Result<Vec<FrameEntry>, StoreError> {
+        let mut out = Vec::new();
+        if limit > 0 {
+            self.for_each_frame(filter, |e| {
+                out.push(e);
+                out.len() < limit
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Streams the frames passing `filter` to `visit` in (stream, time)
+    /// order, without collecting them; `visit` returns false to stop.
+    pub fn for_each_frame(
+        &self,
+        filter: &FrameFilter,
+        mut visit: impl FnMut(FrameEntry) -> bool,
+    ) -> Result<(), StoreError> {
+        let names = self.stream_names()?;
+        self.scan(filter, |key| match self.entry(&key, &names)? {
+            Some(e) => Ok(visit(e)),
+            None => Ok(true),
+        })
+    }
+
+    /// The `top_k` frames most similar to `query` (normalised) among those
+    /// passing `filter`, best first; only scores >= `min_score`.
+    pub fn search(
+        &self,
+        query: &[f32],
+        filter: &FrameFilter,
+        top_k: usize,
+        min_score: Option<f32>,
+    ) -> Result<Vec<SearchHit>, StoreError> {
+        if query.len() != self.embed_dim {
+            return Err(StoreError::Dimension {
+                expected: self.embed_dim,
+                actual: query.len(),
+            });
+        }
+        // Min-heap of the best `top_k` (score, key) so far.
+        let mut heap: BinaryHeap<std::cmp::Reverse<(OrdF32, FrameKey)>> =
+            BinaryHeap::with_capacity(top_k + 1);
+        self.scan(filter, |key| {
+            let Some(e) = self.embeddings.get(key.encode()).map_err(|e| self.err(e))? else {
+                return Ok(true);
+            };
+            let score: f32 = schema::decode_embedding(&e)
+                .iter()
+                .zip(query)
+                .map(|(a, b)| a * b)
+                .sum();
+            // A non-finite score (corrupt embedding) would sort first: skip it.
+            if score.is_finite() && min_score.is_none_or(|m| score >= m) {
+                heap.push(std::cmp::Reverse((OrdF32(score), key)));
+                if heap.len() > top_k {
+                    heap.pop();
+                }
+            }
+            Ok(true)
+        })?;
+        let names = self.stream_names()?;
+        let mut hits = Vec::with_capacity(heap.len());
+        for std::cmp::Reverse((OrdF32(score), key)) in heap.into_sorted_vec() {
+            if let Some(frame) = self.entry(&key, &names)? {
+                hits.push(SearchHit { score, frame });
+            }
+        }
+        Ok(hits)
+    }
+
+    /// The stored embedding of a frame (current model).
+    pub fn embedding(&self, key: &FrameKey) -> Result<Option<Vec<f32>>, StoreError> {
+        Ok(self
+            .embeddings
+            .get(key.encode())
+            .map_err(|e| self.err(e))?
+            .map(|v| schema::decode_embedding(&v)))
+    }
+
+    /// Frame counts per stream and bytes on disk.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let mut frames = Vec::new();
+        for s in self.streams()? {
+            let n = self
+                .frames
+                .range(FrameKey::range(s.id, i64::MIN, i64::MAX))
+                .count() as u64;
+            frames.push((s.name, n));
+        }
+        Ok(StoreStats {
+            frames,
+            disk_bytes: self.db.size_on_disk().map_err(|e| self.err(e))?,
+        })
+    }
+}
+
+/// Total order on scores for the heap (scores are finite here).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrdF32(f32);
+impl Eq for OrdF32 {}
+impl PartialOrd for OrdF32 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for OrdF32 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
