@@ -100,7 +100,7 @@ pub async fn run(
         .map(|s| s.validate().map_err(DaemonError::Config))
         .collect::<Result<Vec<_>, _>>()?;
     let stop = Arc::new(AtomicBool::new(false));
-    let pipeline = Pipeline::start(
+    let mut pipeline = Pipeline::start(
         PipelineParts {
             model: parts.model.clone(),
             tagger: parts.tagger.clone(),
@@ -145,6 +145,9 @@ pub async fn run(
                 .expect("spawn an ingest thread"),
         );
     }
+    // When every stream has finished, the worker stores what it holds and
+    // flushes while the API keeps serving.
+    pipeline.seal();
     let captions = parts.captioner.clone().map(|c| {
         crate::caption::CaptionWorker::spawn(
             c,

@@ -122,7 +122,12 @@ impl Supervisor {
 
     /// Files continue after their checkpoint; a finished file is done. A
     /// store that cannot be read means starting over (keys are idempotent).
+    /// Every stream is registered in the store on its first attempt, so
+    /// `/api/streams` lists a camera that has not delivered a frame yet.
     fn resume_point(&self, source_id: &SourceId) -> ResumePoint {
+        if let Err(error) = self.store.stream_id(&self.spec.stream) {
+            tracing::warn!(stream = %self.spec.stream, %error, "Cannot register the stream in the store.");
+        }
         ResumePoint::of(
             &self.store,
             &self.spec.stream,

@@ -68,7 +68,10 @@ pub fn decode_frames_at(
     let mut found = 0;
     loop {
         if let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
-            with_rgb(&sample, |pts, rgb| visit(pts, rgb)).map_err(|e| err("export", e))?;
+            // The sample's own errors name the appsink; the visitor's, the export.
+            with_rgb(&sample, |pts, rgb| Ok(visit(pts, rgb)))
+                .map_err(|e| err("appsink", e))?
+                .map_err(|e| err("export", e))?;
             found += 1;
             if found == wanted.len() {
                 break;

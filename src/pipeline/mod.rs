@@ -70,7 +70,8 @@ pub struct PipelineSettings {
 
 /// A running pipeline.
 pub struct Pipeline {
-    input: FrameSender,
+    /// The pipeline's own sender; `None` once sealed.
+    input: Option<FrameSender>,
     load: Arc<PipelineLoad>,
     preprocessing: FramePreprocessing,
     store: Store,
@@ -128,7 +129,7 @@ impl Pipeline {
             })
             .expect("spawn the inference thread");
         Self {
-            input,
+            input: Some(input),
             load,
             preprocessing,
             store,
@@ -138,8 +139,18 @@ impl Pipeline {
     }
 
     /// A sender for an ingest thread.
+    ///
+    /// # Panics
+    /// After [`Pipeline::seal`]: no new source may join then.
     pub fn input(&self) -> FrameSender {
-        self.input.clone()
+        self.input.clone().expect("Pipeline::input after seal")
+    }
+
+    /// No new senders: the worker drains, closes live segments and flushes
+    /// as soon as the ingest threads' senders are gone (all streams
+    /// finished), without waiting for [`Pipeline::finish`].
+    pub fn seal(&mut self) {
+        self.input = None;
     }
 
     /// The load handle (caption pacing, progress, liveness).
