@@ -11,6 +11,9 @@ use commands::cli::{self, Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run) {
+        restore_sigpipe();
+    }
     init_logging(cli.log_format, cli.verbose);
     let result = match &cli.command {
         Command::Run => commands::run::run(cli.config.as_deref()),
@@ -46,6 +49,17 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One-shot commands end quietly when their reader goes away (`roadrep
+/// search --json | head`), as Unix tools do, instead of panicking in
+/// `println!` on EPIPE. The daemon keeps Rust's default (SIGPIPE ignored),
+/// so a client that hangs up is an error on its socket, not a kill.
+fn restore_sigpipe() {
+    // SAFETY: resetting a signal disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -44,6 +44,7 @@ impl From<StoreError> for ApiError {
         let status = match e {
             StoreError::UnknownStream(_) => StatusCode::NOT_FOUND,
             StoreError::Dimension { .. } => StatusCode::BAD_REQUEST,
+            StoreError::NoEmbeddings { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self {

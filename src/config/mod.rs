@@ -169,6 +169,9 @@ impl Default for TaggingConfig {
     }
 }
 
+/// Most ONNX Runtime threads a model may be given.
+pub const MAX_THREADS: usize = 256;
+
 impl RoadrepConfig {
     /// Reads a config file and resolves its relative paths.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -211,6 +214,20 @@ impl RoadrepConfig {
             if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
                 return Err(invalid(format!("{name} {v} must be in (0, 86400]")));
             }
+        }
+        // More threads than any box has cores only costs memory (each ONNX
+        // Runtime thread keeps its own scratch buffers).
+        if config.models.intra_threads > MAX_THREADS {
+            return Err(invalid(format!(
+                "models.intra_threads {} must be in 0..={MAX_THREADS} (0 = all cores)",
+                config.models.intra_threads
+            )));
+        }
+        if config.captions.intra_threads == 0 || config.captions.intra_threads > MAX_THREADS {
+            return Err(invalid(format!(
+                "captions.intra_threads {} must be in 1..={MAX_THREADS}",
+                config.captions.intra_threads
+            )));
         }
         if config.ingest.queue_frames == 0 {
             return Err(invalid("ingest.queue_frames must be at least 1".into()));
@@ -288,6 +305,31 @@ impl RoadrepConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_counts_are_bounded() {
+        for (text, field) in [
+            (
+                "[models]\nintra_threads = 100000\n",
+                "models.intra_threads 100000",
+            ),
+            (
+                "[captions]\nintra_threads = 0\n",
+                "captions.intra_threads 0",
+            ),
+            (
+                "[captions]\nintra_threads = 300\n",
+                "captions.intra_threads 300",
+            ),
+        ] {
+            let e = RoadrepConfig::parse(Path::new("r.toml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("r.toml") && e.contains(field), "{e}");
+        }
+        let ok = RoadrepConfig::parse(Path::new("r.toml"), "[models]\nintra_threads = 256\n");
+        assert!(ok.is_ok());
+    }
 
     #[test]
     fn unknown_key_and_wrong_type_name_the_field() {

@@ -97,8 +97,13 @@ pub struct SourceCounters {
 }
 
 impl SourceCounters {
-    /// Sampled frames the consumer never got (live sources behind).
+    /// Sampled frames the consumer never got (live sources behind). A
+    /// file or other non-live source waits for the consumer and never
+    /// drops: what it sampled and has not delivered yet is in flight.
     pub fn dropped(&self) -> u64 {
+        if !self.live.load(Ordering::Relaxed) {
+            return 0;
+        }
         self.sampled
             .load(Ordering::Relaxed)
             .saturating_sub(self.delivered.load(Ordering::Relaxed))
@@ -296,7 +301,17 @@ fn to_frame(
         None => None,
     };
     let ts_ns = match origin.file_base_ns {
-        Some(base) => base.saturating_add(pts_ns as i64),
+        // Keys hold i64 ns: a saturated time would make frames overwrite
+        // each other, so a time past 2262-04-11 is an error.
+        Some(base) => i64::try_from(pts_ns)
+            .ok()
+            .and_then(|pts| base.checked_add(pts))
+            .ok_or_else(|| {
+                format!(
+                    "frame time out of range: start + pts {:.3} s passes 2262-04-11, the last time the store can hold",
+                    pts_ns as f64 / 1e9
+                )
+            })?,
         None => now_ns(),
     };
     Ok(Frame {
@@ -311,4 +326,20 @@ fn to_frame(
         caption_image,
         sample_interval_ns: FrameSampler::interval_ns(origin.spec.sample_fps),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_live_sources_count_drops() {
+        let c = SourceCounters::default();
+        c.sampled.store(5, Ordering::Relaxed);
+        c.delivered.store(3, Ordering::Relaxed);
+        // A file waits for the consumer: two frames are in flight, not lost.
+        assert_eq!(c.dropped(), 0);
+        c.live.store(true, Ordering::Relaxed);
+        assert_eq!(c.dropped(), 2);
+    }
 }

@@ -95,6 +95,15 @@ pub enum StoreError {
     /// A query named a stream the store has never seen.
     #[error("unknown camera '{0}'")]
     UnknownStream(String),
+    /// A search with a model whose embeddings the store does not hold.
+    #[error(
+        "store '{path}' holds no embeddings of model {fingerprint}; it holds embeddings of: {held} (search with that model, or replay the clips with this one to index them)"
+    )]
+    NoEmbeddings {
+        path: PathBuf,
+        fingerprint: String,
+        held: String,
+    },
     /// An embedding of the wrong dimension.
     #[error("embedding has {actual} values, the store's model has {expected}")]
     Dimension { expected: usize, actual: usize },

@@ -4,8 +4,8 @@
 use std::collections::BinaryHeap;
 
 use super::{
-    FRAMES_TREE, FrameKey, FrameRecord, SetTag, Store, StoreError, TAGS_TREE, TagRecord, keys,
-    schema,
+    EMBEDDINGS_TREE_PREFIX, FRAMES_TREE, FrameKey, FrameRecord, SetTag, Store, StoreError,
+    TAGS_TREE, TagRecord, keys, schema,
 };
 
 /// Which frames a query looks at.
@@ -202,6 +202,7 @@ impl Store {
                 actual: query.len(),
             });
         }
+        self.check_indexed()?;
         // Min-heap of the best `top_k` (score, key) so far.
         let mut heap: BinaryHeap<std::cmp::Reverse<(OrdF32, FrameKey)>> =
             BinaryHeap::with_capacity(top_k + 1);
@@ -231,6 +232,38 @@ impl Store {
             }
         }
         Ok(hits)
+    }
+
+    /// Frames stored, but none embedded by this store's model: a search
+    /// would find nothing, so say which models the store does hold.
+    fn check_indexed(&self) -> Result<(), StoreError> {
+        if !self.embeddings.is_empty() || self.frames.is_empty() {
+            return Ok(());
+        }
+        let model_of = |name: &[u8]| {
+            String::from_utf8_lossy(name)
+                .strip_prefix(EMBEDDINGS_TREE_PREFIX)
+                .map(str::to_string)
+        };
+        let mut held = Vec::new();
+        for name in self.db.tree_names() {
+            let Some(model) = model_of(&name) else {
+                continue;
+            };
+            let tree = self.db.open_tree(&name).map_err(|e| self.err(e))?;
+            if !tree.is_empty() {
+                held.push(model);
+            }
+        }
+        Err(StoreError::NoEmbeddings {
+            path: self.path.clone(),
+            fingerprint: model_of(&self.embeddings.name()).unwrap_or_default(),
+            held: if held.is_empty() {
+                "none".into()
+            } else {
+                held.join(", ")
+            },
+        })
     }
 
     /// The stored embedding of a frame (current model).

@@ -201,14 +201,28 @@ fn another_model_does_not_see_these_embeddings() {
         1,
         "frames are shared"
     );
+    // Zero hits would look like "nothing matches": the search says which
+    // models the store holds instead.
+    let e = other
+        .search(
+            &unit([1.0, 0.0, 0.0, 0.0]),
+            &FrameFilter::default(),
+            10,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
     assert!(
-        other
-            .search(
-                &unit([1.0, 0.0, 0.0, 0.0]),
-                &FrameFilter::default(),
-                10,
-                None
-            )
+        e.contains("no embeddings of model fingerprint-b")
+            && e.contains("holds embeddings of: fingerprint-a"),
+        "{e}"
+    );
+    // An empty store has nothing to search: no error.
+    let empty = Store::open(&dir.path().join("empty"), "fingerprint-b", DIM).unwrap();
+    let q = unit([1.0, 0.0, 0.0, 0.0]);
+    assert!(
+        empty
+            .search(&q, &FrameFilter::default(), 10, None)
             .unwrap()
             .is_empty()
     );
