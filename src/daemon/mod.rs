@@ -227,16 +227,28 @@ pub async fn run(
     Ok(totals)
 }
 
-/// Pings the systemd watchdog (when systemd asked for it) while the
-/// inference worker lives, until shutdown.
+/// Pings the systemd watchdog (when systemd asked for it) every
+/// `WatchdogSec/2` while the inference worker is responsive: it finished a
+/// batch or waited idle within that time. A hung model run or store write
+/// withholds the pings, so systemd restarts the service.
 fn spawn_watchdog(
     stop: Arc<AtomicBool>,
     load: Arc<PipelineLoad>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let period = sd_notify::watchdog_enabled()? / 2;
     Some(tokio::spawn(async move {
+        let mut withheld = false;
         while !stop.load(Ordering::Relaxed) && load.worker_alive() {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            if load.worker_responsive(period) {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                withheld = false;
+            } else if !withheld {
+                tracing::error!(
+                    silent_secs = load.since_heartbeat().as_secs_f64(),
+                    "The inference worker shows no life; watchdog pings withheld."
+                );
+                withheld = true;
+            }
             tokio::time::sleep(period).await;
         }
     }))

@@ -27,6 +27,8 @@ pub struct PipelineLoad {
     heartbeat_ms: AtomicU64,
     /// Cleared when the worker thread panics.
     alive: AtomicBool,
+    /// Set when the worker returned (every sender gone): not hung, done.
+    finished: AtomicBool,
     epoch: Instant,
 }
 
@@ -38,6 +40,7 @@ impl Default for PipelineLoad {
             stored: AtomicU64::new(0),
             heartbeat_ms: AtomicU64::new(0),
             alive: AtomicBool::new(true),
+            finished: AtomicBool::new(false),
             epoch: Instant::now(),
         }
     }
@@ -74,6 +77,18 @@ impl PipelineLoad {
     /// Whether the worker thread is alive (false after a panic).
     pub fn worker_alive(&self) -> bool {
         self.alive.load(Ordering::Relaxed)
+    }
+
+    /// Whether the worker shows life: it finished a batch or waited idle
+    /// within `within`, or it returned normally. A hung model run or store
+    /// write stops the heartbeat; a panic makes this false for good.
+    pub fn worker_responsive(&self, within: Duration) -> bool {
+        self.worker_alive()
+            && (self.finished.load(Ordering::Relaxed) || self.since_heartbeat() <= within)
+    }
+
+    pub(super) fn worker_finished(&self) {
+        self.finished.store(true, Ordering::Relaxed);
     }
 
     pub(super) fn beat(&self) {
@@ -168,4 +183,31 @@ pub fn frame_channel(capacity: usize, load: Arc<PipelineLoad>) -> (FrameSender, 
         },
         FrameReceiver { rx, load },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_that_stops_beating_is_not_responsive() {
+        let load = PipelineLoad::new();
+        let within = Duration::from_millis(80);
+        load.beat();
+        assert!(load.worker_responsive(within));
+        // A hung batch: no beat for longer than `within`.
+        let running = load.batch_running();
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(!load.worker_responsive(within));
+        // The batch ends: its guard beats.
+        drop(running);
+        assert!(load.worker_responsive(within));
+        // A worker that returned is done, not hung, however long ago.
+        load.worker_finished();
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(load.worker_responsive(within));
+        // A panic is never responsive.
+        load.worker_died();
+        assert!(!load.worker_responsive(within));
+    }
 }

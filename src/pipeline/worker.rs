@@ -110,6 +110,7 @@ impl Worker {
         if let Err(error) = self.store.flush() {
             tracing::error!(%error, "Store flush failed at shutdown.");
         }
+        self.load.worker_finished();
         self.totals
     }
 
