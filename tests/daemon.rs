@@ -274,6 +274,40 @@ fn streams_land_together_a_broken_one_fails_alone_and_search_filters_work() {
         "{by_image}"
     );
 
+    // Every route refuses the same bad values with a JSON 400 naming them
+    // (they used to be clamped, or matched nothing with a 200).
+    for (path, needle) in [
+        ("/api/search?q=x&top=10001", "top must be at most 10000"),
+        ("/api/frames?top=10001", "top must be at most 10000"),
+        ("/api/segments?top=10001", "top must be at most 10000"),
+        ("/api/search?q=x&tag=nope:x", "no label set 'nope'"),
+        ("/api/frames?tag=weather:purple", "no class 'purple'"),
+        ("/api/search?q=x&min_score=NaN", "min_score NaN"),
+        (
+            "/api/search?q=x&tag=weather:foggy&min_tag_score=2",
+            "min_tag_score 2",
+        ),
+    ] {
+        let (status, e) = get(&addr, path);
+        assert_eq!(status, 400, "{path}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(needle), "{path}: {e}");
+    }
+    // Unknown routes, wrong methods and oversized bodies answer in JSON too.
+    let (status, e) = get(&addr, "/api/nope");
+    assert_eq!((status, e["error"].is_string()), (404, true), "{e}");
+    let mut r = agent
+        .post(format!("http://{addr}/api/search?q=x"))
+        .send(&b""[..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert!(r.body_mut().read_json::<Value>().unwrap()["error"].is_string());
+    let mut r = agent
+        .post(format!("http://{addr}/api/search/image"))
+        .send(&vec![0u8; (32 << 20) + 1][..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    assert!(r.body_mut().read_json::<Value>().unwrap()["error"].is_string());
+
     stop_tx.send(()).unwrap();
     let totals = daemon.join().unwrap().unwrap();
     assert_eq!(totals.frames, 16);

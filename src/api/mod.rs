@@ -38,6 +38,8 @@ pub struct ApiState {
     pub store: Store,
     /// Model for query embeddings.
     pub model: Arc<ClipModel>,
+    /// The label sets tag filters must name.
+    pub tagger: Arc<crate::tagging::SceneTagger>,
     /// Prometheus renderer, if metrics are installed.
     pub metrics: Option<PrometheusHandle>,
     /// Stream states, updated by the daemon.
@@ -58,6 +60,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/streams", get(routes::streams))
         .route("/api/segments", get(routes::segments))
         .route("/api/summary", get(routes::summary))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
         .with_state(state)
 }

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -129,6 +129,7 @@ pub async fn text_search(
     req: Result<Query<SearchRequest>, QueryRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
     let Query(req) = req.map_err(query_error)?;
+    req.check_labels(state.tagger.class_embeddings())?;
     let s = state.clone();
     let hits = blocking(&state, move || {
         Ok(search::text_search(&s.store, &s.model, &req)?)
@@ -142,9 +143,15 @@ pub async fn text_search(
 pub async fn image_search(
     State(state): State<ApiState>,
     req: Result<Query<SearchRequest>, QueryRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
     let Query(req) = req.map_err(query_error)?;
+    // Too large (413) and unreadable bodies answer in JSON like the rest.
+    let body = body.map_err(|e| ApiError {
+        status: e.status(),
+        message: format!("body: {}", e.body_text()),
+    })?;
+    req.check_labels(state.tagger.class_embeddings())?;
     if body.is_empty() {
         return Err(ApiError::bad_request("body: send the query image's bytes"));
     }
@@ -170,7 +177,8 @@ pub async fn frames(
     req: Result<Query<SearchRequest>, QueryRejection>,
 ) -> Result<Json<Vec<FrameView>>, ApiError> {
     let Query(req) = req.map_err(query_error)?;
-    let limit = req.top.unwrap_or(100).min(search::MAX_RESULTS);
+    let limit = search::bounded_top(req.top, 100)?;
+    req.check_labels(state.tagger.class_embeddings())?;
     let filter = req.filter()?;
     let s = state.clone();
     let frames = blocking(&state, move || Ok(s.store.frames(&filter, limit)?)).await?;
@@ -287,4 +295,20 @@ pub async fn summary(
     let Json(views) = segments(State(state), req).await?;
     let text: String = views.iter().map(|v| format!("{}\n", v.line)).collect();
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}
+
+/// Unknown routes: 404 in JSON.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("no route {}", uri.path()),
+    }
+}
+
+/// A known route with the wrong method: 405 in JSON.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!("{method} is not allowed on {}", uri.path()),
+    }
 }

@@ -160,6 +160,7 @@ pub async fn run(
     let state = ApiState {
         store: parts.store.clone(),
         model: parts.model.clone(),
+        tagger: parts.tagger.clone(),
         metrics: parts.metrics,
         streams: statuses.clone(),
         limit: Arc::new(Semaphore::new(config.api.max_concurrent_requests.max(1))),

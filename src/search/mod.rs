@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::models::{ClipModel, ModelError, RgbFrame};
 use crate::store::{FrameFilter, SearchHit, Store, StoreError};
-use crate::tagging::score::l2_normalize;
+use crate::tagging::score::{ClassEmbeddings, l2_normalize};
 
 /// Errors of a search: bad request vs. failures behind it.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +125,20 @@ impl SearchRequest {
             tags,
             min_tag_score: self.min_tag_score,
         };
+        if let Some(m) = self.min_tag_score
+            && !(0.0..=1.0).contains(&m)
+        {
+            return Err(SearchError::BadRequest(format!(
+                "min_tag_score {m} must be a probability in [0, 1]"
+            )));
+        }
+        if let Some(m) = self.min_score
+            && !(-1.0..=1.0).contains(&m)
+        {
+            return Err(SearchError::BadRequest(format!(
+                "min_score {m} must be a cosine similarity in [-1, 1]"
+            )));
+        }
         if filter.min_tag_score.is_some() && filter.tags.is_empty() {
             return Err(SearchError::BadRequest(
                 "min_tag_score needs a tag filter".into(),
@@ -135,13 +149,40 @@ impl SearchRequest {
 
     /// Requested result count, bounded.
     pub fn top(&self) -> Result<usize, SearchError> {
-        match self.top.unwrap_or(DEFAULT_TOP) {
-            0 => Err(SearchError::BadRequest("top must be at least 1".into())),
-            n if n > MAX_RESULTS => Err(SearchError::BadRequest(format!(
-                "top must be at most {MAX_RESULTS}"
-            ))),
-            n => Ok(n),
+        bounded_top(self.top, DEFAULT_TOP)
+    }
+
+    /// Checks that every tag filter names a label set and one of its
+    /// classes: a typo would otherwise match nothing, silently.
+    pub fn check_labels(&self, labels: &ClassEmbeddings) -> Result<(), SearchError> {
+        for (set, class) in self.filter()?.tags {
+            let Some(s) = labels.sets.iter().find(|s| s.name == set) else {
+                let names: Vec<&str> = labels.sets.iter().map(|s| s.name.as_str()).collect();
+                return Err(SearchError::BadRequest(format!(
+                    "tag '{set}:{class}': no label set '{set}' (sets: {})",
+                    names.join(", ")
+                )));
+            };
+            if !s.classes.contains(&class) {
+                return Err(SearchError::BadRequest(format!(
+                    "tag '{set}:{class}': '{set}' has no class '{class}' (classes: {})",
+                    s.classes.join(", ")
+                )));
+            }
         }
+        Ok(())
+    }
+}
+
+/// `top` of a request (or `default`), refused outside `1..=MAX_RESULTS`
+/// the same way by every route.
+pub fn bounded_top(top: Option<usize>, default: usize) -> Result<usize, SearchError> {
+    match top.unwrap_or(default) {
+        0 => Err(SearchError::BadRequest("top must be at least 1".into())),
+        n if n > MAX_RESULTS => Err(SearchError::BadRequest(format!(
+            "top must be at most {MAX_RESULTS}"
+        ))),
+        n => Ok(n),
     }
 }
 

@@ -46,11 +46,7 @@ impl SegmentsRequest {
             to_ns,
             caption_words: self.q.iter().cloned().collect(),
             source: self.source.clone(),
-            limit: Some(
-                self.top
-                    .unwrap_or(DEFAULT_SEGMENTS)
-                    .min(crate::search::MAX_RESULTS),
-            ),
+            limit: Some(crate::search::bounded_top(self.top, DEFAULT_SEGMENTS)?),
         })
     }
 }
