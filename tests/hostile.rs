@@ -120,3 +120,95 @@ fn a_start_time_the_store_cannot_hold_is_refused_and_stores_nothing() {
     assert_eq!(times.len(), frames.len(), "distinct times");
     assert!(times.iter().all(|&t| t < i64::MAX), "{times:?}");
 }
+
+fn replay_one(file: &std::path::Path, dir: &std::path::Path) -> (std::process::Output, u64) {
+    let store = dir.join("store");
+    let o = common::roadrep(
+        &[
+            "replay",
+            file.to_str().unwrap(),
+            "--camera",
+            "cam",
+            "--fps",
+            "2",
+            "--store",
+            store.to_str().unwrap(),
+        ],
+        dir,
+    );
+    let s = roadrep::store::Store::open(&store, "any", 4).unwrap();
+    let stored = s.stats().unwrap().frames.iter().map(|(_, n)| n).sum();
+    (o, stored)
+}
+
+fn error_lines(o: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_picture_renamed_mp4_and_an_audio_only_file_say_what_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("frame.mp4");
+    common::gst(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,width=64,height=48 ! videoconvert ! pngenc ! filesink location={}",
+        png.display()
+    ));
+    let (o, stored) = replay_one(&png, dir.path());
+    assert!(!o.status.success());
+    assert_eq!(stored, 0);
+    let errors = error_lines(&o);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("frame.mp4") && errors[0].contains("is a PNG image, not a video"),
+        "{errors:?}"
+    );
+
+    let wav = dir.path().join("sound.wav");
+    common::gst(&format!(
+        "audiotestsrc num-buffers=40 ! audioconvert ! wavenc ! filesink location={}",
+        wav.display()
+    ));
+    let (o, stored) = replay_one(&wav, dir.path());
+    assert!(!o.status.success());
+    assert_eq!(stored, 0);
+    let errors = error_lines(&o);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("sound.wav") && errors[0].contains("no video stream"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_truncated_recording_keeps_its_frames_and_says_it_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole.mp4");
+    // faststart: the index comes first, as in dash-cam recordings, so the
+    // first part of the file still plays.
+    common::gst(&format!(
+        "videotestsrc pattern=smpte num-buffers=200 ! video/x-raw,width=320,height=240,framerate=25/1 \
+         ! videoconvert ! x264enc speed-preset=ultrafast key-int-max=25 ! mp4mux faststart=true ! filesink location={}",
+        whole.display()
+    ));
+    let bytes = std::fs::read(&whole).unwrap();
+    let cut = dir.path().join("cut.mp4");
+    std::fs::write(&cut, &bytes[..bytes.len() * 3 / 10]).unwrap();
+    let (o, stored) = replay_one(&cut, dir.path());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(stored > 0 && stored < 16, "{stored} of 16 frames\n{err}");
+    let errors = error_lines(&o);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("cut.mp4") && errors[0].contains("of the file's 8.00 s (truncated"),
+        "{errors:?}"
+    );
+    // Done up to where it ends: a second replay has nothing to do.
+    let (o, again) = replay_one(&cut, dir.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(again, stored);
+}

@@ -69,15 +69,14 @@ impl Supervisor {
             match result {
                 // A file, or a gst: description that is not live (a test
                 // source, a filesrc), is done at its end; live ones reconnect.
+                Ok(end @ SourceEnd::Truncated { .. }) => {
+                    let error = end.truncation_error(&stream).map(|e| e.to_string());
+                    tracing::error!(%stream, error = error.as_deref().unwrap_or_default(), "File truncated; it is finished up to where its video ends.");
+                    self.finish(source_id, &counters, error);
+                    return;
+                }
                 Ok(SourceEnd::Eos) if !counters.live.load(Ordering::Relaxed) => {
-                    let _ = self.input.send(IngestEvent::SourceEnded {
-                        key: SourceKey {
-                            stream: self.spec.stream.clone(),
-                            source_id,
-                        },
-                        complete: true,
-                    });
-                    self.status.to(StreamState::Finished, Some(&counters));
+                    self.finish(source_id, &counters, None);
                     return;
                 }
                 Ok(SourceEnd::Eos) => {
@@ -109,6 +108,24 @@ impl Supervisor {
             delay = (delay * 2).min(self.backoff.max);
         }
         self.status.to(StreamState::Stopped, None);
+    }
+
+    /// The source was read as far as it can be: its checkpoint is marked
+    /// complete once its frames are stored.
+    fn finish(&self, source_id: SourceId, counters: &Arc<SourceCounters>, error: Option<String>) {
+        let _ = self.input.send(IngestEvent::SourceEnded {
+            key: SourceKey {
+                stream: self.spec.stream.clone(),
+                source_id,
+            },
+            complete: true,
+        });
+        self.status.set(Transition {
+            state: StreamState::Finished,
+            reason: None,
+            error,
+            counters: Some(counters),
+        });
     }
 
     fn retrying(&self, reason: RetryReason, error: String, counters: &Arc<SourceCounters>) {

@@ -44,6 +44,17 @@ pub enum IngestError {
     /// The source's replay checkpoint conflicts with this run.
     #[error("stream '{stream}': {message}")]
     Checkpoint { stream: String, message: String },
+    /// A file's video ended well before its declared duration.
+    #[error(
+        "stream '{stream}': the video ends at {:.2} s of the file's {:.2} s (truncated or damaged); the frames before are stored",
+        *video_end_ns as f64 / 1e9,
+        *duration_ns as f64 / 1e9
+    )]
+    Truncated {
+        stream: String,
+        video_end_ns: u64,
+        duration_ns: u64,
+    },
     /// The pipeline failed while running (corrupt data, unknown codec,
     /// unreachable server). `element` is the GStreamer element path.
     #[error("stream '{stream}': {element}: {message}")]
@@ -79,6 +90,37 @@ pub enum SourceEnd {
     Eos,
     /// Shutdown was requested, or the consumer went away.
     Stopped,
+    /// A file's video ended well before the duration its container
+    /// declares (a truncated or damaged recording): what could be decoded
+    /// was delivered, and reading it again would give nothing more.
+    Truncated {
+        /// End of the last decoded frame, ns.
+        video_end_ns: u64,
+        /// The container's duration, ns.
+        duration_ns: u64,
+    },
+}
+
+impl SourceEnd {
+    /// Whether the source was read as far as it can be.
+    pub fn is_end_of_data(self) -> bool {
+        matches!(self, Self::Eos | Self::Truncated { .. })
+    }
+
+    /// The error to report for a truncated file (its frames are kept).
+    pub fn truncation_error(self, stream: &str) -> Option<IngestError> {
+        match self {
+            Self::Truncated {
+                video_end_ns,
+                duration_ns,
+            } => Some(IngestError::Truncated {
+                stream: stream.to_string(),
+                video_end_ns,
+                duration_ns,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Counters of one source run.
@@ -92,6 +134,8 @@ pub struct SourceCounters {
     pub delivered: AtomicU64,
     /// Last delivered pts (progress).
     pub last_pts_ns: AtomicU64,
+    /// End (pts + duration) of the last decoded frame, ns.
+    pub decoded_end_ns: AtomicU64,
     /// The running pipeline is live (decided when it starts).
     pub live: AtomicBool,
 }
@@ -158,6 +202,14 @@ pub fn run_source(
         _ => None,
     };
 
+    if let SourceKind::File(p) = &spec.kind
+        && let Some(format) = still_image_format(p)
+    {
+        return Err(open_err(
+            &p.display(),
+            format!("is a {format} image, not a video (tag still images with `roadrep tag`)"),
+        ));
+    }
     let pipeline = build_pipeline(spec).map_err(|e| IngestError::Stream {
         stream: stream.clone(),
         element: "pipeline".into(),
@@ -195,6 +247,10 @@ pub fn run_source(
         };
         let keep = buffer.pts().is_some_and(|pts| {
             counters.decoded.fetch_add(1, Ordering::Relaxed);
+            let end = pts + buffer.duration().unwrap_or(gst::ClockTime::ZERO);
+            counters
+                .decoded_end_ns
+                .fetch_max(end.nseconds(), Ordering::Relaxed);
             probe_sampler
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -258,10 +314,24 @@ pub fn run_source(
             counters.last_pts_ns.store(pts, Ordering::Relaxed);
             ::metrics::counter!(metrics::FRAMES_IN, "stream" => stream.clone()).increment(1);
         } else if sink.is_eos() {
-            break SourceEnd::Eos;
+            if !video_linked(&pipeline) {
+                return Err(no_video(&stream));
+            }
+            break match (&spec.kind, pipeline.query_duration::<gst::ClockTime>()) {
+                (SourceKind::File(_), Some(d)) => truncation(
+                    counters.decoded_end_ns.load(Ordering::Relaxed),
+                    d.nseconds(),
+                ),
+                _ => SourceEnd::Eos,
+            };
         }
         if let Some(err) = pop_error(&bus, &stream) {
-            return Err(err);
+            // A demuxer with only audio pads fails with a generic flow error.
+            return Err(if only_other_streams(&pipeline) {
+                no_video(&stream)
+            } else {
+                err
+            });
         }
         // At most one sampled frame may sit in the appsink; more is a drop.
         let dropped = counters.dropped().saturating_sub(1);
@@ -273,6 +343,71 @@ pub fn run_source(
     };
     drop(guard);
     Ok(end)
+}
+
+/// Whether a video pad reached the converter (decodebin links the first
+/// video stream; audio-only files and unknown video codecs link none).
+fn video_linked(pipeline: &gst::Pipeline) -> bool {
+    pipeline
+        .by_name("convert")
+        .and_then(|c| c.static_pad("sink"))
+        .is_some_and(|p| p.is_linked())
+}
+
+/// The decoder found streams, but no video among them (audio only).
+fn only_other_streams(pipeline: &gst::Pipeline) -> bool {
+    !video_linked(pipeline)
+        && pipeline
+            .by_name("decode")
+            .is_some_and(|d| !d.src_pads().is_empty())
+}
+
+fn no_video(stream: &str) -> IngestError {
+    IngestError::Stream {
+        stream: stream.to_string(),
+        element: "decode".into(),
+        message:
+            "no video stream (audio only, or a video codec without an installed GStreamer decoder)"
+                .into(),
+    }
+}
+
+/// How a file that reached EOS ended: truncated when its video stops more
+/// than max(1 s, 10%) before the declared duration (an audio track a
+/// little longer than the video is normal).
+fn truncation(video_end_ns: u64, duration_ns: u64) -> SourceEnd {
+    let slack = (duration_ns / 10).max(1_000_000_000);
+    if video_end_ns.saturating_add(slack) < duration_ns {
+        SourceEnd::Truncated {
+            video_end_ns,
+            duration_ns,
+        }
+    } else {
+        SourceEnd::Eos
+    }
+}
+
+/// The still-image format of a file, sniffed from its first bytes: such a
+/// file would decode as a one-frame "clip".
+fn still_image_format(path: &std::path::Path) -> Option<&'static str> {
+    use std::io::Read;
+    let mut head = [0u8; 12];
+    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    let head = &head[..n];
+    let h = |magic: &[u8]| head.starts_with(magic);
+    Some(if h(b"\x89PNG\r\n\x1a\n") {
+        "PNG"
+    } else if h(&[0xff, 0xd8, 0xff]) {
+        "JPEG"
+    } else if h(b"GIF8") {
+        "GIF"
+    } else if h(b"RIFF") && head.get(8..12) == Some(b"WEBP") {
+        "WebP"
+    } else if h(b"II*\0") || h(b"MM\0*") {
+        "TIFF"
+    } else {
+        return None;
+    })
 }
 
 /// Where a source's frames come from and how they are stamped.
@@ -341,5 +476,20 @@ mod tests {
         assert_eq!(c.dropped(), 0);
         c.live.store(true, Ordering::Relaxed);
         assert_eq!(c.dropped(), 2);
+    }
+
+    #[test]
+    fn a_video_ending_well_before_its_duration_is_truncated() {
+        let s = 1_000_000_000;
+        assert_eq!(truncation(20 * s, 20 * s), SourceEnd::Eos);
+        // An audio track 0.8 s longer than the video is normal.
+        assert_eq!(truncation(19 * s + s / 5, 20 * s), SourceEnd::Eos);
+        assert_eq!(
+            truncation(6 * s, 20 * s),
+            SourceEnd::Truncated {
+                video_end_ns: 6 * s,
+                duration_ns: 20 * s
+            }
+        );
     }
 }

@@ -183,9 +183,13 @@ pub fn replay(
         });
         report.frames = counters.delivered.load(Ordering::Relaxed);
         let outcome = result.into_inner().unwrap_or_else(|p| p.into_inner());
-        let complete = matches!(outcome, Some(Ok(SourceEnd::Eos)));
-        if let Some(Err(e)) = outcome {
-            report.error = Some(e);
+        // A truncated file is done too: reading it again gives nothing
+        // more; the report says what is missing.
+        let complete = matches!(outcome, Some(Ok(end)) if end.is_end_of_data());
+        match outcome {
+            Some(Err(e)) => report.error = Some(e),
+            Some(Ok(end)) => report.error = end.truncation_error(&camera),
+            None => {}
         }
         let _ = tx.send(IngestEvent::SourceEnded {
             key: SourceKey {
