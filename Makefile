@@ -20,13 +20,15 @@ build: setup
 demo: build
 	@scripts/demo.sh
 
-# The trainer (feature "trainer", candle) is linted and tested with the rest.
+# The trainer (feature "trainer", candle) is linted and tested with the rest;
+# "failpoints" lets the reliability tests inject faults (hung worker).
+FEATURES := trainer,failpoints
 lint: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --locked --features trainer -- -D warnings
+	$(CARGO) clippy --all-targets --locked --features $(FEATURES) -- -D warnings
 
 test: lint
-	$(CARGO) test --locked --features trainer
+	$(CARGO) test --locked --features $(FEATURES)
 
 # --- models (need the export environment: torch, transformers; several GB) ---
 

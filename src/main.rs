@@ -10,6 +10,8 @@ use tracing_subscriber::EnvFilter;
 use commands::cli::{self, Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
+    // `FAILPOINTS` (builds with the "failpoints" feature, for tests only).
+    let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run) {
         restore_sigpipe();

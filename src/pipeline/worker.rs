@@ -122,6 +122,8 @@ impl Worker {
         ::metrics::histogram!(metrics::BATCH_SIZE).record(n as f64);
         ::metrics::counter!(metrics::BATCHES_FLUSHED, "reason" => batch.reason.as_str())
             .increment(1);
+        // Reliability tests hang or fail the model run here.
+        fail::fail_point!("pipeline::embed");
         let (embedded, secs) = match self.embedder.embed(&batch.items) {
             Ok(e) => e,
             Err(error) => {
