@@ -10,7 +10,9 @@ use tracing_subscriber::EnvFilter;
 use commands::cli::{self, Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
-    // `FAILPOINTS` (builds with the "failpoints" feature, for tests only).
+    // `FAILPOINTS=name=action` (test builds with the "failpoints" feature
+    // only; release builds never read it).
+    #[cfg(feature = "failpoints")]
     let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run) {
