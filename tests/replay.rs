@@ -291,6 +291,7 @@ fn a_batch_that_cannot_be_stored_leaves_its_clip_incomplete() {
             batcher: Default::default(),
             segments: None,
             caption_preprocess: None,
+            max_caption_backlog: 1,
         },
         Arc::new(AtomicBool::new(false)),
     );

@@ -106,6 +106,7 @@ fn settings(clip: &Path, caption: Option<ImagePreprocessor>) -> Settings {
             batcher: Default::default(),
             segments: Some(tiny_segments()),
             caption_preprocess: caption,
+            max_caption_backlog: 500,
         },
     }
 }
@@ -344,4 +345,31 @@ fn a_stuck_captioner_never_delays_tagging_and_its_backlog_is_caught_up() {
         })
         .unwrap();
     assert!(none.is_empty());
+}
+
+#[test]
+fn a_full_caption_backlog_drops_the_oldest_keyframes_never_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = clip_in(dir.path());
+    let p = pipeline();
+    let store = open(&p, &dir.path().join("store"));
+    // No captioner runs: every closed segment queues a keyframe.
+    let mut s = settings(&clip, Some(BlockedCaptioner::new().pre.clone()));
+    s.pipeline.max_caption_backlog = 2;
+    assert!(run(&p, &store, &s, &Quiet));
+    assert_eq!(store.stats().unwrap().frames, vec![("cam".to_string(), 44)]);
+    assert_eq!(store.caption_backlog(), 2);
+    let segments = store.segments(&SegmentFilter::default()).unwrap();
+    assert_eq!(segments.len(), SCENES.len());
+    let states: Vec<&CaptionState> = segments.iter().map(|s| &s.record.caption).collect();
+    assert!(
+        states[..2].iter().all(
+            |c| matches!(c, CaptionState::Failed { error } if error.contains("backlog was full"))
+        ),
+        "the oldest go: {states:?}"
+    );
+    assert!(
+        states[2..].iter().all(|c| **c == CaptionState::Pending),
+        "{states:?}"
+    );
 }

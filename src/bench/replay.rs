@@ -95,6 +95,7 @@ pub fn bench_replay(
             batcher: settings.batcher.clone(),
             segments: None,
             caption_preprocess: None,
+            max_caption_backlog: 1,
         },
         Arc::new(AtomicBool::new(false)),
     );

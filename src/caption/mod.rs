@@ -44,6 +44,10 @@ pub struct CaptionConfig {
     pub intra_threads: usize,
     /// Nice value of the caption thread (0-19; higher yields more to tagging).
     pub nice: i32,
+    /// Most keyframes waiting for a caption (each is kept in the store at
+    /// the captioner's input size, ~440 KB for BLIP-base); when full, the
+    /// oldest jobs are dropped and counted, never frames.
+    pub max_backlog: usize,
 }
 
 impl Default for CaptionConfig {
@@ -57,6 +61,7 @@ impl Default for CaptionConfig {
             length_penalty: 1.0,
             intra_threads: 1,
             nice: 10,
+            max_backlog: 500,
         }
     }
 }
@@ -84,6 +89,9 @@ impl CaptionConfig {
         }
         if !self.length_penalty.is_finite() {
             return Err("captions.length_penalty must be finite".into());
+        }
+        if self.max_backlog == 0 {
+            return Err("captions.max_backlog must be at least 1".into());
         }
         if !(0..=19).contains(&self.nice) {
             return Err(format!("captions.nice {} must be in 0..=19", self.nice));

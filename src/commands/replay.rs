@@ -66,6 +66,7 @@ pub fn replay_clips(
             batcher: config.batcher.clone(),
             segments: config.segments.enabled.then(|| config.segments.clone()),
             caption_preprocess: parts.caption_preprocess(config),
+            max_caption_backlog: config.captions.max_backlog,
         },
         stop.clone(),
     );

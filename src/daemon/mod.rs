@@ -111,6 +111,7 @@ pub async fn run(
             batcher: config.batcher.clone(),
             segments: config.segments.enabled.then(|| config.segments.clone()),
             caption_preprocess: parts.caption_preprocess.clone(),
+            max_caption_backlog: config.captions.max_backlog,
         },
         stop.clone(),
     );

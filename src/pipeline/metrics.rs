@@ -21,6 +21,8 @@ pub const QUEUE_DEPTH: &str = "roadrep_queue_frames";
 
 /// Counter: captions written, label `outcome` (`ok`, `failed`).
 pub const CAPTIONS: &str = "roadrep_captions_total";
+/// Counter: caption jobs dropped because the backlog was full.
+pub const CAPTION_JOBS_DROPPED: &str = "roadrep_caption_jobs_dropped_total";
 /// Gauge: keyframes waiting for a caption.
 pub const CAPTION_BACKLOG: &str = "roadrep_caption_backlog";
 /// Histogram: seconds per caption.

@@ -66,6 +66,8 @@ pub struct PipelineSettings {
     /// The captioner's input size, when captioning is on: frames keep a
     /// resized copy so their segment's keyframe can be captioned.
     pub caption_preprocess: Option<crate::models::ImagePreprocessor>,
+    /// Most keyframes queued for captions; the oldest beyond it are dropped.
+    pub max_caption_backlog: usize,
 }
 
 /// A running pipeline.
@@ -108,6 +110,7 @@ impl Pipeline {
                 .map(|c| segments::SegmentTracker::new(parts.store.clone(), c)),
             store: parts.store,
             load: load.clone(),
+            max_caption_backlog: settings.max_caption_backlog,
             totals: PipelineTotals::default(),
         };
         let assembler = batch::BatchAssembler::new(&settings.batcher);

@@ -34,6 +34,8 @@ pub struct PipelineTotals {
     pub segments: u64,
     /// Time spent in the image encoder.
     pub inference_secs: f64,
+    /// Caption jobs dropped because the backlog was full.
+    pub caption_jobs_dropped: u64,
 }
 
 /// Why frames were lost (a metric label).
@@ -59,6 +61,7 @@ pub(super) struct Worker {
     pub(super) sources: SourceTracker,
     pub(super) segments: Option<SegmentTracker>,
     pub(super) load: Arc<PipelineLoad>,
+    pub(super) max_caption_backlog: usize,
     pub(super) totals: PipelineTotals,
 }
 
@@ -181,11 +184,32 @@ impl Worker {
                 for frame in &batch.items {
                     ::metrics::counter!(metrics::FRAMES_STORED, "stream" => frame.stream.to_string()).increment(1);
                 }
+                if writes.closed.iter().any(|s| s.caption_image.is_some()) {
+                    self.bound_caption_backlog();
+                }
             }
             Err(error) => {
                 tracing::error!(%error, frames = n, "Store write failed; batch dropped.");
                 self.fail_batch(&batch.items, LossReason::Store);
             }
+        }
+    }
+
+    /// A captioner far behind (or none running) must not fill the disk:
+    /// the oldest jobs go, counted; frames and segments stay.
+    fn bound_caption_backlog(&mut self) {
+        match self.store.trim_caption_backlog(self.max_caption_backlog) {
+            Ok(0) => {}
+            Ok(n) => {
+                self.totals.caption_jobs_dropped += n as u64;
+                ::metrics::counter!(metrics::CAPTION_JOBS_DROPPED).increment(n as u64);
+                tracing::warn!(
+                    dropped = n,
+                    max = self.max_caption_backlog,
+                    "Caption backlog full; the oldest keyframes were dropped."
+                );
+            }
+            Err(error) => tracing::error!(%error, "Cannot trim the caption backlog."),
         }
     }
 
@@ -250,7 +274,12 @@ impl Worker {
             return;
         }
         match self.store.write(&[], &updates, &writes) {
-            Ok(_) => self.totals.segments += writes.closed.len() as u64,
+            Ok(_) => {
+                self.totals.segments += writes.closed.len() as u64;
+                if writes.closed.iter().any(|s| s.caption_image.is_some()) {
+                    self.bound_caption_backlog();
+                }
+            }
             Err(error) => {
                 tracing::error!(%error, %stream, "Cannot record the end of a source.")
             }

@@ -149,6 +149,8 @@ pub struct Store {
     caption_index: sled::Tree,
     /// Wakes the captioner when a job is queued.
     caption_signal: std::sync::Arc<segments::CaptionSignal>,
+    /// Jobs in `caption_queue` (counted once at open, then kept).
+    caption_backlog: std::sync::Arc<std::sync::atomic::AtomicI64>,
     embed_dim: usize,
 }
 
@@ -217,13 +219,20 @@ impl Store {
             caption_queue: tree(CAPTION_QUEUE_TREE)?,
             caption_index: tree(CAPTION_INDEX_TREE)?,
             caption_signal: Default::default(),
+            caption_backlog: Default::default(),
             embeddings: tree(&format!(
                 "{EMBEDDINGS_TREE_PREFIX}{}",
                 &model_fingerprint[..model_fingerprint.len().min(16)]
             ))?,
             embed_dim,
             db,
-        })
+        }
+        .with_counted_backlog())
+    }
+
+    fn with_counted_backlog(self) -> Self {
+        self.add_caption_backlog(self.caption_queue.len() as i64);
+        self
     }
 
     /// Where the store lives.
@@ -378,12 +387,14 @@ impl Store {
                             schema::encode(&c.checkpoint),
                         )?;
                     }
-                    segments::write_segments(segments, seg_t, open_t, queue_t, words_t)?;
-                    Ok(new)
+                    let queued =
+                        segments::write_segments(segments, seg_t, open_t, queue_t, words_t)?;
+                    Ok((new, queued))
                 },
             );
         match result {
-            Ok(n) => {
+            Ok((n, queued)) => {
+                self.add_caption_backlog(queued);
                 if segments.closed.iter().any(|s| s.caption_image.is_some()) {
                     self.caption_signal.notify();
                 }

@@ -1,6 +1,7 @@
 //! Segments, the caption backlog and the caption word index.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -164,7 +165,9 @@ pub(super) fn write_segments(
     open_t: &TransactionalTree,
     queue_t: &TransactionalTree,
     words_t: &TransactionalTree,
-) -> TxResult<()> {
+) -> TxResult<i64> {
+    // Change of the caption backlog, applied once the transaction commits.
+    let mut queued = 0i64;
     for s in &writes.closed {
         let key = FrameKey {
             stream_id: s.stream_id,
@@ -192,8 +195,16 @@ pub(super) fn write_segments(
         }
         seg_t.insert(&key, schema::encode(&s.record))?;
         match &s.caption_image {
-            Some(job) => queue_t.insert(&key, schema::encode(job))?,
-            None => queue_t.remove(&key)?,
+            Some(job) => {
+                if queue_t.insert(&key, schema::encode(job))?.is_none() {
+                    queued += 1;
+                }
+            }
+            None => {
+                if queue_t.remove(&key)?.is_some() {
+                    queued -= 1;
+                }
+            }
         };
     }
     for m in &writes.open {
@@ -203,7 +214,7 @@ pub(super) fn write_segments(
             None => open_t.remove(k)?,
         };
     }
-    Ok(())
+    Ok(queued)
 }
 
 impl Store {
@@ -346,9 +357,33 @@ impl Store {
         Ok(result.unwrap_or_default())
     }
 
-    /// Number of keyframes waiting for a caption.
+    /// Number of keyframes waiting for a caption (a counter kept with the
+    /// queue, not a scan).
     pub fn caption_backlog(&self) -> usize {
-        self.caption_queue.len()
+        self.caption_backlog.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    pub(super) fn add_caption_backlog(&self, delta: i64) {
+        self.caption_backlog.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Drops the oldest queued caption jobs (lowest stream id, then time)
+    /// until at most `keep` remain; their segments get a `Failed` caption
+    /// that says why. Returns how many were dropped. Frames are never
+    /// touched.
+    pub fn trim_caption_backlog(&self, keep: usize) -> Result<usize, StoreError> {
+        let mut dropped = 0;
+        while self.caption_backlog() > keep {
+            let Some((key, job)) = self.next_caption_job()? else {
+                break;
+            };
+            let reason = CaptionState::Failed {
+                error: format!("dropped: the caption backlog was full ({keep} keyframes)"),
+            };
+            self.set_caption(&key, job.keyframe_ns, reason)?;
+            dropped += 1;
+        }
+        Ok(dropped)
     }
 
     /// The oldest queued caption job (by stream, then time).
@@ -384,23 +419,24 @@ impl Store {
         state: CaptionState,
     ) -> Result<(), StoreError> {
         let key = segment.encode();
+        // Ok(true): the job left the queue.
         let result = (&self.segments, &self.caption_queue, &self.caption_index).transaction(
             |(seg_t, queue_t, index_t)| {
                 if let Some(job) = queue_t.get(key)? {
                     let job: CaptionJob = schema::decode(CAPTION_QUEUE_TREE, &job)
                         .map_err(ConflictableTransactionError::Abort)?;
                     if job.keyframe_ns != keyframe_ns {
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
-                queue_t.remove(&key)?;
+                let removed = queue_t.remove(&key)?.is_some();
                 let Some(v) = seg_t.get(key)? else {
-                    return Ok(());
+                    return Ok(removed);
                 };
                 let mut record: SegmentRecord = schema::decode(SEGMENTS_TREE, &v)
                     .map_err(ConflictableTransactionError::Abort)?;
                 if record.keyframe_ns != keyframe_ns {
-                    return Ok(());
+                    return Ok(removed);
                 }
                 if let Some(old) = record.caption.text() {
                     for w in caption_words(old) {
@@ -414,11 +450,16 @@ impl Store {
                 }
                 record.caption = state.clone();
                 seg_t.insert(&key, schema::encode(&record))?;
-                Ok(())
+                Ok(removed)
             },
         );
         match result {
-            Ok(()) => Ok(()),
+            Ok(removed) => {
+                if removed {
+                    self.add_caption_backlog(-1);
+                }
+                Ok(())
+            }
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(self.err(e)),
         }

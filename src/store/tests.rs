@@ -305,3 +305,47 @@ fn captions_apply_only_to_the_keyframe_they_were_made_for_and_stale_words_go() {
     assert_eq!(words("the"), 0, "stop words alone match nothing");
     assert_eq!(s.caption_backlog(), 0);
 }
+
+#[test]
+fn the_caption_backlog_is_counted_without_a_scan_and_trimmed_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = |segs: Vec<NewSegment>| SegmentWrites {
+        closed: segs,
+        open: Vec::new(),
+    };
+    {
+        let s = open(dir.path());
+        let id = s.stream_id("front").unwrap();
+        for start in [100, 200, 300] {
+            s.write(
+                &[],
+                &[],
+                &closed(vec![segment(id, start, start + 1, CaptionState::Pending)]),
+            )
+            .unwrap();
+        }
+        // The same segment closed again replaces its job: still three.
+        s.write(
+            &[],
+            &[],
+            &closed(vec![segment(id, 200, 202, CaptionState::Pending)]),
+        )
+        .unwrap();
+        assert_eq!(s.caption_backlog(), 3);
+    }
+    // Counted once at open, then kept.
+    let s = open(dir.path());
+    assert_eq!(s.caption_backlog(), 3);
+    assert_eq!(s.trim_caption_backlog(1).unwrap(), 2);
+    assert_eq!(s.caption_backlog(), 1);
+    let states: Vec<(i64, CaptionState)> = s
+        .segments(&SegmentFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.record.start_ns, e.record.caption))
+        .collect();
+    let dropped = |c: &CaptionState| matches!(c, CaptionState::Failed { error } if error.contains("backlog was full"));
+    assert!(dropped(&states[0].1) && dropped(&states[1].1), "{states:?}");
+    assert_eq!(states[2], (300, CaptionState::Pending), "the newest stays");
+    assert_eq!(s.next_caption_job().unwrap().unwrap().0.ts_ns, 300);
+}
