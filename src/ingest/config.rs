@@ -55,7 +55,8 @@ pub struct IngestConfig {
     /// Frames kept per second of video.
     #[serde(default = "default_fps")]
     pub sample_fps: f64,
-    /// Capacity of the queue between ingest and inference, in frames.
+    /// Capacity of each stream's queue between ingest and inference, in
+    /// frames (the worker takes the streams round robin).
     #[serde(default = "default_queue")]
     pub queue_frames: usize,
     /// First retry delay after a stream fails.
