@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use roadrep::config::RoadrepConfig;
-use roadrep::daemon::{DaemonParts, run};
+use roadrep::daemon::{DaemonError, DaemonParts, run};
 use roadrep::models::{ClipModel, ClipOptions, ImagePrecision};
 use roadrep::store::Store;
 use roadrep::tagging::{LabelSets, SceneTagger};
@@ -26,40 +26,23 @@ fn hits(v: &Value) -> &Vec<Value> {
     v["hits"].as_array().unwrap()
 }
 
-#[test]
-fn streams_land_together_a_broken_one_fails_alone_and_search_filters_work() {
-    let dir = tempfile::tempdir().unwrap();
-    let (front, rear, broken) = (
-        dir.path().join("front.mp4"),
-        dir.path().join("rear.mp4"),
-        dir.path().join("broken.mp4"),
-    );
-    common::make_clip(&front, 100, 25, 320, 240, "smpte");
-    common::make_clip(&rear, 100, 25, 320, 240, "snow");
-    std::fs::write(&broken, vec![0x5au8; 50_000]).unwrap();
-    let query_png = dir.path().join("query.png");
-    common::gst(&format!(
-        "videotestsrc pattern=smpte num-buffers=1 ! video/x-raw,width=320,height=240 ! videoconvert ! pngenc ! filesink location={}",
-        query_png.display()
-    ));
+/// A daemon running on its own thread.
+struct Running {
+    addr: String,
+    store: Store,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    daemon: std::thread::JoinHandle<Result<roadrep::pipeline::PipelineTotals, DaemonError>>,
+}
 
-    let config_text = format!(
-        "[models]\nclip = \"{model}\"\nintra_threads = 1\n[tagging]\nlabels = \"{labels}\"\ncache_dir = \"{cache}\"\n\
-         [store]\npath = \"{store}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[ingest]\nretry_initial_secs = 0.2\nretry_max_secs = 0.5\n\
-         [[streams]]\nname = \"front\"\nsource = \"{front}\"\n[[streams]]\nname = \"rear\"\nsource = \"{rear}\"\n\
-         [[streams]]\nname = \"broken\"\nsource = \"{broken}\"\n",
-        model = common::tiny_model_dir().display(),
-        labels = common::root().join("config/labels.toml").display(),
-        cache = dir.path().join("cache").display(),
-        store = dir.path().join("store").display(),
-        front = front.display(),
-        rear = rear.display(),
-        broken = broken.display(),
-    );
-    let config_path = dir.path().join("roadrep.toml");
-    std::fs::write(&config_path, config_text).unwrap();
-    let config = RoadrepConfig::from_file(&config_path).unwrap();
+impl Running {
+    fn stop(self) -> Result<roadrep::pipeline::PipelineTotals, DaemonError> {
+        self.stop_tx.send(()).unwrap();
+        self.daemon.join().unwrap()
+    }
+}
 
+/// Loads the tiny model and starts the daemon with `config`.
+fn start(config: RoadrepConfig) -> Running {
     let options = ClipOptions {
         precision: ImagePrecision::Fp32,
         intra_threads: 1,
@@ -98,6 +81,50 @@ fn streams_land_together_a_broken_one_fails_alone_and_search_filters_work() {
         ))
     });
     let addr = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    Running {
+        addr,
+        store,
+        stop_tx,
+        daemon,
+    }
+}
+
+#[test]
+fn streams_land_together_a_broken_one_fails_alone_and_search_filters_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (front, rear, broken) = (
+        dir.path().join("front.mp4"),
+        dir.path().join("rear.mp4"),
+        dir.path().join("broken.mp4"),
+    );
+    common::make_clip(&front, 100, 25, 320, 240, "smpte");
+    common::make_clip(&rear, 100, 25, 320, 240, "snow");
+    std::fs::write(&broken, vec![0x5au8; 50_000]).unwrap();
+    let query_png = dir.path().join("query.png");
+    common::gst(&format!(
+        "videotestsrc pattern=smpte num-buffers=1 ! video/x-raw,width=320,height=240 ! videoconvert ! pngenc ! filesink location={}",
+        query_png.display()
+    ));
+
+    let config_text = format!(
+        "[models]\nclip = \"{model}\"\nintra_threads = 1\n[tagging]\nlabels = \"{labels}\"\ncache_dir = \"{cache}\"\n\
+         [store]\npath = \"{store}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[ingest]\nretry_initial_secs = 0.2\nretry_max_secs = 0.5\n\
+         [[streams]]\nname = \"front\"\nsource = \"{front}\"\n[[streams]]\nname = \"rear\"\nsource = \"{rear}\"\n\
+         [[streams]]\nname = \"broken\"\nsource = \"{broken}\"\n",
+        model = common::tiny_model_dir().display(),
+        labels = common::root().join("config/labels.toml").display(),
+        cache = dir.path().join("cache").display(),
+        store = dir.path().join("store").display(),
+        front = front.display(),
+        rear = rear.display(),
+        broken = broken.display(),
+    );
+    let config_path = dir.path().join("roadrep.toml");
+    std::fs::write(&config_path, config_text).unwrap();
+    let config = RoadrepConfig::from_file(&config_path).unwrap();
+
+    let running = start(config);
+    let (addr, store) = (running.addr.clone(), running.store.clone());
 
     // Both 4 s clips land (8 frames each at 2 fps) while "broken" retries.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -308,8 +335,77 @@ fn streams_land_together_a_broken_one_fails_alone_and_search_filters_work() {
     assert_eq!(r.status().as_u16(), 413);
     assert!(r.body_mut().read_json::<Value>().unwrap()["error"].is_string());
 
-    stop_tx.send(()).unwrap();
-    let totals = daemon.join().unwrap().unwrap();
+    let totals = running.stop().unwrap();
     assert_eq!(totals.frames, 16);
     drop(store);
+}
+
+#[test]
+fn a_token_file_makes_every_request_present_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("secrets/api-token");
+    let config_for = |listen: &str, token: bool| {
+        let mut text = format!(
+            "[models]\nclip = \"{model}\"\nintra_threads = 1\n[tagging]\nlabels = \"{labels}\"\n\
+             [store]\npath = \"{store}\"\n[api]\nlisten = \"{listen}\"\n",
+            model = common::tiny_model_dir().display(),
+            labels = common::root().join("config/labels.toml").display(),
+            store = dir.path().join("store").display(),
+        );
+        if token {
+            text.push_str(&format!("token_file = \"{}\"\n", token_file.display()));
+        }
+        let path = dir.path().join("roadrep.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+
+    // Reachable from other machines without a token: refused before
+    // anything listens, in one line.
+    let o = common::roadrep(
+        &[
+            "-c",
+            config_for("0.0.0.0:0", false).to_str().unwrap(),
+            "run",
+        ],
+        dir.path(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains("api.listen '0.0.0.0:0'") && errors[0].contains("api.token_file"),
+        "{err}"
+    );
+
+    // With a token file (created on first start, owner-only).
+    let config = RoadrepConfig::from_file(&config_for("127.0.0.1:0", true)).unwrap();
+    let running = start(config);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let call = |auth: Option<String>| {
+        let mut r = agent.get(format!("http://{}/health", running.addr));
+        if let Some(a) = auth {
+            r = r.header("Authorization", a);
+        }
+        let mut resp = r.call().unwrap();
+        let challenge = resp.headers().get("www-authenticate").is_some();
+        let body: Value = resp.body_mut().read_json().unwrap();
+        (resp.status().as_u16(), challenge, body)
+    };
+    let (status, challenge, body) = call(None);
+    assert_eq!((status, challenge), (401, true), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("bearer token"));
+    assert_eq!(call(Some("Bearer wrong".into())).0, 401);
+    let (status, _, body) = call(Some(format!("Bearer {}", token.trim())));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ok");
+    running.stop().unwrap();
 }

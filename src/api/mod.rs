@@ -15,6 +15,7 @@
 //! Searches run the text or image encoder on blocking threads, at most
 //! `api.max_concurrent_requests` at once.
 
+pub mod auth;
 mod error;
 pub mod routes;
 
@@ -46,11 +47,14 @@ pub struct ApiState {
     pub streams: crate::daemon::StreamStatuses,
     /// Bounds concurrent model runs from requests.
     pub limit: Arc<Semaphore>,
+    /// When set, every request must carry it (see [`auth`]).
+    pub token: Option<auth::ApiToken>,
 }
 
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let token = state.token.clone();
+    let router = Router::new()
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .route("/api/search", get(routes::text_search))
@@ -63,5 +67,9 @@ pub fn router(state: ApiState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
-        .with_state(state)
+        .with_state(state);
+    match token {
+        Some(t) => router.layer(axum::middleware::from_fn_with_state(t, auth::require_token)),
+        None => router,
+    }
 }

@@ -8,6 +8,15 @@ use anyhow::Context;
 use roadrep::config::RoadrepConfig;
 use roadrep::store::{Store, StoreError};
 
+/// The `Authorization` header value for the daemon's API, when the config
+/// names a token file that exists (the daemon creates it).
+pub fn authorization(config: &RoadrepConfig) -> anyhow::Result<Option<String>> {
+    match &config.api.token_file {
+        Some(p) if p.exists() => Ok(Some(roadrep::api::auth::ApiToken::read(p)?.header_value())),
+        _ => Ok(None),
+    }
+}
+
 /// An HTTP client for the daemon's API at `listen`.
 pub fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()

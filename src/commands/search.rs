@@ -24,7 +24,13 @@ pub fn run(config_path: Option<&Path>, args: &SearchArgs) -> anyhow::Result<Exit
     };
     req.filter().map_err(|e| anyhow::anyhow!("{e}"))?; // bad flags fail before any I/O
 
-    let hits = match via_api(&config.api.listen, &req, args.image.as_deref())? {
+    let auth = client::authorization(&config)?;
+    let hits = match via_api(
+        &config.api.listen,
+        auth.as_deref(),
+        &req,
+        args.image.as_deref(),
+    )? {
         Some(h) => h,
         None => direct(&config, args, &req)?,
     };
@@ -57,6 +63,7 @@ pub fn run(config_path: Option<&Path>, args: &SearchArgs) -> anyhow::Result<Exit
 /// Asks a running daemon; `None` when nothing listens.
 fn via_api(
     listen: &str,
+    auth: Option<&str>,
     req: &SearchRequest,
     image: Option<&Path>,
 ) -> anyhow::Result<Option<SearchResponse>> {
@@ -65,13 +72,19 @@ fn via_api(
     let result = match image {
         Some(path) => {
             let bytes = std::fs::read(path).with_context(|| format!("'{}'", path.display()))?;
-            agent
-                .post(format!("http://{listen}/api/search/image?{query}"))
-                .send(&bytes[..])
+            let mut r = agent.post(format!("http://{listen}/api/search/image?{query}"));
+            if let Some(a) = auth {
+                r = r.header("Authorization", a);
+            }
+            r.send(&bytes[..])
         }
-        None => agent
-            .get(format!("http://{listen}/api/search?{query}"))
-            .call(),
+        None => {
+            let mut r = agent.get(format!("http://{listen}/api/search?{query}"));
+            if let Some(a) = auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
     };
     client::answer(listen, result)
 }

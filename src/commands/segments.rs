@@ -44,7 +44,11 @@ pub fn run(
         // An explicit --store is read directly, never a daemon's store.
         let from_api = match &args.store {
             Some(_) => None,
-            None => via_api(&config.api.listen, &base)?,
+            None => via_api(
+                &config.api.listen,
+                client::authorization(&config)?.as_deref(),
+                &base,
+            )?,
         };
         let segments = match from_api {
             Some(s) => s,
@@ -142,14 +146,17 @@ fn print_group(file: Option<&str>, segments: &[SegmentView], style: Style) {
 }
 
 /// Asks a running daemon; `None` when nothing listens.
-fn via_api(listen: &str, req: &SegmentsRequest) -> anyhow::Result<Option<Vec<SegmentView>>> {
+fn via_api(
+    listen: &str,
+    auth: Option<&str>,
+    req: &SegmentsRequest,
+) -> anyhow::Result<Option<Vec<SegmentView>>> {
     let url = format!("http://{listen}/api/segments?{}", client::query_string(req));
-    client::answer(
-        listen,
-        client::agent(std::time::Duration::from_secs(60))
-            .get(&url)
-            .call(),
-    )
+    let mut request = client::agent(std::time::Duration::from_secs(60)).get(&url);
+    if let Some(a) = auth {
+        request = request.header("Authorization", a);
+    }
+    client::answer(listen, request.call())
 }
 
 /// Opens the store read-side (the CLIP fingerprint names its embedding tree).

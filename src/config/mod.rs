@@ -94,6 +94,11 @@ pub struct ApiConfig {
     /// Most requests served at once (searches run the text encoder).
     #[serde(default = "default_api_concurrency")]
     pub max_concurrent_requests: usize,
+    /// File holding the bearer token every request must carry (created
+    /// with a random token, mode 0600, when missing). Required when
+    /// `listen` is not a loopback address.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -108,6 +113,7 @@ impl Default for ApiConfig {
         Self {
             listen: default_listen(),
             max_concurrent_requests: default_api_concurrency(),
+            token_file: None,
         }
     }
 }
@@ -271,6 +277,9 @@ impl RoadrepConfig {
             }
         };
         fix(&mut self.models.clip);
+        if let Some(p) = self.api.token_file.as_mut() {
+            fix(p);
+        }
         if let Some(p) = self.models.ort_library.as_mut() {
             fix(p);
         }

@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 
 pub use status::{RetryReason, StreamState, StreamStatus, StreamStatuses};
 
+use crate::api::auth::{self, ApiToken};
 use crate::api::{ApiState, router};
 use crate::config::RoadrepConfig;
 use crate::ingest::source::SourceSpec;
@@ -82,6 +83,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: Option<OnReady>,
 ) -> Result<PipelineTotals, DaemonError> {
+    let token = api_token(config)?;
     let listener = tokio::net::TcpListener::bind(&config.api.listen)
         .await
         .map_err(|source| DaemonError::Bind {
@@ -165,6 +167,7 @@ pub async fn run(
         metrics: parts.metrics,
         streams: statuses.clone(),
         limit: Arc::new(Semaphore::new(config.api.max_concurrent_requests.max(1))),
+        token,
     };
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -227,6 +230,26 @@ pub async fn run(
         return Err(WorkerDied.into());
     }
     Ok(totals)
+}
+
+/// The API's bearer token: required when the API is reachable from other
+/// machines; created on first start when its file is missing.
+fn api_token(config: &RoadrepConfig) -> Result<Option<ApiToken>, DaemonError> {
+    let listen = &config.api.listen;
+    let Some(path) = &config.api.token_file else {
+        if auth::reachable_from_outside(listen) {
+            return Err(DaemonError::Config(format!(
+                "api.listen '{listen}' is reachable from other machines: set api.token_file (a bearer token file the API will require; it is created when missing)"
+            )));
+        }
+        return Ok(None);
+    };
+    let (token, created) =
+        ApiToken::read_or_create(path).map_err(|e| DaemonError::Config(e.to_string()))?;
+    if created {
+        tracing::warn!(path = %path.display(), "Created a new API bearer token; clients send it as 'Authorization: Bearer <token>'.");
+    }
+    Ok(Some(token))
 }
 
 /// Pings the systemd watchdog (when systemd asked for it) every
