@@ -152,35 +152,33 @@ fn error_lines(o: &std::process::Output) -> Vec<String> {
 #[test]
 fn a_picture_renamed_mp4_and_an_audio_only_file_say_what_they_are() {
     let dir = tempfile::tempdir().unwrap();
-    let png = dir.path().join("frame.mp4");
-    common::gst(&format!(
-        "videotestsrc num-buffers=1 ! video/x-raw,width=64,height=48 ! videoconvert ! pngenc ! filesink location={}",
-        png.display()
-    ));
-    let (o, stored) = replay_one(&png, dir.path());
-    assert!(!o.status.success());
-    assert_eq!(stored, 0);
-    let errors = error_lines(&o);
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(
-        errors[0].contains("frame.mp4") && errors[0].contains("is a PNG image, not a video"),
-        "{errors:?}"
-    );
-
-    let wav = dir.path().join("sound.wav");
-    common::gst(&format!(
-        "audiotestsrc num-buffers=40 ! audioconvert ! wavenc ! filesink location={}",
-        wav.display()
-    ));
-    let (o, stored) = replay_one(&wav, dir.path());
-    assert!(!o.status.success());
-    assert_eq!(stored, 0);
-    let errors = error_lines(&o);
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(
-        errors[0].contains("sound.wav") && errors[0].contains("no video stream"),
-        "{errors:?}"
-    );
+    for (name, pipeline, says) in [
+        (
+            "frame.mp4",
+            "videotestsrc num-buffers=1 ! video/x-raw,width=64,height=48 ! videoconvert ! pngenc",
+            "is a PNG image, not a video",
+        ),
+        (
+            "sound.wav",
+            "audiotestsrc num-buffers=40 ! audioconvert ! wavenc",
+            "no video stream",
+        ),
+    ] {
+        let file = dir.path().join(name);
+        common::gst(&format!(
+            "{pipeline} ! filesink location={}",
+            file.display()
+        ));
+        let (o, stored) = replay_one(&file, dir.path());
+        assert!(!o.status.success(), "{name}");
+        assert_eq!(stored, 0, "{name}");
+        let errors = error_lines(&o);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains(name) && errors[0].contains(says),
+            "{errors:?}"
+        );
+    }
 }
 
 #[test]
