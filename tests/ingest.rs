@@ -143,3 +143,49 @@ fn unreachable_rtsp_and_bad_descriptions_are_named_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn a_resumed_file_seeks_to_its_checkpoint_and_keeps_the_same_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip.mp4");
+    // 4 s at 25 fps, a keyframe every second.
+    common::make_clip(&clip, 100, 25, 160, 120, "smpte");
+    let run = |resume: Option<u64>| {
+        let (tx, rx) = frame_channel(4, PipelineLoad::new());
+        let consumer = std::thread::spawn(move || {
+            rx.iter()
+                .filter_map(|e| match e {
+                    IngestEvent::Frame(f) => Some(f.pts_ns),
+                    _ => None,
+                })
+                .collect::<Vec<u64>>()
+        });
+        let counters = Arc::new(SourceCounters::default());
+        let end = run_source(
+            &spec(SourceKind::File(clip.clone()), 2.0),
+            &preprocessor().into(),
+            &tx,
+            &AtomicBool::new(false),
+            resume,
+            &counters,
+        )
+        .unwrap();
+        drop(tx);
+        assert_eq!(end, SourceEnd::Eos);
+        (
+            consumer.join().unwrap(),
+            counters.decoded.load(Ordering::Relaxed),
+        )
+    };
+    let (all, decoded_all) = run(None);
+    assert_eq!(decoded_all, 100);
+    let after = 2_000_000_000;
+    let (resumed, decoded) = run(Some(after));
+    let want: Vec<u64> = all.into_iter().filter(|&p| p > after).collect();
+    assert_eq!(
+        resumed, want,
+        "exactly the frames an uninterrupted run keeps"
+    );
+    // From the keyframe at 2 s: about half the clip is decoded, not all.
+    assert!(decoded <= 52, "decoded {decoded} of 100 frames");
+}

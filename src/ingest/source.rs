@@ -232,6 +232,15 @@ pub fn run_source(
         Some(pts) => FrameSampler::resume_after(spec.sample_fps, pts),
         None => FrameSampler::new(spec.sample_fps),
     }));
+    // A resumed file seeks to its checkpoint instead of decoding from the
+    // start. Seeking needs a prerolled pipeline, so the first decoded frame
+    // passes unsampled to preroll the sink; the flushing seek discards it.
+    let resume_seek = match (&spec.kind, resume_after_pts) {
+        (SourceKind::File(_), Some(pts)) if pts > 0 => Some(pts),
+        _ => None,
+    };
+    let prerolling = Arc::new(AtomicBool::new(resume_seek.is_some()));
+    let probe_prerolling = prerolling.clone();
     let probe_counters = counters.clone();
     let probe_sampler = sampler.clone();
     let sink_pad = convert
@@ -245,6 +254,9 @@ pub fn run_source(
         let Some(buffer) = info.buffer() else {
             return gst::PadProbeReturn::Ok;
         };
+        if probe_prerolling.load(Ordering::Relaxed) {
+            return gst::PadProbeReturn::Ok;
+        }
         let keep = buffer.pts().is_some_and(|pts| {
             counters.decoded.fetch_add(1, Ordering::Relaxed);
             let end = pts + buffer.duration().unwrap_or(gst::ClockTime::ZERO);
@@ -265,6 +277,9 @@ pub fn run_source(
     });
 
     let guard = PipelineGuard(pipeline.clone());
+    if let Some(pts) = resume_seek {
+        seek_to_resume(&pipeline, pts, &prerolling, &stream);
+    }
     pipeline.set_state(gst::State::Playing).map_err(|_| {
         first_bus_error(&pipeline, &stream).unwrap_or_else(|| IngestError::Stream {
             stream: stream.clone(),
@@ -282,6 +297,11 @@ pub fn run_source(
             break SourceEnd::Stopped;
         }
         if let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
+            let pts = sample.buffer().and_then(|b| b.pts()).map(|p| p.nseconds());
+            if resume_after_pts.is_some_and(|r| pts.is_some_and(|p| p <= r)) {
+                // The preroll frame of a resume whose seek failed: stored already.
+                continue;
+            }
             if file_base_ns.is_some()
                 && spec.file_start_ns.is_none()
                 && counters.delivered.load(Ordering::Relaxed) == 0
@@ -343,6 +363,28 @@ pub fn run_source(
     };
     drop(guard);
     Ok(end)
+}
+
+/// Prerolls `pipeline` and seeks to the keyframe at or before `pts_ns`, so
+/// decoding starts near a resume point; the sampler (resumed after
+/// `pts_ns`) keeps exactly the frames an uninterrupted run would. If the
+/// pipeline cannot preroll or seek, it plays from the start (slower, same
+/// frames).
+fn seek_to_resume(pipeline: &gst::Pipeline, pts_ns: u64, prerolling: &AtomicBool, stream: &str) {
+    let prerolled = pipeline.set_state(gst::State::Paused).is_ok()
+        && pipeline.state(gst::ClockTime::from_seconds(30)).0.is_ok();
+    prerolling.store(false, Ordering::Relaxed);
+    let flags = gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE;
+    let seeked = prerolled
+        && pipeline
+            .seek_simple(flags, gst::ClockTime::from_nseconds(pts_ns))
+            .is_ok();
+    if !seeked {
+        tracing::warn!(
+            stream,
+            "Cannot seek to the resume point; decoding from the start."
+        );
+    }
 }
 
 /// Whether a video pad reached the converter (decodebin links the first
