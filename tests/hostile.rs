@@ -210,3 +210,45 @@ fn a_truncated_recording_keeps_its_frames_and_says_it_is_truncated() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(again, stored);
 }
+
+#[test]
+fn frames_replayed_by_a_relative_path_export_from_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let clips = dir.path().join("clips");
+    std::fs::create_dir(&clips).unwrap();
+    common::make_clip(&clips.join("clip.mp4"), 50, 25, 160, 120, "smpte");
+    let store = dir.path().join("store");
+    // Replayed from inside `clips/`, by its bare name.
+    let o = Command::new(env!("CARGO_BIN_EXE_roadrep"))
+        .args(["-c", root().join("config/roadrep.toml").to_str().unwrap()])
+        .args([
+            "replay", "clip.mp4", "--camera", "cam", "--fps", "2", "--store",
+        ])
+        .arg(&store)
+        .current_dir(&clips)
+        .env("XDG_CACHE_HOME", dir.path())
+        .env_remove("ROADREP_CONFIG")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Exported from the repository root, where `clip.mp4` means nothing.
+    let out = dir.path().join("out");
+    let o = common::roadrep(
+        &[
+            "export-frames",
+            "--store",
+            store.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = std::fs::read_to_string(out.join("frames.jsonl")).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        4,
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

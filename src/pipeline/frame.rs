@@ -51,6 +51,15 @@ impl SourceId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A file source's canonical path (`None` for live sources).
+    pub fn file_path(&self) -> Option<std::path::PathBuf> {
+        let rest = self.0.strip_prefix("file:")?;
+        // `<path>:<size>:<mtime>`: the path itself may contain ':'.
+        let mut parts = rest.rsplitn(3, ':');
+        let (_mtime, _size, path) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(path.into())
+    }
 }
 
 impl fmt::Display for SourceId {
@@ -130,4 +139,22 @@ pub enum IngestEvent {
         /// Read to its end (EOS) rather than stopped or failed.
         complete: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_identity_gives_its_path_back_even_with_colons_in_it() {
+        let id = SourceId::from_stored("file:/data/cam:front/a.mp4:1234:1700000000000000000");
+        assert_eq!(
+            id.file_path().unwrap(),
+            std::path::Path::new("/data/cam:front/a.mp4")
+        );
+        assert!(id.resumes());
+        let live = SourceId::from_stored("rtsp://10.0.0.2/stream");
+        assert_eq!(live.file_path(), None);
+        assert!(!live.resumes());
+    }
 }

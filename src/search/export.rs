@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::ingest::config::SourceKind;
 use crate::ingest::frames_at::decode_frames_at;
+use crate::pipeline::SourceId;
 use crate::store::{FrameEntry, FrameFilter, SetTag, Store, StoreError};
 
 /// File name of the manifest in the output directory.
@@ -63,6 +65,34 @@ pub fn caption_from_tags(tags: &[SetTag]) -> String {
     }
 }
 
+/// The file a stored frame's source label names, found through the
+/// stream's checkpoint identities (canonical paths), so a clip replayed by
+/// a relative path from another directory is found from anywhere. A file
+/// that changed since (size or mtime) is not the one that was replayed:
+/// `None`, as for live sources and files that are gone.
+fn source_file(store: &Store, stream: &str, label: &str) -> Result<Option<PathBuf>, StoreError> {
+    let label_path = Path::new(label);
+    let matches: Vec<SourceId> = store
+        .source_ids(stream)?
+        .iter()
+        .map(|id| SourceId::from_stored(id))
+        .filter(|id| {
+            id.file_path()
+                .is_some_and(|p| p == label_path || p.ends_with(label_path))
+        })
+        .collect();
+    let current = |p: &Path| SourceId::of(&SourceKind::File(p.to_path_buf()));
+    Ok(match matches.as_slice() {
+        [id] => id.file_path().filter(|p| p.is_file() && current(p) == *id),
+        // None known, or several files end in this label: the label itself,
+        // if it is a file (and one of them, when several).
+        _ => {
+            let known = matches.is_empty() || matches.contains(&current(label_path));
+            (label_path.is_file() && known).then(|| label_path.to_path_buf())
+        }
+    })
+}
+
 /// Exports the frames passing `filter` (at most `limit`) into `out`.
 pub fn export_frames(
     store: &Store,
@@ -90,11 +120,11 @@ pub fn export_frames(
     );
     let mut report = ExportReport::default();
     for ((source, stream), mut frames) in by_source {
-        let path = Path::new(&source);
-        if !path.is_file() {
+        let Some(path) = source_file(store, &stream, &source)? else {
             report.skipped += frames.len() as u64;
             continue;
-        }
+        };
+        let path = path.as_path();
         frames.sort_by_key(|f| f.record.pts_ns);
         let pts: Vec<u64> = frames.iter().map(|f| f.record.pts_ns).collect();
         let dir = out.join(&stream);

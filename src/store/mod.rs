@@ -320,6 +320,20 @@ impl Store {
             .transpose()
     }
 
+    /// The source identities with a checkpoint on `stream` (unknown stream:
+    /// none).
+    pub fn source_ids(&self, stream: &str) -> Result<Vec<String>, StoreError> {
+        let Some(id) = self.streams()?.into_iter().find(|s| s.name == stream) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for kv in self.checkpoints.scan_prefix(id.id.to_be_bytes()) {
+            let (k, _) = kv.map_err(|e| self.err(e))?;
+            out.push(String::from_utf8_lossy(&k[4..]).into_owned());
+        }
+        Ok(out)
+    }
+
     /// Writes frames and checkpoints in one transaction. Returns how many
     /// frames were new (the rest replaced identical keys).
     pub fn write_batch(
