@@ -409,3 +409,64 @@ fn a_token_file_makes_every_request_present_the_token() {
     assert_eq!(body["status"], "ok");
     running.stop().unwrap();
 }
+
+#[test]
+fn idle_and_half_sent_connections_are_closed_and_cannot_starve_health() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("roadrep.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[models]\nclip = \"{model}\"\nintra_threads = 1\n[tagging]\nlabels = \"{labels}\"\n\
+             [store]\npath = \"{store}\"\n[api]\nlisten = \"127.0.0.1:0\"\nmax_connections = 4\nheader_timeout_secs = 1\n",
+            model = common::tiny_model_dir().display(),
+            labels = common::root().join("config/labels.toml").display(),
+            store = dir.path().join("store").display(),
+        ),
+    )
+    .unwrap();
+    let running = start(RoadrepConfig::from_file(&path).unwrap());
+    let addr = running.addr.clone();
+
+    // A request head that never ends is cut off after the timeout.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: roadrep\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = slow.read(&mut buf).is_ok();
+    assert!(
+        closed && t.elapsed() < Duration::from_secs(4),
+        "a half-sent request holds its connection ({:?})",
+        t.elapsed()
+    );
+
+    // A keep-alive connection idle after its request is closed too.
+    let mut kept = std::net::TcpStream::connect(&addr).unwrap();
+    kept.write_all(b"GET /api/nope HTTP/1.1\r\nHost: roadrep\r\n\r\n")
+        .unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let n = kept.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    let t = Instant::now();
+    let closed = matches!(kept.read(&mut buf), Ok(0));
+    assert!(
+        closed && t.elapsed() < Duration::from_secs(4),
+        "an idle keep-alive holds its connection ({:?})",
+        t.elapsed()
+    );
+
+    // As many idle sockets as the API holds: they time out, and /health
+    // answers a new client soon after.
+    let idle: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let t = Instant::now();
+    let (status, body) = get(&addr, "/health");
+    assert_eq!(status, 200, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    drop(idle);
+    running.stop().unwrap();
+}

@@ -18,6 +18,7 @@
 pub mod auth;
 mod error;
 pub mod routes;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -51,6 +52,10 @@ pub struct ApiState {
     pub token: Option<auth::ApiToken>,
 }
 
+/// Image uploads read at once: each body (up to 32 MiB) is buffered, so
+/// they wait for a slot *before* their body is read.
+pub const MAX_UPLOADS: usize = 4;
+
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
     let token = state.token.clone();
@@ -58,7 +63,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .route("/api/search", get(routes::text_search))
-        .route("/api/search/image", post(routes::image_search))
+        .route(
+            "/api/search/image",
+            post(routes::image_search).route_layer(axum::middleware::from_fn_with_state(
+                Arc::new(Semaphore::new(MAX_UPLOADS)),
+                routes::one_of_few_uploads,
+            )),
+        )
         .route("/api/frames", get(routes::frames))
         .route("/api/timeline", get(routes::timeline))
         .route("/api/streams", get(routes::streams))

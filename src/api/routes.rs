@@ -297,6 +297,23 @@ pub async fn summary(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
 }
 
+/// Holds one of the few upload slots while a request's body is read and
+/// handled, so concurrent uploads cannot buffer unbounded memory.
+pub async fn one_of_few_uploads(
+    State(slots): State<std::sync::Arc<tokio::sync::Semaphore>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Ok(_slot) = slots.acquire_owned().await else {
+        return ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "shutting down".into(),
+        }
+        .into_response();
+    };
+    next.run(request).await
+}
+
 /// Unknown routes: 404 in JSON.
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError {

@@ -99,10 +99,23 @@ pub struct ApiConfig {
     /// `listen` is not a loopback address.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Client connections held at once (more wait in the kernel's backlog).
+    #[serde(default = "default_api_connections")]
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a request head, or stay idle
+    /// between requests, before it is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: f64,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:8470".into()
+}
+fn default_api_connections() -> usize {
+    256
+}
+fn default_header_timeout() -> f64 {
+    10.0
 }
 fn default_api_concurrency() -> usize {
     16
@@ -114,6 +127,8 @@ impl Default for ApiConfig {
             listen: default_listen(),
             max_concurrent_requests: default_api_concurrency(),
             token_file: None,
+            max_connections: default_api_connections(),
+            header_timeout_secs: default_header_timeout(),
         }
     }
 }
@@ -233,6 +248,15 @@ impl RoadrepConfig {
             return Err(invalid(format!(
                 "captions.intra_threads {} must be in 1..={MAX_THREADS}",
                 config.captions.intra_threads
+            )));
+        }
+        if config.api.max_connections == 0 {
+            return Err(invalid("api.max_connections must be at least 1".into()));
+        }
+        let t = config.api.header_timeout_secs;
+        if !(t.is_finite() && t > 0.0 && t <= 3600.0) {
+            return Err(invalid(format!(
+                "api.header_timeout_secs {t} must be in (0, 3600]"
             )));
         }
         if config.ingest.queue_frames == 0 {

@@ -170,16 +170,15 @@ pub async fn run(
         token,
     };
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let limits = crate::api::server::ConnectionLimits {
+        max_connections: config.api.max_connections,
+        header_timeout: Duration::from_secs_f64(config.api.header_timeout_secs),
+    };
     let server = tokio::spawn(async move {
         let graceful = async {
             let _ = api_stop_rx.await;
         };
-        if let Err(error) = axum::serve(listener, router(state))
-            .with_graceful_shutdown(graceful)
-            .await
-        {
-            tracing::error!(%error, "HTTP API failed.");
-        }
+        crate::api::server::serve(listener, router(state), limits, graceful).await;
     });
     tracing::info!(%addr, streams = config.streams.len(), "roadrep is running.");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
