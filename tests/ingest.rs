@@ -11,7 +11,7 @@ use std::time::Duration;
 use roadrep::ingest::config::{RtspTransport, SourceKind};
 use roadrep::ingest::source::{IngestError, SourceCounters, SourceEnd, SourceSpec, run_source};
 use roadrep::models::ModelManifest;
-use roadrep::pipeline::{IngestEvent, PipelineLoad, frame_channel};
+use roadrep::pipeline::{FrameReceiver, IngestEvent, PipelineLoad, frame_channel};
 
 fn spec(kind: SourceKind, fps: f64) -> SourceSpec {
     SourceSpec {
@@ -32,6 +32,18 @@ fn preprocessor() -> roadrep::models::ImagePreprocessor {
         .unwrap()
 }
 
+/// Collects the pts of every frame sent until the senders are gone.
+fn collect_pts(rx: FrameReceiver) -> std::thread::JoinHandle<Vec<u64>> {
+    std::thread::spawn(move || {
+        rx.iter()
+            .filter_map(|e| match e {
+                IngestEvent::Frame(f) => Some(f.pts_ns),
+                _ => None,
+            })
+            .collect()
+    })
+}
+
 #[test]
 fn a_non_live_test_source_is_sampled_by_timestamp_without_drops() {
     // 3 s at 30 fps, 5 fps kept: pts 0, 0.2, 0.4, ... (frames at k/30 s).
@@ -39,14 +51,7 @@ fn a_non_live_test_source_is_sampled_by_timestamp_without_drops() {
         "videotestsrc num-buffers=90 ! video/x-raw,width=160,height=120,framerate=30/1".into(),
     );
     let (tx, rx) = frame_channel(4, PipelineLoad::new());
-    let consumer = std::thread::spawn(move || {
-        rx.iter()
-            .filter_map(|e| match e {
-                IngestEvent::Frame(f) => Some(f.pts_ns),
-                _ => None,
-            })
-            .collect::<Vec<u64>>()
-    });
+    let consumer = collect_pts(rx);
     let counters = Arc::new(SourceCounters::default());
     let end = run_source(
         &spec(kind, 5.0),
@@ -152,14 +157,7 @@ fn a_resumed_file_seeks_to_its_checkpoint_and_keeps_the_same_frames() {
     common::make_clip(&clip, 100, 25, 160, 120, "smpte");
     let run = |resume: Option<u64>| {
         let (tx, rx) = frame_channel(4, PipelineLoad::new());
-        let consumer = std::thread::spawn(move || {
-            rx.iter()
-                .filter_map(|e| match e {
-                    IngestEvent::Frame(f) => Some(f.pts_ns),
-                    _ => None,
-                })
-                .collect::<Vec<u64>>()
-        });
+        let consumer = collect_pts(rx);
         let counters = Arc::new(SourceCounters::default());
         let end = run_source(
             &spec(SourceKind::File(clip.clone()), 2.0),
