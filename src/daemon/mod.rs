@@ -140,6 +140,7 @@ pub async fn run(
             stop: stop.clone(),
             store: parts.store.clone(),
             backoff,
+            max_file_attempts: config.ingest.max_file_attempts.max(1),
         };
         ingest_threads.push(
             std::thread::Builder::new()

@@ -32,6 +32,8 @@ pub struct Supervisor {
     pub(super) stop: Arc<AtomicBool>,
     pub(super) store: Store,
     pub(super) backoff: Backoff,
+    /// See `ingest.max_file_attempts`.
+    pub(super) max_file_attempts: u32,
 }
 
 impl Supervisor {
@@ -39,6 +41,9 @@ impl Supervisor {
     pub fn run(self) {
         let stream = self.spec.stream.to_string();
         let mut delay = self.backoff.initial;
+        // Failed attempts in a row of a file read part way, none of which
+        // got further.
+        let mut stuck = 0u32;
         while !self.stop.load(Ordering::Relaxed) {
             // Per attempt: a file that was missing has a new identity once it exists.
             let source_id = SourceId::of(&self.spec.kind);
@@ -94,6 +99,20 @@ impl Supervisor {
                 Err(error) => {
                     ::metrics::counter!(metrics::SOURCE_ERRORS, "stream" => stream.clone())
                         .increment(1);
+                    stuck = if resume.is_some() && delivered == 0 {
+                        stuck + 1
+                    } else {
+                        0
+                    };
+                    if stuck >= self.max_file_attempts {
+                        let at = resume.unwrap_or_default() as f64 / 1e9;
+                        let message = format!(
+                            "{error}; gave up after {stuck} attempts that got no further: finished at {at:.2} s, the last frame that could be read"
+                        );
+                        tracing::error!(%stream, %message, "File finished at its last good frame.");
+                        self.finish(source_id, &counters, Some(message));
+                        return;
+                    }
                     tracing::error!(%stream, %error, retry_in_secs = delay.as_secs_f64(), "Stream failed; retrying.");
                     self.retrying(RetryReason::Error, error.to_string(), &counters);
                 }

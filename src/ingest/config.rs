@@ -65,6 +65,11 @@ pub struct IngestConfig {
     /// Longest retry delay (the delay doubles up to this).
     #[serde(default = "default_retry_max")]
     pub retry_max_secs: f64,
+    /// Failed attempts in a row, none delivering a frame, after which a
+    /// file that was read part way (a corrupt tail) is finished at its
+    /// last stored frame instead of being retried forever.
+    #[serde(default = "default_file_attempts")]
+    pub max_file_attempts: u32,
 }
 
 fn default_fps() -> f64 {
@@ -72,6 +77,9 @@ fn default_fps() -> f64 {
 }
 fn default_queue() -> usize {
     32
+}
+fn default_file_attempts() -> u32 {
+    3
 }
 fn default_retry_initial() -> f64 {
     1.0
@@ -87,6 +95,7 @@ impl Default for IngestConfig {
             queue_frames: default_queue(),
             retry_initial_secs: default_retry_initial(),
             retry_max_secs: default_retry_max(),
+            max_file_attempts: default_file_attempts(),
         }
     }
 }

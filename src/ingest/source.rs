@@ -327,6 +327,19 @@ pub fn run_source(
                 message,
             })?;
             let pts = frame.pts_ns;
+            // Reliability tests: a file whose data is corrupt from a pts on
+            // (`FAILPOINTS=ingest::corrupt_from_pts=return(NS)`).
+            #[cfg(feature = "failpoints")]
+            if let Some(Some(from)) = fail::eval("ingest::corrupt_from_pts", |arg| {
+                arg.and_then(|a| a.parse::<u64>().ok())
+            }) && pts >= from
+            {
+                return Err(IngestError::Stream {
+                    stream: stream.clone(),
+                    element: "decode".into(),
+                    message: "corrupt data (injected)".into(),
+                });
+            }
             if tx.send(IngestEvent::Frame(frame)).is_err() {
                 break SourceEnd::Stopped;
             }
