@@ -252,3 +252,25 @@ fn frames_replayed_by_a_relative_path_export_from_anywhere() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn a_bad_stream_stops_the_daemon_before_it_starts_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("roadrep.toml");
+    std::fs::write(
+        &config,
+        "[api]\nlisten = \"127.0.0.1:0\"\n[[streams]]\nname = \"front\"\nsource = \"ftp://camera/stream\"\n",
+    )
+    .unwrap();
+    let o = common::roadrep(&["-c", config.to_str().unwrap(), "run"], dir.path());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("roadrep.toml")
+            && lines[0].contains("streams[0]")
+            && lines[0].contains("stream 'front': unsupported scheme 'ftp://'"),
+        "{err}"
+    );
+}
