@@ -32,7 +32,7 @@
 //! - [`replay`], [`daemon`]: the two ways frames enter the pipeline
 //!   (recorded clips; supervised live streams with the HTTP API).
 //! - [`api`]: HTTP API (search, frames, timeline, health, metrics).
-//! - [`bench`]: throughput measurements reported in `BENCHMARKS.md`.
+//! - [`mod@bench`]: throughput measurements reported in `BENCHMARKS.md`.
 //! - `trainer` (feature `trainer`, binary `trainer`): offline LoRA
 //!   fine-tuning of CLIP in candle from our ONNX initializers, datasets
 //!   (manifests, BDD100K labels, class folders), evaluation and reports, and

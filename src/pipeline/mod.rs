@@ -2,12 +2,13 @@
 //! store.
 //!
 //! ```text
-//! ingest threads --FrameSender--> bounded channel --> Worker (own thread)
-//!                                                      |- BatchAssembler   batch.rs
-//!                                                      |- FrameEmbedder    embed.rs (CLIP + tags)
-//!                                                      |- SourceTracker    sources.rs (checkpoints, resume)
-//!                                                      |- SegmentTracker   segments.rs
-//!                                                      '- Store::write     one transaction per batch
+//! ingest threads --FrameSender--> one bounded queue per stream
+//!   --(round robin)--> Worker (own thread)
+//!                        |- BatchAssembler   batch.rs
+//!                        |- FrameEmbedder    embed.rs (CLIP + tags)
+//!                        |- SourceTracker    sources.rs (checkpoints, resume)
+//!                        |- SegmentTracker   segments.rs
+//!                        '- Store::write     one transaction per batch
 //! PipelineLoad (load.rs): queued frames, running batch, heartbeat, stored
 //!   frames, shared by handle with ingest, the caption worker and the daemon.
 //! ```
