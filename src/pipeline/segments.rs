@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::frame::SourceKey;
+use super::sources::SourcePosition;
 use crate::segment::{ClosedSegment, SegmentFrame, Segmenter, SegmenterConfig};
 use crate::store::{
     CaptionJob, CaptionState, NewSegment, OpenMarker, OpenSegmentRecord, SegmentRecord,
@@ -21,17 +22,6 @@ use crate::store::{
 struct SourceSegments {
     segmenter: Segmenter,
     label: Arc<str>,
-}
-
-/// Where a source stands, as the checkpoints know it.
-#[derive(Debug, Clone, Copy)]
-pub struct SourcePosition {
-    /// The source's stream id.
-    pub stream_id: u32,
-    /// Frames after this pts are not stored yet (files; `None`: live).
-    pub resume_pts: Option<u64>,
-    /// Sampling interval, ns (a frame's duration).
-    pub interval_ns: u64,
 }
 
 /// The segmenters of the sources a worker has seen.

@@ -97,6 +97,17 @@ pub enum SourceEnding {
     Suspend,
 }
 
+/// Where a source stands, as its checkpoint knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct SourcePosition {
+    /// The source's stream id.
+    pub stream_id: u32,
+    /// Frames after this pts are not stored yet (files; `None`: live).
+    pub resume_pts: Option<u64>,
+    /// Sampling interval, ns (a frame's duration; 0: unknown).
+    pub interval_ns: u64,
+}
+
 /// Checkpoint state of one (stream, source) while the worker runs.
 struct SourceProgress {
     stream_id: u32,
@@ -131,16 +142,21 @@ impl SourceTracker {
         Ok(p.stream_id)
     }
 
-    /// The stream id of a source's stream.
-    pub fn stream_id(&mut self, key: &SourceKey) -> Result<u32, StoreError> {
-        self.progress_of(key).map(|p| p.stream_id)
+    /// Where `key` stands: its stream id, and for a file the last stored
+    /// pts (frames after it are not stored yet).
+    pub fn position(&mut self, key: &SourceKey) -> Result<SourcePosition, StoreError> {
+        let p = self.progress_of(key)?;
+        Ok(SourcePosition {
+            stream_id: p.stream_id,
+            resume_pts: p.checkpoint.last_pts_ns.filter(|_| key.source_id.resumes()),
+            interval_ns: p.checkpoint.sample_interval_ns,
+        })
     }
 
     /// The checkpoints to write with a batch that touched `keys`. Damaged
     /// sources' checkpoints stay where they were.
-    pub fn updates(&self, keys: &[SourceKey]) -> Vec<CheckpointUpdate> {
-        keys.iter()
-            .filter(|k| !self.damaged.contains(*k))
+    pub fn updates<'k>(&self, keys: impl Iterator<Item = &'k SourceKey>) -> Vec<CheckpointUpdate> {
+        keys.filter(|k| !self.damaged.contains(*k))
             .filter_map(|k| self.progress.get(k).map(|p| update(k, p)))
             .collect()
     }
@@ -156,23 +172,6 @@ impl SourceTracker {
     /// Whether `key` lost frames in this run.
     pub fn is_damaged(&self, key: &SourceKey) -> bool {
         self.damaged.contains(key)
-    }
-
-    /// The stored checkpoint's last pts of a resumable source (frames after
-    /// it are not stored yet).
-    pub fn resume_pts(&self, key: &SourceKey) -> Option<u64> {
-        if !key.source_id.resumes() {
-            return None;
-        }
-        self.progress
-            .get(key)
-            .and_then(|p| p.checkpoint.last_pts_ns)
-    }
-
-    /// The sampling interval of a source's stored frames (0: unknown).
-    pub fn sample_interval_ns(&mut self, key: &SourceKey) -> Result<u64, StoreError> {
-        self.progress_of(key)
-            .map(|p| p.checkpoint.sample_interval_ns)
     }
 
     /// A source ended: how to record it. Forgets the source.
@@ -191,7 +190,6 @@ impl SourceTracker {
     pub fn complete(&mut self, key: &SourceKey) -> Result<CheckpointUpdate, StoreError> {
         let p = self.progress_of(key)?;
         p.checkpoint.complete = true;
-        let p = self.progress.get(key).expect("loaded above");
         Ok(update(key, p))
     }
 

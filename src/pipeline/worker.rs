@@ -15,7 +15,7 @@ use super::embed::FrameEmbedder;
 use super::frame::{Frame, IngestEvent, SourceKey};
 use super::load::{FrameReceiver, PipelineLoad};
 use super::metrics;
-use super::segments::{SegmentTracker, SourcePosition};
+use super::segments::SegmentTracker;
 use super::sources::{SourceEnding, SourceTracker};
 use crate::store::{SegmentWrites, Store};
 
@@ -155,20 +155,17 @@ impl Worker {
                 touched.push((key.clone(), stream_id));
             }
             if self.segments.is_some() && !self.sources.is_damaged(&key) {
-                segment_input.push((stream_id, frame, embedded.segment_input(frame)));
+                segment_input.push((key, frame, embedded.segment_input(frame)));
             }
             stored.push(embedded.into_stored(frame, stream_id));
         }
-        let keys: Vec<SourceKey> = touched.iter().map(|(k, _)| k.clone()).collect();
-        let checkpoints = self.sources.updates(&keys);
+        let checkpoints = self.sources.updates(touched.iter().map(|(k, _)| k));
         let mut writes = SegmentWrites::default();
         if let Some(segments) = &mut self.segments {
-            for (stream_id, frame, input) in segment_input {
-                let key = frame.source_key();
-                let at = SourcePosition {
-                    stream_id,
-                    resume_pts: self.sources.resume_pts(&key),
-                    interval_ns: frame.sample_interval_ns,
+            for (key, frame, input) in segment_input {
+                // Recorded above: the position is in memory.
+                let Ok(at) = self.sources.position(&key) else {
+                    continue;
                 };
                 segments.push(&key, &frame.source_label, at, input, &mut writes);
             }
@@ -245,26 +242,17 @@ impl Worker {
     /// checkpoint complete, in one write.
     fn close_source(&mut self, key: &SourceKey, complete: bool) {
         let stream = &key.stream;
-        let position = self.sources.stream_id(key).and_then(|stream_id| {
-            Ok(SourcePosition {
-                stream_id,
-                resume_pts: None,
-                interval_ns: self.sources.sample_interval_ns(key)?,
-            })
+        let ending = self.sources.position(key).and_then(|at| {
+            let update = complete.then(|| self.sources.complete(key)).transpose()?;
+            Ok((at, update))
         });
-        let update = if complete {
-            Some(self.sources.complete(key))
-        } else {
-            None
-        };
-        let (mut at, update) = match (position, update.transpose()) {
-            (Ok(at), Ok(update)) => (at, update),
-            (Err(error), _) | (_, Err(error)) => {
+        let (at, update) = match ending {
+            Ok(e) => e,
+            Err(error) => {
                 tracing::error!(%error, %stream, "Cannot record the end of a source.");
                 return;
             }
         };
-        at.resume_pts = self.sources.resume_pts(key);
         let writes = match &mut self.segments {
             Some(segments) => segments.close(key, at),
             None => SegmentWrites::default(),
