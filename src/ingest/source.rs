@@ -302,6 +302,19 @@ pub fn run_source(
                 // The preroll frame of a resume whose seek failed: stored already.
                 continue;
             }
+            // Reliability tests: a file whose data is corrupt from a pts on
+            // (`FAILPOINTS=ingest::corrupt_from_pts=return(NS)`).
+            #[cfg(feature = "failpoints")]
+            if let Some(Some(from)) = fail::eval("ingest::corrupt_from_pts", |arg| {
+                arg.and_then(|a| a.parse::<u64>().ok())
+            }) && pts.is_some_and(|p| p >= from)
+            {
+                return Err(IngestError::Stream {
+                    stream: stream.clone(),
+                    element: "decode".into(),
+                    message: "corrupt data (injected)".into(),
+                });
+            }
             if file_base_ns.is_some()
                 && spec.file_start_ns.is_none()
                 && counters.delivered.load(Ordering::Relaxed) == 0
@@ -327,19 +340,6 @@ pub fn run_source(
                 message,
             })?;
             let pts = frame.pts_ns;
-            // Reliability tests: a file whose data is corrupt from a pts on
-            // (`FAILPOINTS=ingest::corrupt_from_pts=return(NS)`).
-            #[cfg(feature = "failpoints")]
-            if let Some(Some(from)) = fail::eval("ingest::corrupt_from_pts", |arg| {
-                arg.and_then(|a| a.parse::<u64>().ok())
-            }) && pts >= from
-            {
-                return Err(IngestError::Stream {
-                    stream: stream.clone(),
-                    element: "decode".into(),
-                    message: "corrupt data (injected)".into(),
-                });
-            }
             if tx.send(IngestEvent::Frame(frame)).is_err() {
                 break SourceEnd::Stopped;
             }
