@@ -60,8 +60,13 @@ fn a_file_with_a_corrupt_tail_is_finished_at_its_last_good_frame() {
             break front;
         }
     };
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    // SIGTERM: what was stored is flushed before the daemon exits.
+    let term = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(daemon.wait().unwrap().success());
     let error = front["last_error"].as_str().unwrap_or_default();
     assert!(
         error.contains("corrupt data") && error.contains("gave up after 3 attempts"),

@@ -59,6 +59,7 @@ fn start(config: RoadrepConfig) -> Running {
         metrics: None,
         caption_preprocess: None,
         captioner: None,
+        config_path: None,
     };
 
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();

@@ -45,10 +45,20 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownStream(_) => StatusCode::NOT_FOUND,
             StoreError::Dimension { .. } => StatusCode::BAD_REQUEST,
             StoreError::NoEmbeddings { .. } => StatusCode::CONFLICT,
+            StoreError::Unwritable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self {
             status,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<crate::daemon::StoreUnavailable> for ApiError {
+    fn from(e: crate::daemon::StoreUnavailable) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
             message: e.to_string(),
         }
     }

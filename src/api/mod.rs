@@ -9,6 +9,7 @@
 //! | `GET /api/frames` | frames in (camera, time) order |
 //! | `GET /api/timeline?camera=..&set=..` | runs of one label set's top class |
 //! | `GET /api/streams` | cameras, frame counts, store size |
+//! | `POST /api/reload` | re-read the config's `[[streams]]` (as `SIGHUP`) |
 //!
 //! Filters (query string): `camera=a,b`, `from`, `to` (RFC 3339 or Unix
 //! seconds), `tag=set:class,...`, `min_tag_score`, `min_score`, `top`.
@@ -31,13 +32,12 @@ pub use error::ApiError;
 pub use routes::{FrameView, HitView, SearchResponse};
 
 use crate::models::ClipModel;
-use crate::store::Store;
 
 /// Shared handler state.
 #[derive(Clone)]
 pub struct ApiState {
-    /// The store.
-    pub store: Store,
+    /// The store (closed while it cannot be written: 503).
+    pub store: Arc<crate::daemon::StoreSlot>,
     /// Model for query embeddings.
     pub model: Arc<ClipModel>,
     /// The label sets tag filters must name.
@@ -50,6 +50,8 @@ pub struct ApiState {
     pub limit: Arc<Semaphore>,
     /// When set, every request must carry it (see [`auth`]).
     pub token: Option<auth::ApiToken>,
+    /// Where `POST /api/reload` asks the daemon to re-read its config.
+    pub reload: Option<tokio::sync::mpsc::Sender<crate::daemon::ReloadRequest>>,
 }
 
 /// Image uploads read at once: each body (up to 32 MiB) is buffered, so
@@ -75,6 +77,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/streams", get(routes::streams))
         .route("/api/segments", get(routes::segments))
         .route("/api/summary", get(routes::summary))
+        .route("/api/reload", post(routes::reload))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(32 << 20))

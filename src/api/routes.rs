@@ -45,12 +45,45 @@ pub async fn health(State(state): State<ApiState>) -> impl IntoResponse {
         .read()
         .map(|s| s.iter().map(|st| st.snapshot()).collect())
         .unwrap_or_default();
+    let store = state.store.health();
+    ::metrics::gauge!(crate::pipeline::metrics::STORE_WRITABLE)
+        .set(f64::from(u8::from(store.writable)));
+    // Degraded: alive and answering, but what the cameras see is not being
+    // stored.
+    let status = if store.writable { "ok" } else { "degraded" };
     Json(serde_json::json!({
-        "status": "ok",
+        "status": status,
         "model": state.model.manifest().name,
         "fingerprint": state.model.fingerprint(),
+        "store": store,
         "streams": streams,
     }))
+}
+
+/// `POST /api/reload`: the daemon re-reads its config's `[[streams]]`
+/// (as on `SIGHUP`) and says what changed; a config that does not load
+/// changes nothing (400 with the reason).
+pub async fn reload(
+    State(state): State<ApiState>,
+) -> Result<Json<crate::daemon::ReloadReport>, ApiError> {
+    let unavailable = |message: &str| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: message.into(),
+    };
+    let reloads = state
+        .reload
+        .as_ref()
+        .ok_or_else(|| unavailable("reload is not available here"))?;
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    reloads
+        .send(crate::daemon::ReloadRequest { reply })
+        .await
+        .map_err(|_| unavailable("shutting down"))?;
+    let report = outcome
+        .await
+        .map_err(|_| unavailable("shutting down"))?
+        .map_err(ApiError::bad_request)?;
+    Ok(Json(report))
 }
 
 pub async fn metrics(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
@@ -131,8 +164,9 @@ pub async fn text_search(
     let Query(req) = req.map_err(query_error)?;
     req.check_labels(state.tagger.class_embeddings())?;
     let s = state.clone();
+    let store = state.store.get()?;
     let hits = blocking(&state, move || {
-        Ok(search::text_search(&s.store, &s.model, &req)?)
+        Ok(search::text_search(&store, &s.model, &req)?)
     })
     .await?;
     Ok(Json(SearchResponse {
@@ -156,11 +190,12 @@ pub async fn image_search(
         return Err(ApiError::bad_request("body: send the query image's bytes"));
     }
     let s = state.clone();
+    let store = state.store.get()?;
     let hits = blocking(&state, move || {
         let img = still::decode(std::path::Path::new("request body"), &body)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(search::image_search(
-            &s.store,
+            &store,
             &s.model,
             &RgbFrame::from_image(&img),
             &req,
@@ -180,8 +215,8 @@ pub async fn frames(
     let limit = search::bounded_top(req.top, 100)?;
     req.check_labels(state.tagger.class_embeddings())?;
     let filter = req.filter()?;
-    let s = state.clone();
-    let frames = blocking(&state, move || Ok(s.store.frames(&filter, limit)?)).await?;
+    let store = state.store.get()?;
+    let frames = blocking(&state, move || Ok(store.frames(&filter, limit)?)).await?;
     Ok(Json(frames.into_iter().map(FrameView::from).collect()))
 }
 
@@ -226,13 +261,13 @@ pub async fn timeline(
         ..Default::default()
     };
     let filter: FrameFilter = req.filter()?;
-    let s = state.clone();
+    let store = state.store.get()?;
     let set = q.set.clone();
     let runs = blocking(&state, move || {
         // Streamed: memory grows with the number of runs, not of frames.
         let mut runs: Vec<(String, i64, i64, u64, f32)> = Vec::new();
         let (mut any_frame, mut seen_set) = (false, false);
-        s.store.for_each_frame(&filter, |f| {
+        store.for_each_frame(&filter, |f| {
             any_frame = true;
             if let Some(t) = f.tags.iter().find(|t| t.set == set) {
                 seen_set = true;
@@ -270,8 +305,8 @@ pub async fn timeline(
 }
 
 pub async fn streams(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
-    let s = state.clone();
-    let stats = blocking(&state, move || Ok(s.store.stats()?)).await?;
+    let store = state.store.get()?;
+    let stats = blocking(&state, move || Ok(store.stats()?)).await?;
     Ok(Json(stats))
 }
 
@@ -282,8 +317,8 @@ pub async fn segments(
 ) -> Result<Json<Vec<crate::search::summary::SegmentView>>, ApiError> {
     let Query(req) = req.map_err(query_error)?;
     let filter = req.filter()?;
-    let s = state.clone();
-    let segments = blocking(&state, move || Ok(s.store.segments(&filter)?)).await?;
+    let store = state.store.get()?;
+    let segments = blocking(&state, move || Ok(store.segments(&filter)?)).await?;
     Ok(Json(crate::search::summary::views(&segments)))
 }
 

@@ -9,7 +9,8 @@ use std::sync::atomic::AtomicBool;
 use indicatif::{ProgressBar, ProgressStyle};
 use roadrep::caption::{CaptionWorker, Captioner};
 use roadrep::config::RoadrepConfig;
-use roadrep::pipeline::{Pipeline, PipelineSettings};
+use roadrep::ingest::config::SourceKind;
+use roadrep::pipeline::{Pipeline, PipelineSettings, SourceId};
 use roadrep::replay::{FileReport, ReplayProgress, ReplaySettings, replay};
 use roadrep::store::Store;
 
@@ -82,6 +83,26 @@ pub fn replay_clips(
     });
     let report = replay(pipeline, &settings, &progress)?;
     progress.bar.finish_and_clear();
+    if let Some(failure) = &report.totals.store_failure {
+        // Nothing more can be written; what is on disk is only known by
+        // reopening the store (sled writes behind, so frames counted as
+        // stored in memory may not have reached the disk).
+        if let Some(c) = captions {
+            c.stop();
+        }
+        let (fingerprint, dim) = (
+            parts.model.fingerprint().to_string(),
+            parts.model.embed_dim(),
+        );
+        drop(parts);
+        let on_disk = match Store::open(&store_path, &fingerprint, dim) {
+            Ok(store) => on_disk(&store, &report),
+            Err(e) => format!("cannot reopen the store to see what is on disk ({e})"),
+        };
+        anyhow::bail!(
+            "{failure}; replay stopped at the first failed write. On disk: {on_disk}. Replay the same files again once there is space: it resumes after the last frame on disk"
+        );
+    }
     if let Some(c) = captions {
         let backlog = c.backlog();
         if backlog > 0 {
@@ -129,6 +150,32 @@ pub fn replay_clips(
         report.totals.inference_secs
     );
     Ok((report, parts.store))
+}
+
+/// What the store holds of each replayed file (its checkpoint), read from
+/// a store reopened after a failed write.
+fn on_disk(store: &Store, report: &roadrep::replay::ReplayReport) -> String {
+    let lines: Vec<String> = report
+        .files
+        .iter()
+        .map(|f| {
+            let source = SourceId::of(&SourceKind::File(f.file.clone()));
+            let checkpoint = store
+                .stream_id(&f.camera)
+                .and_then(|id| store.checkpoint(id, source.as_str()));
+            match checkpoint {
+                Ok(Some(c)) => format!(
+                    "{} {} frames (to {:.2} s)",
+                    f.file.display(),
+                    c.frames,
+                    c.last_pts_ns.unwrap_or(0) as f64 / 1e9
+                ),
+                Ok(None) => format!("{} none", f.file.display()),
+                Err(e) => format!("{} unknown ({e})", f.file.display()),
+            }
+        })
+        .collect();
+    lines.join(", ")
 }
 
 fn describe(f: &FileReport) -> String {
@@ -180,11 +227,13 @@ impl ReplayProgress for Progress {
         self.bar
             .set_prefix(format!("{} ({camera})", file.display()));
         if let Some(p) = resumed {
-            self.bar.println(format!(
-                "{}: resuming after {:.2} s",
-                file.display(),
-                p as f64 / 1e9
-            ));
+            let line = format!("{}: resuming after {:.2} s", file.display(), p as f64 / 1e9);
+            // A hidden bar (not a terminal) prints nothing.
+            if self.plain {
+                eprintln!("{line}");
+            } else {
+                self.bar.println(line);
+            }
         }
     }
 

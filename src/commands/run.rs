@@ -33,6 +33,7 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
             captioner: parts
                 .captioner
                 .map(|c| c as Arc<dyn roadrep::caption::Captioner>),
+            config_path: RoadrepConfig::file_to_load(config_path),
         };
         run_daemon(&config, parts, shutdown_signal(), None).await
     })?;

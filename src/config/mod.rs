@@ -280,18 +280,23 @@ impl RoadrepConfig {
     /// `-c PATH`, else `$ROADREP_CONFIG`, else `config/roadrep.toml` if
     /// present, else built-in defaults (paths relative to the working dir).
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        match Self::file_to_load(explicit) {
+            Some(p) => Self::from_file(&p),
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// The file [`RoadrepConfig::load`] reads: `explicit`, else
+    /// `$ROADREP_CONFIG`, else the default file if it exists.
+    pub fn file_to_load(explicit: Option<&Path>) -> Option<PathBuf> {
         if let Some(p) = explicit {
-            return Self::from_file(p);
+            return Some(p.to_path_buf());
         }
         if let Some(p) = std::env::var_os("ROADREP_CONFIG").filter(|p| !p.is_empty()) {
-            return Self::from_file(Path::new(&p));
+            return Some(PathBuf::from(p));
         }
         let default = Path::new(DEFAULT_CONFIG);
-        if default.is_file() {
-            Self::from_file(default)
-        } else {
-            Ok(Self::default())
-        }
+        default.is_file().then(|| default.to_path_buf())
     }
 
     fn resolve_paths(&mut self, base: &Path) {

@@ -22,6 +22,9 @@ pub enum StreamState {
     Finished,
     /// Stopped by shutdown.
     Stopped,
+    /// Waiting for the store to take writes again (disk full); started
+    /// again, from its checkpoint, once it does.
+    Paused,
 }
 
 /// Why a stream is retrying.
@@ -82,10 +85,10 @@ impl StreamStatus {
 /// The statuses of every stream, shared by the supervisors and the API.
 pub type StreamStatuses = Arc<RwLock<Vec<StreamStatus>>>;
 
-/// One stream's slot in [`StreamStatuses`].
+/// One stream's slot in [`StreamStatuses`], found by name (streams come
+/// and go on reload).
 pub struct StatusSlot {
     statuses: StreamStatuses,
-    index: usize,
     stream: String,
 }
 
@@ -102,21 +105,35 @@ pub struct Transition<'a> {
 }
 
 impl StatusSlot {
-    /// Adds a `starting` stream to `statuses`.
+    /// The slot of `stream`, added as `starting` when it is new; a stream
+    /// started again keeps its entry (and its last error).
     pub fn register(statuses: &StreamStatuses, stream: &str) -> Self {
-        let mut all = statuses.write().expect("status lock");
-        all.push(StreamStatus::starting(stream));
+        let mut all = statuses.write().unwrap_or_else(|p| p.into_inner());
+        match all.iter_mut().find(|s| s.name == stream) {
+            Some(s) => {
+                s.state = StreamState::Starting;
+                s.retry_reason = None;
+                s.current = None;
+            }
+            None => all.push(StreamStatus::starting(stream)),
+        }
         Self {
             statuses: statuses.clone(),
-            index: all.len() - 1,
             stream: stream.to_string(),
         }
+    }
+
+    /// Removes a stream that is no longer configured.
+    pub fn remove(statuses: &StreamStatuses, stream: &str) {
+        let mut all = statuses.write().unwrap_or_else(|p| p.into_inner());
+        all.retain(|s| s.name != stream);
+        ::metrics::gauge!(metrics::STREAM_UP, "stream" => stream.to_string()).set(0.0);
     }
 
     /// Records a transition (and the `stream_up` gauge).
     pub fn set(&self, t: Transition<'_>) {
         if let Ok(mut s) = self.statuses.write()
-            && let Some(st) = s.get_mut(self.index)
+            && let Some(st) = s.iter_mut().find(|st| st.name == self.stream)
         {
             st.state = t.state;
             st.retry_reason = t.reason;

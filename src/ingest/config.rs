@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// One configured camera.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamConfig {
     /// Camera name: stored with every frame, used in search filters.

@@ -31,6 +31,8 @@ pub struct PipelineLoad {
     alive: AtomicBool,
     /// Set when the worker returned (every sender gone): not hung, done.
     finished: AtomicBool,
+    /// Set when a store write failed (disk full): the worker stopped.
+    store_failure: Mutex<Option<String>>,
     epoch: Instant,
 }
 
@@ -43,6 +45,7 @@ impl Default for PipelineLoad {
             heartbeat_ms: AtomicU64::new(0),
             alive: AtomicBool::new(true),
             finished: AtomicBool::new(false),
+            store_failure: Mutex::new(None),
             epoch: Instant::now(),
         }
     }
@@ -87,6 +90,18 @@ impl PipelineLoad {
     pub fn worker_responsive(&self, within: Duration) -> bool {
         self.worker_alive()
             && (self.finished.load(Ordering::Relaxed) || self.since_heartbeat() <= within)
+    }
+
+    /// Why the worker stopped storing, if the store refused a write.
+    pub fn store_failure(&self) -> Option<String> {
+        self.store_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn store_failed(&self, error: String) {
+        *self.store_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
     }
 
     pub(super) fn worker_finished(&self) {
@@ -284,6 +299,30 @@ impl FrameReceiver {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+
+    /// Stops taking events: senders get [`PipelineClosed`] from now on.
+    /// Returns how many queued frames were thrown away.
+    pub fn close(&self) -> u64 {
+        let mut state = lock(&self.queues);
+        state.receiver = false;
+        let mut frames = 0;
+        for (_, queue) in &mut state.streams {
+            frames += queue
+                .drain(..)
+                .filter(|e| matches!(e, IngestEvent::Frame(_)))
+                .count() as u64;
+        }
+        drop(state);
+        self.queues.taken.notify_all();
+        let queued = self
+            .queues
+            .load
+            .queued
+            .fetch_sub(frames as i64, Ordering::Relaxed)
+            - frames as i64;
+        ::metrics::gauge!(metrics::QUEUE_DEPTH).set(queued.max(0) as f64);
+        frames
     }
 
     /// Every event until all senders are gone.

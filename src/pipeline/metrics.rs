@@ -33,3 +33,7 @@ pub const SEGMENTS: &str = "roadrep_segments_total";
 pub const SOURCE_ERRORS: &str = "roadrep_source_errors_total";
 /// Gauge: 1 while a stream is running, label `stream`.
 pub const STREAM_UP: &str = "roadrep_stream_up";
+/// Times the store refused a write (disk full) and the streams stopped.
+pub const STORE_FAILURES: &str = "roadrep_store_failures_total";
+/// 1 while the store takes writes, 0 while it is closed after a failure.
+pub const STORE_WRITABLE: &str = "roadrep_store_writable";

@@ -17,7 +17,7 @@ use super::load::{FrameReceiver, PipelineLoad};
 use super::metrics;
 use super::segments::SegmentTracker;
 use super::sources::{SourceEnding, SourceTracker};
-use crate::store::{SegmentWrites, Store};
+use crate::store::{SegmentWrites, Store, StoreError};
 
 /// Totals of a pipeline run.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -36,6 +36,28 @@ pub struct PipelineTotals {
     pub inference_secs: f64,
     /// Caption jobs dropped because the backlog was full.
     pub caption_jobs_dropped: u64,
+    /// Set when the store refused a write (disk full, I/O error): the
+    /// worker stopped at that batch. Frames counted in `frames` before it
+    /// may not all be on disk (sled writes behind); reopen the store to
+    /// know what is.
+    pub store_failure: Option<String>,
+}
+
+impl PipelineTotals {
+    /// Adds the totals of a later run (the daemon restarts its pipeline
+    /// after the store comes back).
+    pub fn add(&mut self, later: PipelineTotals) {
+        self.frames += later.frames;
+        self.new_frames += later.new_frames;
+        self.failed += later.failed;
+        self.batches += later.batches;
+        self.segments += later.segments;
+        self.inference_secs += later.inference_secs;
+        self.caption_jobs_dropped += later.caption_jobs_dropped;
+        if later.store_failure.is_some() {
+            self.store_failure = later.store_failure;
+        }
+    }
 }
 
 /// Why frames were lost (a metric label).
@@ -99,6 +121,9 @@ impl Worker {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            if self.totals.store_failure.is_some() {
+                return self.stop_unwritable(&rx, assembler);
+            }
         }
         if let Some(batch) = assembler.drain() {
             self.process(batch);
@@ -112,9 +137,39 @@ impl Worker {
         }
         if let Err(error) = self.store.flush() {
             tracing::error!(%error, "Store flush failed at shutdown.");
+            self.store_failed(&error);
         }
         self.load.worker_finished();
         self.totals
+    }
+
+    /// The store refused a write: sled keeps failing until it is reopened,
+    /// so the worker stops at once instead of decoding and dropping the
+    /// rest. Ingest sees the pipeline closed; what is queued is counted.
+    fn stop_unwritable(
+        mut self,
+        rx: &FrameReceiver,
+        mut assembler: BatchAssembler<Frame>,
+    ) -> PipelineTotals {
+        let mut lost = rx.close();
+        if let Some(batch) = assembler.drain() {
+            lost += batch.items.len() as u64;
+        }
+        self.totals.failed += lost;
+        tracing::error!(
+            error = self.totals.store_failure.as_deref().unwrap_or_default(),
+            frames_not_stored = lost,
+            "The store cannot be written; the pipeline stopped."
+        );
+        self.load.worker_finished();
+        self.totals
+    }
+
+    fn store_failed(&mut self, error: &StoreError) {
+        if matches!(error, StoreError::Unwritable { .. }) && self.totals.store_failure.is_none() {
+            self.totals.store_failure = Some(error.to_string());
+            self.load.store_failed(error.to_string());
+        }
     }
 
     fn process(&mut self, batch: Batch<Frame>) {
@@ -188,6 +243,7 @@ impl Worker {
             Err(error) => {
                 tracing::error!(%error, frames = n, "Store write failed; batch dropped.");
                 self.fail_batch(&batch.items, LossReason::Store);
+                self.store_failed(&error);
             }
         }
     }
@@ -236,6 +292,12 @@ impl Worker {
             }
         }
         self.sources.forget(key);
+        // A source's end is a natural point to make its frames durable (and
+        // to learn early that the disk refuses them).
+        if let Err(error) = self.store.flush() {
+            tracing::error!(%error, stream = %key.stream, "Store flush failed at the end of a source.");
+            self.store_failed(&error);
+        }
     }
 
     /// Closes the open segment of a source and, if `complete`, marks its
@@ -269,7 +331,8 @@ impl Worker {
                 }
             }
             Err(error) => {
-                tracing::error!(%error, %stream, "Cannot record the end of a source.")
+                tracing::error!(%error, %stream, "Cannot record the end of a source.");
+                self.store_failed(&error);
             }
         }
     }

@@ -67,7 +67,9 @@ pub struct ReplayReport {
 impl ReplayReport {
     /// Whether every file was read and every frame stored.
     pub fn all_ok(&self) -> bool {
-        self.files.iter().all(|f| f.error.is_none()) && self.totals.failed == 0
+        self.files.iter().all(|f| f.error.is_none())
+            && self.totals.failed == 0
+            && self.totals.store_failure.is_none()
     }
 }
 
@@ -110,7 +112,8 @@ pub fn replay(
     let tx = pipeline.input();
     let mut reports = Vec::new();
     for file in &settings.files {
-        if stop.load(Ordering::Relaxed) {
+        // A store that refused a write refuses every later one: stop.
+        if stop.load(Ordering::Relaxed) || load.store_failure().is_some() {
             break;
         }
         let camera = settings

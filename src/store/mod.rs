@@ -82,6 +82,10 @@ pub enum StoreError {
     /// sled failed.
     #[error("store '{path}': {message}")]
     Sled { path: PathBuf, message: String },
+    /// A write did not reach the disk (disk full, I/O error). sled keeps
+    /// the error: every later write fails until the store is reopened.
+    #[error("store '{path}' cannot be written: {message}")]
+    Unwritable { path: PathBuf, message: String },
     /// A value could not be decoded.
     #[error("store tree '{tree}': corrupt value: {message}")]
     Corrupt { tree: String, message: String },
@@ -415,13 +419,41 @@ impl Store {
                 Ok(n)
             }
             Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(self.err(e)),
+            Err(TransactionError::Storage(e)) => Err(self.unwritable(e)),
+        }
+    }
+
+    fn unwritable(&self, e: sled::Error) -> StoreError {
+        // sled wraps the OS error in its own text: say it plainly.
+        let message = match &e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                "No space left on device".to_string()
+            }
+            sled::Error::Io(io) => io.to_string(),
+            other => other.to_string(),
+        };
+        StoreError::Unwritable {
+            path: self.path.clone(),
+            message,
         }
     }
 
     /// Flushes everything to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+        self.db.flush().map(|_| ()).map_err(|e| self.unwritable(e))
+    }
+
+    /// Whether the store takes writes again: a small write flushed to disk.
+    /// Used after [`StoreError::Unwritable`] on a freshly opened store.
+    pub fn probe_writable(&self) -> Result<(), StoreError> {
+        let meta = self.db.open_tree(META_TREE).map_err(|e| self.err(e))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        meta.insert(b"write_probe", &now.to_be_bytes())
+            .map_err(|e| self.unwritable(e))?;
+        self.flush()
     }
 }
 
