@@ -225,6 +225,76 @@ fn an_interrupted_replay_resumes_into_the_same_segments() {
     );
 }
 
+/// `roadrep replay` of `clip` into `store` with the shipped config (the
+/// tiny CLIP's thresholds, captions by the committed `models/blip-tiny`),
+/// under the fail points `failpoints`.
+#[cfg(feature = "failpoints")]
+fn replay_bin(clip: &Path, store: &Path, failpoints: Option<&str>) {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_roadrep"));
+    c.args(["-c", "config/roadrep.toml", "replay"])
+        .arg(clip)
+        .args(["--camera", "cam", "--fps", "2", "--start", "0", "--store"])
+        .arg(store)
+        .current_dir(common::root())
+        .env("XDG_CACHE_HOME", store.with_extension("cache"))
+        .env_remove("ROADREP_CONFIG")
+        .env_remove("RUST_LOG");
+    match failpoints {
+        Some(f) => c.env("FAILPOINTS", f),
+        None => c.env_remove("FAILPOINTS"),
+    };
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Every segment of a store, keyframe and caption included.
+#[cfg(feature = "failpoints")]
+fn stored_segments(store: &Path) -> Vec<roadrep::store::SegmentRecord> {
+    let m = roadrep::models::ModelManifest::read(&common::tiny_model_dir()).unwrap();
+    let s = Store::open(store, &m.fingerprint, m.clip.embed_dim).unwrap();
+    let segments = s.segments(&SegmentFilter::default()).unwrap();
+    segments.into_iter().map(|s| s.record).collect()
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_replay_stopped_in_an_open_segment_resumes_with_the_same_keyframes_and_captions() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = clip_in(dir.path());
+    let whole = dir.path().join("whole");
+    replay_bin(&clip, &whole, None);
+    let expected = stored_segments(&whole);
+    assert_eq!(expected.len(), SCENES.len());
+    assert!(
+        expected.iter().all(|s| s.caption.text().is_some()),
+        "{expected:?}"
+    );
+
+    // Stopped right before a frame: the store as a kill after the batch of
+    // the frame before leaves it. At 9 s the second scene (6-10 s) is open
+    // with most of its frames; at 10.5 s the change to the third one is
+    // still a candidate (its first frame, 10 s, is that scene's keyframe).
+    for stop_ns in [9_000_000_000i64, 10_500_000_000] {
+        let resumed = dir.path().join(format!("resumed-{stop_ns}"));
+        let stop = format!("ingest::stop_at_pts=return({stop_ns})");
+        replay_bin(&clip, &resumed, Some(&stop));
+        let partial = stored_segments(&resumed);
+        assert_eq!(partial[..], expected[..partial.len()]);
+        let open = &expected[partial.len()];
+        assert!(
+            open.keyframe_ns < stop_ns,
+            "the stop lands in a segment whose keyframe was stored before it: {open:?}"
+        );
+
+        replay_bin(&clip, &resumed, None);
+        assert_eq!(
+            stored_segments(&resumed),
+            expected,
+            "stopped at {stop_ns} ns: the open segment is rebuilt with its keyframe candidates' images, so the same keyframes and captions"
+        );
+    }
+}
+
 /// A captioner that blocks until released, then names the keyframe by its
 /// mean brightness.
 struct BlockedCaptioner {

@@ -315,6 +315,16 @@ pub fn run_source(
                     message: "corrupt data (injected)".into(),
                 });
             }
+            // Reliability tests: a run stopped right before a pts, as a
+            // kill after the batch holding the frame before it leaves the
+            // store (`FAILPOINTS=ingest::stop_at_pts=return(NS)`).
+            #[cfg(feature = "failpoints")]
+            if let Some(Some(at)) = fail::eval("ingest::stop_at_pts", |arg| {
+                arg.and_then(|a| a.parse::<u64>().ok())
+            }) && pts.is_some_and(|p| p >= at)
+            {
+                break SourceEnd::Stopped;
+            }
             if file_base_ns.is_some()
                 && spec.file_start_ns.is_none()
                 && counters.delivered.load(Ordering::Relaxed) == 0

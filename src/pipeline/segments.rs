@@ -5,23 +5,36 @@
 //! interrupted scene goes on instead of being cut at the restart. The
 //! segments a batch closes, their keyframes queued for the captioner, and
 //! each source's open-segment marker are written in the batch's
-//! transaction.
+//! transaction, with the caption images its segmenter holds (keyframe
+//! candidates): a rebuild gets them back and picks the same keyframe.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::frame::SourceKey;
 use super::sources::SourcePosition;
 use crate::segment::{ClosedSegment, SegmentFrame, Segmenter, SegmenterConfig};
 use crate::store::{
-    CaptionJob, CaptionState, NewSegment, OpenMarker, OpenSegmentRecord, SegmentRecord,
-    SegmentWrites, Store, StoreError,
+    CaptionJob, CaptionState, FrameKey, KeyframeImageWrite, NewSegment, OpenMarker,
+    OpenSegmentRecord, SegmentRecord, SegmentWrites, Store, StoreError,
 };
 
 /// The segmenter of one (stream, source) and the label its records carry.
 struct SourceSegments {
     segmenter: Segmenter,
     label: Arc<str>,
+    /// Frame times of its caption images in the store (once the pending
+    /// write commits; a failed write forgets the whole segmenter).
+    stored_images: BTreeSet<i64>,
+}
+
+/// An open segment read back from the store.
+struct Rebuilt {
+    frames: usize,
+    label: Arc<str>,
+    closed: Vec<ClosedSegment>,
+    /// Times of the stored caption images of its frames.
+    images: BTreeSet<i64>,
 }
 
 /// The segmenters of the sources a worker has seen.
@@ -69,7 +82,8 @@ impl SegmentTracker {
     pub fn finish_writes(&mut self, touched: &[(SourceKey, u32)], writes: &mut SegmentWrites) {
         writes.closed.splice(0..0, self.rebuilt.drain(..));
         for (key, stream_id) in touched {
-            if let Some(s) = self.segmenters.get(key) {
+            if let Some(s) = self.segmenters.get_mut(key) {
+                sync_images(s, *stream_id, &mut writes.keyframes);
                 writes.open.push(OpenMarker {
                     stream_id: *stream_id,
                     source_id: key.source_id.to_string(),
@@ -90,8 +104,18 @@ impl SegmentTracker {
         if let Some(SourceSegments {
             mut segmenter,
             label,
+            stored_images,
         }) = self.segmenters.remove(key)
         {
+            // The closed segments carry their keyframe's image.
+            writes
+                .keyframes
+                .extend(stored_images.into_iter().map(|ts_ns| {
+                    KeyframeImageWrite::remove(FrameKey {
+                        stream_id: at.stream_id,
+                        ts_ns,
+                    })
+                }));
             for closed in segmenter.finish() {
                 writes
                     .closed
@@ -134,13 +158,15 @@ impl SegmentTracker {
     ) -> Option<&mut Segmenter> {
         if !self.segmenters.contains_key(key) {
             let mut seg = Segmenter::new(self.config.clone());
+            let mut stored_images = BTreeSet::new();
             let label = match self.rebuild(&mut seg, key, at, until_ns) {
-                Ok(Some((n, stored_label, closed))) => {
-                    tracing::info!(stream = %key.stream, frames = n, "Open segment rebuilt from the store.");
-                    let label = label.unwrap_or(stored_label);
-                    for c in closed {
+                Ok(Some(r)) => {
+                    tracing::info!(stream = %key.stream, frames = r.frames, images = r.images.len(), "Open segment rebuilt from the store.");
+                    let label = label.unwrap_or(r.label);
+                    for c in r.closed {
                         self.rebuilt.push(new_segment(at.stream_id, &label, key, c));
                     }
+                    stored_images = r.images;
                     Some(label)
                 }
                 Ok(None) => label,
@@ -154,32 +180,37 @@ impl SegmentTracker {
                 SourceSegments {
                     segmenter: seg,
                     label: label?,
+                    stored_images,
                 },
             );
         }
         self.segmenters.get_mut(key).map(|s| &mut s.segmenter)
     }
 
-    /// Feeds the stored frames of the open segment back into `seg` (files:
-    /// up to their checkpoint). Returns how many, the stored label, and
-    /// what they closed; `None` when no segment was left open.
-    #[allow(clippy::type_complexity)]
+    /// Feeds the stored frames of the open segment, with their stored
+    /// caption images, back into `seg` (files: up to their checkpoint);
+    /// `None` when no segment was left open.
     fn rebuild(
         &self,
         seg: &mut Segmenter,
         key: &SourceKey,
         at: SourcePosition,
         until_ns: i64,
-    ) -> Result<Option<(usize, Arc<str>, Vec<ClosedSegment>)>, StoreError> {
+    ) -> Result<Option<Rebuilt>, StoreError> {
         let Some(open) = self
             .store
             .open_segment(at.stream_id, key.source_id.as_str())?
         else {
             return Ok(None);
         };
-        let frames: Vec<SegmentFrame> = self
-            .store
-            .frames_between(at.stream_id, open.state.start_ns, until_ns, &open.label)?
+        let stored =
+            self.store
+                .frames_between(at.stream_id, open.state.start_ns, until_ns, &open.label)?;
+        // Images of frames past the checkpoint too: the tracker deletes
+        // those its segmenter does not hold again.
+        let mut images = self.store.keyframe_images(stored.iter().map(|f| f.key))?;
+        let image_times = images.keys().map(|k| k.ts_ns).collect();
+        let frames: Vec<SegmentFrame> = stored
             .into_iter()
             .take_while(|f| at.resume_pts.is_none_or(|p| f.record.pts_ns <= p))
             .map(|f| SegmentFrame {
@@ -188,13 +219,41 @@ impl SegmentTracker {
                 duration_ns: at.interval_ns,
                 embedding: f.embedding.into(),
                 tags: f.tags.sets.into_iter().map(|t| (t.set, t.top)).collect(),
-                caption_image: None,
+                caption_image: images.remove(&f.key).map(Into::into),
             })
             .collect();
-        let n = frames.len();
-        let closed = seg.restore(&open.state, frames);
-        Ok(Some((n, open.label.as_str().into(), closed)))
+        Ok(Some(Rebuilt {
+            frames: frames.len(),
+            closed: seg.restore(&open.state, frames),
+            label: open.label.as_str().into(),
+            images: image_times,
+        }))
     }
+}
+
+/// Brings the store's caption images of `s` in line with those its
+/// segmenter holds: new ones stored, dropped ones (thinned, or of a
+/// segment that closed) deleted.
+fn sync_images(s: &mut SourceSegments, stream_id: u32, writes: &mut Vec<KeyframeImageWrite>) {
+    let key = |ts_ns| FrameKey { stream_id, ts_ns };
+    let mut held = BTreeSet::new();
+    for (ts_ns, rgb) in s.segmenter.caption_images() {
+        if s.stored_images.contains(&ts_ns) {
+            held.insert(ts_ns);
+            continue;
+        }
+        match KeyframeImageWrite::store(key(ts_ns), rgb) {
+            Ok(w) => {
+                writes.push(w);
+                held.insert(ts_ns);
+            }
+            // Only a rebuild after a restart misses it.
+            Err(error) => tracing::warn!(%error, "Cannot store a keyframe candidate's image."),
+        }
+    }
+    let dropped = s.stored_images.difference(&held);
+    writes.extend(dropped.map(|&ts| KeyframeImageWrite::remove(key(ts))));
+    s.stored_images = held;
 }
 
 /// The store record of a closed segment, its keyframe queued for a caption.

@@ -13,7 +13,9 @@
 //! parked car still gets fresh captions. The keyframe of a closed segment is
 //! its most central frame: the one closest to the final centroid. The caption
 //! image comes from the most central frame that still holds one (images are
-//! thinned, not all kept, to bound memory).
+//! thinned, not all kept, to bound memory). Which frames keep an image
+//! depends only on their place in the segment, so a restart that gets back
+//! the kept images (see [`Segmenter::caption_images`]) picks the same one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -171,7 +173,6 @@ struct OpenSegment {
     sum: Vec<f64>,
     /// Per set, time each class was on top, ns.
     tag_time: Vec<(String, HashMap<String, u64>)>,
-    images: usize,
     /// Only members whose index is a multiple of this keep their image.
     image_stride: usize,
     seed_until_ns: i64,
@@ -215,11 +216,11 @@ impl OpenSegment {
             };
             *self.tag_time[slot].1.entry(class.clone()).or_default() += frame.duration_ns;
         }
-        if frame.caption_image.is_some() {
-            self.images += 1;
-        }
         self.members.push(frame);
-        if self.images > max_images.max(1) {
+        // The stride follows the member count, not the images that came in:
+        // a rebuild that gets back only the kept images (the others were
+        // dropped) ends with the same stride and the same images.
+        if self.members.len().div_ceil(stride) > max_images.max(1) {
             self.thin_images();
         }
     }
@@ -230,8 +231,8 @@ impl OpenSegment {
         self.image_stride = self.image_stride.max(1) * 2;
         let stride = self.image_stride;
         for (i, m) in self.members.iter_mut().enumerate() {
-            if !i.is_multiple_of(stride) && m.caption_image.take().is_some() {
-                self.images -= 1;
+            if !i.is_multiple_of(stride) {
+                m.caption_image = None;
             }
         }
     }
@@ -329,10 +330,23 @@ impl Segmenter {
         })
     }
 
+    /// The caption images held (keyframe candidates of the open segment and
+    /// frames of a pending change), by frame time: what a restart needs back
+    /// to pick the same keyframe.
+    pub fn caption_images(&self) -> impl Iterator<Item = (i64, &Arc<[u8]>)> {
+        self.open
+            .members
+            .iter()
+            .chain(&self.candidate)
+            .filter_map(|m| Some((m.ts_ns, m.caption_image.as_ref()?)))
+    }
+
     /// Rebuilds the open segment of `state` from its stored frames (in time
     /// order, from `state.start_ns`): frames up to the seed enter as they
-    /// did, later ones are decided again. Returns what they close (nothing,
-    /// when the frames are those the state was taken from).
+    /// did, later ones are decided again. Frames carry the images
+    /// [`Segmenter::caption_images`] listed then, so the same ones are
+    /// kept. Returns what they close (nothing, when the frames are those
+    /// the state was taken from).
     pub fn restore(
         &mut self,
         state: &OpenState,

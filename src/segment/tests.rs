@@ -146,14 +146,14 @@ fn caption_images_are_thinned_to_the_configured_count() {
     for i in 0..40 {
         assert!(s.push(frame(i, 0, 0.0, true)).is_empty());
     }
-    assert!(s.open.images <= 4, "{}", s.open.images);
     let kept = s
         .open
         .members
         .iter()
         .filter(|m| m.caption_image.is_some())
         .count();
-    assert_eq!(kept, s.open.images);
+    assert!(kept <= 4, "{kept}");
+    assert_eq!(s.caption_images().count(), kept);
     // Spread over the whole segment, not bunched at its end.
     let with_image: Vec<usize> = s
         .open
@@ -196,17 +196,32 @@ fn drifting(seed: u64, n: usize) -> Vec<SegmentFrame> {
                 duration_ns: STEP,
                 embedding: e.into(),
                 tags: vec![("scene".into(), "x".into())],
-                caption_image: None,
+                caption_image: Some(vec![i as u8; 3].into()),
             }
         })
         .collect()
 }
 
+/// Bounds, keyframe and caption image of each segment.
+type Summary = Vec<(i64, i64, i64, Option<Vec<u8>>)>;
+
+fn summary(segments: &[ClosedSegment]) -> Summary {
+    segments
+        .iter()
+        .map(|s| {
+            let image = s.caption_image.as_ref().map(|i| i.to_vec());
+            (s.start_ns, s.end_ns, s.keyframe_ns, image)
+        })
+        .collect()
+}
+
 #[test]
-fn a_restart_anywhere_rebuilds_the_same_segments() {
+fn a_restart_anywhere_rebuilds_the_same_segments_and_keyframes() {
     let config = SegmenterConfig {
         cut_distance: 0.08,
         keep_distance: 0.04,
+        // Few, so that images are thinned.
+        max_keyframe_candidates: 3,
         ..Default::default()
     };
     let mut segments = 0;
@@ -218,29 +233,37 @@ fn a_restart_anywhere_rebuilds_the_same_segments() {
             expected.extend(whole.push(f.clone()));
         }
         expected.extend(whole.finish());
-        let expected = bounds(&expected);
+        let expected = summary(&expected);
         segments += expected.len();
         for k in 1..frames.len() {
             // Run until frame k, "restart": keep only what the store has
-            // (closed segments, stored frames, the open state).
+            // (closed segments, stored frames, the open state, the images
+            // the segmenter held).
             let mut before = Segmenter::new(config.clone());
             let mut got = Vec::new();
             for f in &frames[..k] {
                 got.extend(before.push(f.clone()));
             }
             let state = before.open_state().unwrap();
+            let held: HashMap<i64, Arc<[u8]>> = before
+                .caption_images()
+                .map(|(ts, image)| (ts, image.clone()))
+                .collect();
             let mut after = Segmenter::new(config.clone());
             let stored = frames[..k]
                 .iter()
                 .filter(|f| f.ts_ns >= state.start_ns)
-                .cloned();
+                .map(|f| SegmentFrame {
+                    caption_image: held.get(&f.ts_ns).cloned(),
+                    ..f.clone()
+                });
             got.extend(after.restore(&state, stored));
             for f in &frames[k..] {
                 got.extend(after.push(f.clone()));
             }
             got.extend(after.finish());
             assert_eq!(
-                bounds(&got),
+                summary(&got),
                 expected,
                 "seed {seed}, restart after {k} frames"
             );

@@ -14,6 +14,12 @@
 //! - `segments`: [`FrameKey`] of the first frame -> [`SegmentRecord`]
 //! - `segment_open`: stream id + source -> start of its open segment (what a
 //!   restart rebuilds the segmenter from)
+//! - `segment_keyframes`: [`FrameKey`] -> [`KeyframeImage`], the caption
+//!   images of open segments' keyframe candidates (at most
+//!   `max_keyframe_candidates` per open segment, plus a pending change's
+//!   frames), so a rebuilt segment picks the same keyframe; deleted when
+//!   the segmenter drops them or the segment closes. Added in schema 1
+//!   without a version change: an older store opens with the tree empty.
 //! - `caption_queue`: segment key -> [`CaptionJob`] (keyframe pixels), the
 //!   persistent backlog of the captioner
 //! - `caption_index`: `word\0segment key`, for caption word search
@@ -21,10 +27,11 @@
 //! A batch of frames and the checkpoint that covers them are written in one
 //! transaction, so after a crash the checkpoint never claims frames that are
 //! not stored, and a resumed replay neither skips nor duplicates frames.
-//! Segments closed by a batch, and the open-segment markers, go in the same
-//! transaction.
+//! Segments closed by a batch, the open-segment markers and their keyframe
+//! candidates' images go in the same transaction.
 //! Writing a frame that exists replaces it (replay is idempotent).
 
+mod keyframes;
 pub mod keys;
 mod query;
 pub mod schema;
@@ -35,11 +42,12 @@ use std::path::{Path, PathBuf};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+pub use keyframes::KeyframeImageWrite;
 pub use keys::FrameKey;
 pub use query::{FrameEntry, FrameFilter, SearchHit, StoreStats};
 pub use schema::{
-    CaptionJob, CaptionState, Checkpoint, FrameRecord, OpenSegmentRecord, SegmentRecord, SetTag,
-    StreamRecord, TagRecord,
+    CaptionJob, CaptionState, Checkpoint, FrameRecord, KeyframeImage, OpenSegmentRecord,
+    SegmentRecord, SetTag, StreamRecord, TagRecord,
 };
 pub use segments::{
     NewSegment, OpenMarker, SegmentEntry, SegmentFilter, SegmentWrites, StoredFrameData,
@@ -61,6 +69,8 @@ pub const META_TREE: &str = "meta";
 pub const SEGMENTS_TREE: &str = "segments";
 /// `segment_open` tree.
 pub const SEGMENT_OPEN_TREE: &str = "segment_open";
+/// `segment_keyframes` tree.
+pub const SEGMENT_KEYFRAMES_TREE: &str = "segment_keyframes";
 /// `caption_queue` tree.
 pub const CAPTION_QUEUE_TREE: &str = "caption_queue";
 /// `caption_index` tree.
@@ -108,6 +118,9 @@ pub enum StoreError {
         fingerprint: String,
         held: String,
     },
+    /// A keyframe image that cannot be stored.
+    #[error("keyframe image: {0}")]
+    KeyframeImage(String),
     /// An embedding of the wrong dimension.
     #[error("embedding has {actual} values, the store's model has {expected}")]
     Dimension { expected: usize, actual: usize },
@@ -149,6 +162,7 @@ pub struct Store {
     embeddings: sled::Tree,
     segments: sled::Tree,
     segment_open: sled::Tree,
+    segment_keyframes: sled::Tree,
     caption_queue: sled::Tree,
     caption_index: sled::Tree,
     /// Wakes the captioner when a job is queued.
@@ -220,6 +234,7 @@ impl Store {
             checkpoints: tree(CHECKPOINTS_TREE)?,
             segments: tree(SEGMENTS_TREE)?,
             segment_open: tree(SEGMENT_OPEN_TREE)?,
+            segment_keyframes: tree(SEGMENT_KEYFRAMES_TREE)?,
             caption_queue: tree(CAPTION_QUEUE_TREE)?,
             caption_index: tree(CAPTION_INDEX_TREE)?,
             caption_signal: Default::default(),
@@ -374,9 +389,21 @@ impl Store {
             &self.segment_open,
             &self.caption_queue,
             &self.caption_index,
+            &self.segment_keyframes,
         )
             .transaction(
-                |(frames_t, emb_t, tags_t, index_t, ckpt_t, seg_t, open_t, queue_t, words_t)| {
+                |(
+                    frames_t,
+                    emb_t,
+                    tags_t,
+                    index_t,
+                    ckpt_t,
+                    seg_t,
+                    open_t,
+                    queue_t,
+                    words_t,
+                    kf_t,
+                )| {
                     let mut new = 0;
                     for f in frames {
                         let key = f.key.encode();
@@ -407,6 +434,7 @@ impl Store {
                     }
                     let queued =
                         segments::write_segments(segments, seg_t, open_t, queue_t, words_t)?;
+                    keyframes::write(&segments.keyframes, kf_t)?;
                     Ok((new, queued))
                 },
             );

@@ -152,6 +152,16 @@ pub struct CaptionJob {
     pub rgb: Vec<u8>,
 }
 
+/// The caption image of a keyframe candidate of an open segment (see
+/// `store::keyframes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyframeImage {
+    /// Side of the square image.
+    pub size: u32,
+    /// The packed RGB pixels as a PNG (lossless).
+    pub png: Vec<u8>,
+}
+
 /// Encodes a value with the schema version byte.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![SCHEMA_VERSION];

@@ -46,12 +46,14 @@ pub struct SegmentWrites {
     pub closed: Vec<NewSegment>,
     /// Open-segment markers.
     pub open: Vec<OpenMarker>,
+    /// Caption images of keyframe candidates kept or dropped.
+    pub keyframes: Vec<super::KeyframeImageWrite>,
 }
 
 impl SegmentWrites {
     /// Nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.closed.is_empty() && self.open.is_empty()
+        self.closed.is_empty() && self.open.is_empty() && self.keyframes.is_empty()
     }
 }
 

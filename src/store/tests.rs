@@ -266,7 +266,7 @@ fn captions_apply_only_to_the_keyframe_they_were_made_for_and_stale_words_go() {
             &[],
             &SegmentWrites {
                 closed: vec![seg],
-                open: Vec::new(),
+                ..Default::default()
             },
         )
         .unwrap()
@@ -311,7 +311,7 @@ fn the_caption_backlog_is_counted_without_a_scan_and_trimmed_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
     let closed = |segs: Vec<NewSegment>| SegmentWrites {
         closed: segs,
-        open: Vec::new(),
+        ..Default::default()
     };
     {
         let s = open(dir.path());
@@ -348,4 +348,28 @@ fn the_caption_backlog_is_counted_without_a_scan_and_trimmed_oldest_first() {
     assert!(dropped(&states[0].1) && dropped(&states[1].1), "{states:?}");
     assert_eq!(states[2], (300, CaptionState::Pending), "the newest stays");
     assert_eq!(s.next_caption_job().unwrap().unwrap().0.ts_ns, 300);
+}
+
+#[test]
+fn keyframe_candidate_images_come_back_bit_exact_until_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let f = frame(&store, "cam", 5, [1.0, 0.0, 0.0, 0.0], "clear");
+    // A noisy 16x16 image: PNG must keep every byte.
+    let rgb: Vec<u8> = (0..16 * 16 * 3).map(|i| (i * 37 % 251) as u8).collect();
+    let writes = SegmentWrites {
+        keyframes: vec![KeyframeImageWrite::store(f.key, &rgb).unwrap()],
+        ..Default::default()
+    };
+    store.write(std::slice::from_ref(&f), &[], &writes).unwrap();
+    let images = store.keyframe_images([f.key]).unwrap();
+    assert_eq!(images.get(&f.key), Some(&rgb));
+    assert!(KeyframeImageWrite::store(f.key, &rgb[1..]).is_err());
+
+    let writes = SegmentWrites {
+        keyframes: vec![KeyframeImageWrite::remove(f.key)],
+        ..Default::default()
+    };
+    store.write(&[], &[], &writes).unwrap();
+    assert!(store.keyframe_images([f.key]).unwrap().is_empty());
 }
