@@ -250,6 +250,14 @@ impl RoadrepConfig {
                 config.captions.intra_threads
             )));
         }
+        // Checked here, not at bind time: a value that is no address at all
+        // would otherwise be reported as "reachable from other machines".
+        if !is_host_port(&config.api.listen) {
+            return Err(invalid(format!(
+                "api.listen '{}' must be host:port (like 127.0.0.1:8470)",
+                config.api.listen
+            )));
+        }
         if config.api.max_connections == 0 {
             return Err(invalid("api.max_connections must be at least 1".into()));
         }
@@ -340,9 +348,48 @@ impl RoadrepConfig {
     }
 }
 
+/// `IP:port`, `[IPv6]:port` or `name:port`.
+fn is_host_port(listen: &str) -> bool {
+    listen.parse::<std::net::SocketAddr>().is_ok()
+        || listen.rsplit_once(':').is_some_and(|(host, port)| {
+            port.parse::<u16>().is_ok()
+                && !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_must_be_an_address() {
+        for ok in ["127.0.0.1:0", "[::1]:8470", "localhost:8470", "0.0.0.0:80"] {
+            let text = format!("[api]\nlisten = \"{ok}\"\n");
+            assert!(
+                RoadrepConfig::parse(Path::new("r.toml"), &text).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "nonsense",
+            "127.0.0.1",
+            ":8470",
+            "host:port",
+            "127.0.0.1:99999",
+        ] {
+            let text = format!("[api]\nlisten = \"{bad}\"\n");
+            let e = RoadrepConfig::parse(Path::new("r.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("api.listen '{bad}' must be host:port")),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn thread_counts_are_bounded() {

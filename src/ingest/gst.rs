@@ -183,6 +183,7 @@ pub(super) fn with_rgb<T>(
 }
 
 pub(super) fn pop_error(bus: &gst::Bus, stream: &str) -> Option<IngestError> {
+    let mut warning: Option<String> = None;
     while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Warning]) {
         match msg.view() {
             gst::MessageView::Error(e) => {
@@ -192,14 +193,25 @@ pub(super) fn pop_error(bus: &gst::Bus, stream: &str) -> Option<IngestError> {
                 if let Some(details) = e.debug() {
                     tracing::debug!(stream, details = %details, "GStreamer error details.");
                 }
+                // decodebin's error only says "missing a plug-in"; its
+                // warning before says for what type ('text/html' for a web
+                // page saved as .mp4), which is what the user needs.
+                let message = match warning.take() {
+                    Some(w) if e.error().matches(gst::CoreError::MissingPlugin) => format!(
+                        "{} (not a video any installed GStreamer plugin decodes)",
+                        w.trim_end_matches('.')
+                    ),
+                    _ => e.error().to_string(),
+                };
                 return Some(IngestError::Stream {
                     stream: stream.to_string(),
                     element,
-                    message: e.error().to_string(),
+                    message,
                 });
             }
             gst::MessageView::Warning(w) => {
                 tracing::warn!(stream, warning = %w.error(), "GStreamer warning.");
+                warning = Some(w.error().to_string());
             }
             _ => {}
         }
