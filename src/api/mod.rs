@@ -56,7 +56,16 @@ pub struct ApiState {
 
 /// Image uploads read at once: each body (up to 32 MiB) is buffered, so
 /// they wait for a slot *before* their body is read.
-pub const MAX_UPLOADS: usize = 4;
+pub const MAX_UPLOADS: usize = 2;
+
+/// Largest request body (a query image).
+pub const MAX_UPLOAD_BYTES: usize = 32 << 20;
+
+/// Largest query image decoded (25 megapixels, 5000x5000; bigger than any
+/// camera frame): with [`MAX_UPLOADS`] this bounds what uploads can hold
+/// at once to about 2 x (32 MiB body + 25 Mpx x 11 bytes) in the worst
+/// case (16-bit RGBA PNG), far less for JPEG (3 bytes a pixel).
+pub const MAX_UPLOAD_PIXELS: u64 = 25_000_000;
 
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
@@ -80,7 +89,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/reload", post(routes::reload))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
         .with_state(state);
     match token {
         Some(t) => router.layer(axum::middleware::from_fn_with_state(t, auth::require_token)),

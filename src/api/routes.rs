@@ -1,8 +1,7 @@
 //! Handlers. Model runs and store scans go to blocking threads.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -177,14 +176,11 @@ pub async fn text_search(
 pub async fn image_search(
     State(state): State<ApiState>,
     req: Result<Query<SearchRequest>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Json<SearchResponse>, ApiError> {
     let Query(req) = req.map_err(query_error)?;
-    // Too large (413) and unreadable bodies answer in JSON like the rest.
-    let body = body.map_err(|e| ApiError {
-        status: e.status(),
-        message: format!("body: {}", e.body_text()),
-    })?;
+    let body = read_upload(&headers, body, super::MAX_UPLOAD_BYTES).await?;
     req.check_labels(state.tagger.class_embeddings())?;
     if body.is_empty() {
         return Err(ApiError::bad_request("body: send the query image's bytes"));
@@ -192,8 +188,12 @@ pub async fn image_search(
     let s = state.clone();
     let store = state.store.get()?;
     let hits = blocking(&state, move || {
-        let img = still::decode(std::path::Path::new("request body"), &body)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let img = still::decode_limited(
+            std::path::Path::new("request body"),
+            &body,
+            super::MAX_UPLOAD_PIXELS,
+        )
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(search::image_search(
             &store,
             &s.model,
@@ -330,6 +330,39 @@ pub async fn summary(
     let Json(views) = segments(State(state), req).await?;
     let text: String = views.iter().map(|v| format!("{}\n", v.line)).collect();
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}
+
+/// Reads an upload into one buffer sized from its `Content-Length`, so a
+/// body costs its size once (collecting chunks and then joining them
+/// costs it twice or more). Over `limit`: 413 before or while reading.
+async fn read_upload(
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    use http_body_util::BodyExt;
+    let too_large = || ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!("body: larger than {limit} bytes"),
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut out = Vec::with_capacity(declared.unwrap_or(0));
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
 }
 
 /// Holds one of the few upload slots while a request's body is read and

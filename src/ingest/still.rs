@@ -47,6 +47,17 @@ pub fn decode_file(path: &Path) -> Result<RgbImage, StillImageError> {
 
 /// Decodes image bytes to RGB8; `path` is only used in messages.
 pub fn decode(path: &Path, bytes: &[u8]) -> Result<RgbImage, StillImageError> {
+    decode_limited(path, bytes, MAX_PIXELS)
+}
+
+/// [`decode`] refusing images over `max_pixels` before anything is
+/// allocated for them: a few KB of PNG can claim 100 megapixels, and
+/// decoding it takes up to 11 bytes a pixel (16-bit RGBA, then RGB8).
+pub fn decode_limited(
+    path: &Path,
+    bytes: &[u8],
+    max_pixels: u64,
+) -> Result<RgbImage, StillImageError> {
     let format = image::guess_format(bytes).map_err(|_| StillImageError::NotAnImage {
         path: path.to_path_buf(),
     })?;
@@ -59,10 +70,10 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<RgbImage, StillImageError> {
         // The header's size decides the allocation: refuse absurd ones before
         // decoding (the image crate applies a similar limit to other formats).
         if let Ok(h) = turbojpeg::read_header(bytes)
-            && (h.width as u64) * (h.height as u64) > MAX_PIXELS
+            && (h.width as u64) * (h.height as u64) > max_pixels
         {
             return Err(corrupt(format!(
-                "{}x{} is larger than {MAX_PIXELS} pixels",
+                "{}x{} is larger than {max_pixels} pixels",
                 h.width, h.height
             )));
         }
@@ -77,7 +88,17 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<RgbImage, StillImageError> {
             Err(e) => return Err(corrupt(e.to_string())),
         }
     }
-    image::load_from_memory_with_format(bytes, format)
+    let reader = || image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let (w, h) = reader()
+        .into_dimensions()
+        .map_err(|e| corrupt(e.to_string()))?;
+    if u64::from(w) * u64::from(h) > max_pixels {
+        return Err(corrupt(format!(
+            "{w}x{h} is larger than {max_pixels} pixels"
+        )));
+    }
+    reader()
+        .decode()
         .map(|i| i.into_rgb8())
         .map_err(|e| corrupt(e.to_string()))
 }
