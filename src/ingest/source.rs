@@ -638,6 +638,42 @@ mod tests {
     }
 
     #[test]
+    fn a_sender_ntp_reference_timestamp_is_a_unix_time() {
+        gst::init().unwrap();
+        let unix_ns = 1_700_000_000_123_000_000i64;
+        let mut buffer = gst::Buffer::new();
+        let ntp = gst::ClockTime::from_nseconds((unix_ns + NTP_UNIX_OFFSET_NS) as u64);
+        {
+            let b = buffer.get_mut().unwrap();
+            // Another clock's reference is not the sender's NTP time.
+            gst::ReferenceTimestampMeta::add(
+                b,
+                &gst::Caps::new_empty_simple("timestamp/x-unix"),
+                gst::ClockTime::from_seconds(5),
+                None,
+            );
+            assert_eq!(sender_ntp_ns(b), None);
+            gst::ReferenceTimestampMeta::add(
+                b,
+                &gst::Caps::builder("timestamp/x-ntp")
+                    .field("host", "pool.ntp.org")
+                    .build(),
+                ntp,
+                None,
+            );
+        }
+        assert_eq!(sender_ntp_ns(&buffer), Some(unix_ns));
+        // A sender time earlier than the last one given still increases.
+        let mut clock = LiveClock {
+            zero_ns: None,
+            last_ns: Some(unix_ns + 1_000),
+        };
+        let sample = gst::Sample::builder().buffer(&buffer).build();
+        let pipeline = gst::Pipeline::new();
+        assert_eq!(clock.stamp(&pipeline, &sample), unix_ns + 1_001);
+    }
+
+    #[test]
     fn a_video_ending_well_before_its_duration_is_truncated() {
         let s = 1_000_000_000;
         assert_eq!(truncation(20 * s, 20 * s), SourceEnd::Eos);
