@@ -17,6 +17,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
   gstreamer1.0-x
+  gir1.2-gst-rtsp-server-1.0 python3-gi
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -110,6 +110,11 @@ pub(super) fn build_pipeline(spec: &SourceSpec) -> Result<gst::Pipeline, String>
                     };
                     src.set_property_from_str("protocols", protocols);
                     src.set_property("latency", latency);
+                    // Sender capture times (NTP) on the buffers, where the
+                    // server signals an RFC 7273 clock (see `source`).
+                    if src.has_property("add-reference-timestamp-meta") {
+                        src.set_property("add-reference-timestamp-meta", true);
+                    }
                 }
                 None
             });

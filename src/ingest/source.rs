@@ -4,6 +4,18 @@
 //! Unsampled frames are dropped before colour conversion, so conversion
 //! and preprocessing cost only the kept frames.
 //!
+//! Frame times: a file's frame is its start time + pts. A live source's
+//! frame is stamped with when it was captured, not when it reached the
+//! appsink: the sender's NTP time when the buffer carries one (a
+//! `timestamp/x-ntp` reference timestamp meta, which rtspsrc adds for
+//! servers that signal an RFC 7273 clock), else the pipeline clock: wall
+//! time of running time 0 (a realtime reading paired with the pipeline
+//! clock at the first frame, plus the base time) + the buffer's running
+//! time. A backlog delivered at once after a stall keeps its capture times,
+//! and times of one run are strictly increasing. A non-live `gst:`
+//! description (a test source run as fast as it decodes) has no capture
+//! time and is stamped on arrival.
+//!
 //! Files are read as fast as the consumer takes frames: the appsink holds
 //! two frames and blocks, which back-pressures the decoder. Live sources run
 //! in real time: the appsink keeps only the newest frame, so when inference
@@ -257,6 +269,10 @@ pub fn run_source(
         if probe_prerolling.load(Ordering::Relaxed) {
             return gst::PadProbeReturn::Ok;
         }
+        // Reliability tests: the streaming thread stalls, as a process
+        // stopped with SIGSTOP (`FAILPOINTS=ingest::stall=5*off->1*sleep(MS)`).
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("ingest::stall");
         let keep = buffer.pts().is_some_and(|pts| {
             counters.decoded.fetch_add(1, Ordering::Relaxed);
             let end = pts + buffer.duration().unwrap_or(gst::ClockTime::ZERO);
@@ -292,6 +308,7 @@ pub fn run_source(
     let label = source_label(&spec.kind);
     let bus = pipeline.bus().expect("a pipeline has a bus");
     let mut reported_drops = 0u64;
+    let mut live_clock = LiveClock::default();
     let end = loop {
         if stop.load(Ordering::Relaxed) {
             break SourceEnd::Stopped;
@@ -335,12 +352,15 @@ pub fn run_source(
                     file_base_ns = file_base_ns.map(|b| b.saturating_sub(d.nseconds() as i64));
                 }
             }
+            let live_ns =
+                (live && file_base_ns.is_none()).then(|| live_clock.stamp(&pipeline, &sample));
             let frame = with_rgb(&sample, |pts_ns, rgb| {
                 let origin = FrameOrigin {
                     spec,
                     source: &source,
                     label: &label,
                     file_base_ns,
+                    live_ns,
                 };
                 to_frame(pts_ns, rgb, preprocessor, &origin)
             })
@@ -480,8 +500,82 @@ struct FrameOrigin<'a> {
     spec: &'a SourceSpec,
     source: &'a SourceId,
     label: &'a Arc<str>,
-    /// A file's time of pts 0; `None`: live (stamped on arrival).
+    /// A file's time of pts 0; `None`: not a file.
     file_base_ns: Option<i64>,
+    /// A live source's capture time of this frame (see [`LiveClock`]);
+    /// `None` with no `file_base_ns`: stamped on arrival.
+    live_ns: Option<i64>,
+}
+
+/// NTP (1900) to Unix (1970) epoch, ns.
+const NTP_UNIX_OFFSET_NS: i64 = 2_208_988_800 * 1_000_000_000;
+
+/// Capture times of one run of a live source (see the module docs).
+#[derive(Debug, Default)]
+struct LiveClock {
+    /// Wall time of running time 0, ns since the epoch (set at the first
+    /// frame stamped from the pipeline clock).
+    zero_ns: Option<i64>,
+    /// The last time given: times only increase.
+    last_ns: Option<i64>,
+}
+
+impl LiveClock {
+    /// The capture time of `sample`'s buffer, ns since the epoch.
+    fn stamp(&mut self, pipeline: &gst::Pipeline, sample: &gst::Sample) -> i64 {
+        let t = sample
+            .buffer()
+            .and_then(sender_ntp_ns)
+            .or_else(|| {
+                let running = running_time_ns(sample)?;
+                if self.zero_ns.is_none() {
+                    self.zero_ns = clock_zero_ns(pipeline);
+                }
+                self.zero_ns?.checked_add(i64::try_from(running).ok()?)
+            })
+            // No clock (not playing): the arrival time is the best left.
+            .unwrap_or_else(now_ns);
+        let t = match self.last_ns {
+            Some(last) if t <= last => last + 1,
+            _ => t,
+        };
+        self.last_ns = Some(t);
+        t
+    }
+}
+
+/// The running time of a sample's buffer (its pts in the sink's segment).
+fn running_time_ns(sample: &gst::Sample) -> Option<u64> {
+    let pts = sample.buffer()?.pts()?;
+    let segment = sample.segment()?.downcast_ref::<gst::ClockTime>()?;
+    Some(segment.to_running_time(pts)?.nseconds())
+}
+
+/// Wall time of running time 0 of a playing pipeline: a realtime reading
+/// paired with a pipeline clock reading, plus the base time.
+fn clock_zero_ns(pipeline: &gst::Pipeline) -> Option<i64> {
+    let clock = pipeline.clock()?;
+    let base = pipeline.base_time()?;
+    let clock_now = clock.time().nseconds();
+    let wall_now = now_ns();
+    let since_base = i64::try_from(clock_now.checked_sub(base.nseconds())?).ok()?;
+    Some(wall_now - since_base)
+}
+
+/// The sender's capture time of a buffer, when it carries an NTP
+/// reference timestamp (ns since 1900) as rtspsrc adds for RFC 7273
+/// clocks.
+fn sender_ntp_ns(buffer: &gst::BufferRef) -> Option<i64> {
+    buffer
+        .iter_meta::<gst::ReferenceTimestampMeta>()
+        .find(|m| {
+            m.reference()
+                .structure(0)
+                .is_some_and(|s| s.name() == "timestamp/x-ntp")
+        })
+        .and_then(|m| i64::try_from(m.timestamp().nseconds()).ok())
+        .map(|ntp| ntp - NTP_UNIX_OFFSET_NS)
+        .filter(|&t| t > 0)
 }
 
 fn to_frame(
@@ -512,7 +606,7 @@ fn to_frame(
                     pts_ns as f64 / 1e9
                 )
             })?,
-        None => now_ns(),
+        None => origin.live_ns.unwrap_or_else(now_ns),
     };
     Ok(Frame {
         stream: origin.spec.stream.clone(),
@@ -541,6 +635,42 @@ mod tests {
         assert_eq!(c.dropped(), 0);
         c.live.store(true, Ordering::Relaxed);
         assert_eq!(c.dropped(), 2);
+    }
+
+    #[test]
+    fn a_sender_ntp_reference_timestamp_is_a_unix_time() {
+        gst::init().unwrap();
+        let unix_ns = 1_700_000_000_123_000_000i64;
+        let mut buffer = gst::Buffer::new();
+        let ntp = gst::ClockTime::from_nseconds((unix_ns + NTP_UNIX_OFFSET_NS) as u64);
+        {
+            let b = buffer.get_mut().unwrap();
+            // Another clock's reference is not the sender's NTP time.
+            gst::ReferenceTimestampMeta::add(
+                b,
+                &gst::Caps::new_empty_simple("timestamp/x-unix"),
+                gst::ClockTime::from_seconds(5),
+                None,
+            );
+            assert_eq!(sender_ntp_ns(b), None);
+            gst::ReferenceTimestampMeta::add(
+                b,
+                &gst::Caps::builder("timestamp/x-ntp")
+                    .field("host", "pool.ntp.org")
+                    .build(),
+                ntp,
+                None,
+            );
+        }
+        assert_eq!(sender_ntp_ns(&buffer), Some(unix_ns));
+        // A sender time earlier than the last one given still increases.
+        let mut clock = LiveClock {
+            zero_ns: None,
+            last_ns: Some(unix_ns + 1_000),
+        };
+        let sample = gst::Sample::builder().buffer(&buffer).build();
+        let pipeline = gst::Pipeline::new();
+        assert_eq!(clock.stamp(&pipeline, &sample), unix_ns + 1_001);
     }
 
     #[test]
