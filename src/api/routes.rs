@@ -334,7 +334,7 @@ pub async fn summary(
 
 /// Reads an upload into one buffer sized from its `Content-Length`, so a
 /// body costs its size once (collecting chunks and then joining them
-/// costs it twice or more). Over `limit`: 413 before or while reading.
+/// costs it twice or more). Over `limit`: 413.
 async fn read_upload(
     headers: &axum::http::HeaderMap,
     body: axum::body::Body,
@@ -345,13 +345,13 @@ async fn read_upload(
         status: StatusCode::PAYLOAD_TOO_LARGE,
         message: format!("body: larger than {limit} bytes"),
     };
+    // A declared size over the limit is still read up to the limit before
+    // the 413: a client that sends its whole body before reading the
+    // answer would otherwise get a broken pipe instead of the reason.
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let mut out = Vec::with_capacity(declared.unwrap_or(0));
+    let mut out = Vec::with_capacity(declared.unwrap_or(0).min(limit));
     let mut body = body;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
