@@ -292,6 +292,7 @@ fn a_batch_that_cannot_be_stored_leaves_its_clip_incomplete() {
             segments: None,
             caption_preprocess: None,
             max_caption_backlog: 1,
+            thumbnail_width: 256,
         },
         Arc::new(AtomicBool::new(false)),
     );

@@ -107,6 +107,7 @@ fn settings(clip: &Path, caption: Option<ImagePreprocessor>) -> Settings {
             segments: Some(tiny_segments()),
             caption_preprocess: caption,
             max_caption_backlog: 500,
+            thumbnail_width: 0,
         },
     }
 }

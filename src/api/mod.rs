@@ -7,6 +7,8 @@
 //! | `GET /api/search?q=...` | text search; filters below |
 //! | `POST /api/search/image` | image search; body = image file bytes |
 //! | `GET /api/frames` | frames in (camera, time) order |
+//! | `GET /api/frames/{camera}/{ts_ns}/thumb.jpg` | a frame's stored thumbnail |
+//! | `GET /api/frames/{camera}/{ts_ns}/image.jpg` | the full frame, decoded again from its file |
 //! | `GET /api/timeline?camera=..&set=..` | runs of one label set's top class |
 //! | `GET /api/streams` | cameras, frame counts, store size |
 //! | `POST /api/reload` | re-read the config's `[[streams]]` (as `SIGHUP`) |
@@ -18,6 +20,7 @@
 
 pub mod auth;
 mod error;
+pub mod images;
 pub mod routes;
 pub mod server;
 
@@ -82,6 +85,14 @@ pub fn router(state: ApiState) -> Router {
             )),
         )
         .route("/api/frames", get(routes::frames))
+        .route(
+            "/api/frames/{camera}/{ts_ns}/thumb.jpg",
+            get(images::thumbnail),
+        )
+        .route(
+            "/api/frames/{camera}/{ts_ns}/image.jpg",
+            get(images::full_frame),
+        )
         .route("/api/timeline", get(routes::timeline))
         .route("/api/streams", get(routes::streams))
         .route("/api/segments", get(routes::segments))

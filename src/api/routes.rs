@@ -19,7 +19,7 @@ fn query_error(e: QueryRejection) -> ApiError {
 }
 
 /// Runs blocking work under the request limit.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     state: &ApiState,
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -137,12 +137,26 @@ pub struct FrameView {
     pub source: String,
     /// Top class and its probability per label set.
     pub tags: std::collections::BTreeMap<String, (String, f32)>,
+    /// API path of its thumbnail (JPEG), when one is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<String>,
+    /// API path of the full frame, decoded again from its source file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl From<FrameEntry> for FrameView {
     fn from(f: FrameEntry) -> Self {
+        let url = |file: &str| super::images::frame_url(&f.stream, f.ts_ns, file);
         Self {
-            camera: f.stream,
+            thumbnail: f.thumbnail.then(|| url("thumb.jpg")),
+            // Only a file can be decoded again.
+            image: matches!(
+                crate::ingest::config::SourceKind::parse(&f.record.source_label),
+                Ok(crate::ingest::config::SourceKind::File(_))
+            )
+            .then(|| url("image.jpg")),
+            camera: f.stream.clone(),
             time: search::format_time(f.ts_ns),
             ts_ns: f.ts_ns,
             pts_s: f.record.pts_ns as f64 / 1e9,

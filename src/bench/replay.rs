@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{generate_clip, peak_rss_bytes, synthetic_frame};
+use crate::ingest::thumbnail::ThumbnailMaker;
 use crate::models::{ClipModel, ImagePrecision, RgbFrame};
 use crate::pipeline::{Pipeline, PipelineLoad, PipelineParts, PipelineSettings, frame_channel};
 use crate::replay::{FileReport, ReplayProgress, ReplaySettings, replay};
@@ -25,6 +26,8 @@ pub struct ReplayBenchSettings {
     pub sample_fps: f64,
     /// Batching.
     pub batcher: crate::pipeline::BatcherConfig,
+    /// Width of the stored thumbnails; 0: none.
+    pub thumbnail_width: u32,
 }
 
 /// Results of `bench replay`.
@@ -48,6 +51,12 @@ pub struct ReplayBenchReport {
     pub peak_rss_bytes: u64,
     /// sled's size on disk divided by frames.
     pub store_disk_bytes_per_frame: f64,
+    /// Width of the stored thumbnails (0: none).
+    pub thumbnail_width: u32,
+    /// Mean size of a stored thumbnail (JPEG), bytes.
+    pub thumbnail_bytes: f64,
+    /// Making one thumbnail of a 1280x720 frame (resize + JPEG), ms.
+    pub thumbnail_ms: f64,
 }
 
 /// End-to-end replay vs. its parts, in one process.
@@ -96,6 +105,7 @@ pub fn bench_replay(
             segments: None,
             caption_preprocess: None,
             max_caption_backlog: 1,
+            thumbnail_width: settings.thumbnail_width,
         },
         Arc::new(AtomicBool::new(false)),
     );
@@ -108,6 +118,7 @@ pub fn bench_replay(
     let peak_rss = peak_rss_bytes();
     store.flush().map_err(|e| e.to_string())?;
     let disk = store.stats().map_err(|e| e.to_string())?.disk_bytes;
+    let (thumbs, thumb_bytes) = store.thumbnail_bytes().map_err(|e| e.to_string())?;
     drop(store);
     let _ = std::fs::remove_dir_all(&tmp);
     progress(&format!(
@@ -127,9 +138,13 @@ pub fn bench_replay(
     let drain = std::thread::spawn(move || rx.iter().count());
     let counters = Arc::new(crate::ingest::source::SourceCounters::default());
     let start = Instant::now();
+    let preprocessing = crate::models::preprocess::FramePreprocessing {
+        thumbnail: ThumbnailMaker::new(settings.thumbnail_width),
+        ..model.preprocessor().clone().into()
+    };
     crate::ingest::source::run_source(
         &spec,
-        &model.preprocessor().clone().into(),
+        &preprocessing,
         &tx,
         &AtomicBool::new(false),
         None,
@@ -179,7 +194,26 @@ pub fn bench_replay(
         model_only_s,
         peak_rss_bytes: peak_rss,
         store_disk_bytes_per_frame: disk as f64 / frames.max(1) as f64,
+        thumbnail_width: settings.thumbnail_width,
+        thumbnail_bytes: thumb_bytes as f64 / thumbs.max(1) as f64,
+        thumbnail_ms: thumbnail_ms(settings.thumbnail_width)?,
     })
+}
+
+/// Time to make one thumbnail of a 1280x720 frame (the ingest's cost per
+/// stored frame), ms; 0 when thumbnails are off.
+fn thumbnail_ms(width: u32) -> Result<f64, String> {
+    let Some(maker) = ThumbnailMaker::new(width) else {
+        return Ok(0.0);
+    };
+    let data = synthetic_frame(1280, 720);
+    let frame = RgbFrame::packed(1280, 720, &data);
+    const RUNS: u32 = 50;
+    let start = Instant::now();
+    for _ in 0..RUNS {
+        maker.make(&frame)?;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e3 / f64::from(RUNS))
 }
 
 impl ReplayBenchReport {
@@ -194,7 +228,7 @@ impl ReplayBenchReport {
              | decode + model (sum) | {:.2} | {:.1} |\n\
              | **end to end replay** (decode, batch, encode, tag, store) | **{:.2}** | **{:.1}** |\n\n\
              end to end / (decode + model) = **{:.2}** (target <= 1.1; below 1 where decode and inference overlap)\n\n\
-             peak RSS {:.0} MiB; store on disk {:.0} bytes/frame\n",
+             peak RSS {:.0} MiB; store on disk {:.0} bytes/frame; thumbnails {} px wide: {:.0} bytes each, {:.2} ms each to make (1280x720)\n",
             self.model,
             self.precision,
             self.clip,
@@ -210,6 +244,9 @@ impl ReplayBenchReport {
             self.end_to_end_s / sum,
             self.peak_rss_bytes as f64 / (1 << 20) as f64,
             self.store_disk_bytes_per_frame,
+            self.thumbnail_width,
+            self.thumbnail_bytes,
+            self.thumbnail_ms,
         )
     }
 }

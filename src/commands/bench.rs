@@ -58,6 +58,7 @@ pub fn run_replay(config_path: Option<&Path>, args: &BenchReplayArgs) -> anyhow:
         generate_secs: args.seconds,
         sample_fps: args.fps,
         batcher: config.batcher.clone(),
+        thumbnail_width: args.thumbnail_width.unwrap_or(config.store.thumbnail_width),
     };
     eprintln!(
         "benchmarking replay with {} ...",

@@ -231,6 +231,9 @@ pub struct BenchReplayArgs {
     /// Image encoder precision.
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: ImagePrecision,
+    /// Width of the stored thumbnails, 0 for none [default: store.thumbnail_width].
+    #[arg(long)]
+    pub thumbnail_width: Option<u32>,
     /// Print JSON instead of Markdown.
     #[arg(long)]
     pub json: bool,

@@ -68,6 +68,7 @@ pub fn replay_clips(
             segments: config.segments.enabled.then(|| config.segments.clone()),
             caption_preprocess: parts.caption_preprocess(config),
             max_caption_backlog: config.captions.max_backlog,
+            thumbnail_width: config.store.thumbnail_width,
         },
         stop.clone(),
     );

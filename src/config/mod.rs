@@ -70,16 +70,28 @@ pub struct StoreConfig {
     /// sled database directory.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// Width of the JPEG thumbnail stored with every frame (its height
+    /// follows the frame); 0: none.
+    #[serde(default = "default_thumbnail_width")]
+    pub thumbnail_width: u32,
 }
 
 fn default_store_path() -> PathBuf {
     PathBuf::from("data/roadrep.sled")
 }
 
+fn default_thumbnail_width() -> u32 {
+    256
+}
+
+/// Widest thumbnail (they are for lists of results, not full frames).
+pub const MAX_THUMBNAIL_WIDTH: u32 = 1920;
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: default_store_path(),
+            thumbnail_width: default_thumbnail_width(),
         }
     }
 }

@@ -123,6 +123,7 @@ impl DaemonSettings {
                 segments: config.segments.enabled.then(|| config.segments.clone()),
                 caption_preprocess,
                 max_caption_backlog: config.captions.max_backlog,
+                thumbnail_width: config.store.thumbnail_width,
             },
             sample_fps: config.ingest.sample_fps,
             backoff: Backoff {

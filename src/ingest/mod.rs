@@ -13,3 +13,4 @@ pub mod gst;
 pub mod sampler;
 pub mod source;
 pub mod still;
+pub mod thumbnail;

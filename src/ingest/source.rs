@@ -413,7 +413,12 @@ pub fn run_source(
 /// `pts_ns`) keeps exactly the frames an uninterrupted run would. If the
 /// pipeline cannot preroll or seek, it plays from the start (slower, same
 /// frames).
-fn seek_to_resume(pipeline: &gst::Pipeline, pts_ns: u64, prerolling: &AtomicBool, stream: &str) {
+pub(super) fn seek_to_resume(
+    pipeline: &gst::Pipeline,
+    pts_ns: u64,
+    prerolling: &AtomicBool,
+    stream: &str,
+) {
     let prerolled = pipeline.set_state(gst::State::Paused).is_ok()
         && pipeline.state(gst::ClockTime::from_seconds(30)).0.is_ok();
     prerolling.store(false, Ordering::Relaxed);
@@ -594,6 +599,10 @@ fn to_frame(
         Some(p) => Some(p.resize_crop(rgb).map_err(|e| e.to_string())?.into()),
         None => None,
     };
+    let thumbnail = match &preprocessor.thumbnail {
+        Some(t) => Some(t.make(rgb)?.into()),
+        None => None,
+    };
     let ts_ns = match origin.file_base_ns {
         // Keys hold i64 ns: a saturated time would make frames overwrite
         // each other, so a time past 2262-04-11 is an error.
@@ -618,6 +627,7 @@ fn to_frame(
         height: rgb.height,
         pixels,
         caption_image,
+        thumbnail,
         sample_interval_ns: FrameSampler::interval_ns(origin.spec.sample_fps),
     })
 }

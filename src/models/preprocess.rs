@@ -137,86 +137,7 @@ impl ImagePreprocessor {
         let out_w = crop.min(rw);
         let out_h = crop.min(rh);
 
-        let (w, h) = (frame.width as usize, frame.height as usize);
-        let horiz = Coefficients::new(w, rw, left, out_w);
-        let vert = Coefficients::new(h, rh, top, out_h);
-
-        let need_horizontal = rw != w;
-        let need_vertical = rh != h;
-        // Pillow (13 here) runs the vertical pass first when the height shrinks
-        // by more than twice as much as the width; the two orders round the
-        // intermediate image differently, so follow it.
-        let vertical_first = h > rh && (h as i64 - rh as i64) > (w as i64 - rw as i64) * 2;
-        let mut out = vec![0u8; out_h * out_w * 3];
-        if vertical_first {
-            // Pass 1 (vertical) over only the source columns pass 2 reads.
-            let (first_col, last_col) = if need_horizontal {
-                horiz.source_span()
-            } else {
-                (left, left + out_w)
-            };
-            let tmp_w = last_col - first_col;
-            let mut tmp = vec![0u8; out_h * tmp_w * 3];
-            for oy in 0..out_h {
-                let dst = &mut tmp[oy * tmp_w * 3..(oy + 1) * tmp_w * 3];
-                let (start, len) = vert.bounds[oy];
-                let k = vert.kernel(oy);
-                for (x, d) in dst.iter_mut().enumerate() {
-                    let mut acc: i32 = 1 << (PRECISION_BITS - 1);
-                    for (j, &kj) in k[..len].iter().enumerate() {
-                        acc += frame.row(start + j)[first_col * 3 + x] as i32 * kj;
-                    }
-                    *d = clip8(acc);
-                }
-            }
-            // Pass 2 (horizontal).
-            for oy in 0..out_h {
-                let src = &tmp[oy * tmp_w * 3..(oy + 1) * tmp_w * 3];
-                let dst = &mut out[oy * out_w * 3..(oy + 1) * out_w * 3];
-                if need_horizontal {
-                    horiz.apply_row_from(src, first_col, dst);
-                } else {
-                    dst.copy_from_slice(
-                        &src[(left - first_col) * 3..(left - first_col + out_w) * 3],
-                    );
-                }
-            }
-            return Ok(out);
-        }
-
-        // Pass 1 (horizontal) over only the source rows the vertical pass reads.
-        let (first_row, last_row) = vert.source_span();
-        let tmp_rows = last_row - first_row;
-        let mut tmp = vec![0u8; tmp_rows * out_w * 3];
-        for (ty, sy) in (first_row..last_row).enumerate() {
-            let src = frame.row(sy);
-            let dst = &mut tmp[ty * out_w * 3..(ty + 1) * out_w * 3];
-            if need_horizontal {
-                horiz.apply_row(src, dst);
-            } else {
-                dst.copy_from_slice(&src[left * 3..(left + out_w) * 3]);
-            }
-        }
-
-        // Pass 2 (vertical).
-        for oy in 0..out_h {
-            let dst = &mut out[oy * out_w * 3..(oy + 1) * out_w * 3];
-            if need_vertical {
-                let (start, len) = vert.bounds[oy];
-                let k = vert.kernel(oy);
-                for (x, d) in dst.iter_mut().enumerate() {
-                    let mut acc: i32 = 1 << (PRECISION_BITS - 1);
-                    for (j, &kj) in k[..len].iter().enumerate() {
-                        acc += tmp[(start + j - first_row) * out_w * 3 + x] as i32 * kj;
-                    }
-                    *d = clip8(acc);
-                }
-            } else {
-                let sy = top + oy - first_row;
-                dst.copy_from_slice(&tmp[sy * out_w * 3..(sy + 1) * out_w * 3]);
-            }
-        }
-        Ok(out)
+        Ok(resize_window(frame, (rw, rh), (left, top), (out_w, out_h)))
     }
 
     /// Preprocesses one frame into `out` (`[3, crop, crop]`, channels first).
@@ -245,14 +166,16 @@ impl ImagePreprocessor {
     }
 }
 
-/// What the ingest makes of each sampled frame: the CLIP input, and the
-/// captioner's resized image when captioning is on.
+/// What the ingest makes of each sampled frame: the CLIP input, the
+/// captioner's resized image when captioning is on, and the thumbnail.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FramePreprocessing {
     /// CLIP image encoder input.
     pub clip: ImagePreprocessor,
     /// Captioner input (kept as packed RGB; normalised when captioned).
     pub caption: Option<ImagePreprocessor>,
+    /// The stored thumbnail; `None`: none.
+    pub thumbnail: Option<crate::ingest::thumbnail::ThumbnailMaker>,
 }
 
 impl From<ImagePreprocessor> for FramePreprocessing {
@@ -260,6 +183,7 @@ impl From<ImagePreprocessor> for FramePreprocessing {
         Self {
             clip,
             caption: None,
+            thumbnail: None,
         }
     }
 }
@@ -369,6 +293,113 @@ impl Coefficients {
             dst[i * 3 + 2] = clip8(acc[2]);
         }
     }
+}
+
+/// Pillow's separable bicubic resize of `frame` to `rw`x`rh`, keeping the
+/// `out_w`x`out_h` window at (`left`, `top`) of the result (packed RGB).
+fn resize_window(
+    frame: &RgbFrame<'_>,
+    (rw, rh): (usize, usize),
+    (left, top): (usize, usize),
+    (out_w, out_h): (usize, usize),
+) -> Vec<u8> {
+    let (w, h) = (frame.width as usize, frame.height as usize);
+    let horiz = Coefficients::new(w, rw, left, out_w);
+    let vert = Coefficients::new(h, rh, top, out_h);
+
+    let need_horizontal = rw != w;
+    let need_vertical = rh != h;
+    // Pillow (13 here) runs the vertical pass first when the height shrinks
+    // by more than twice as much as the width; the two orders round the
+    // intermediate image differently, so follow it.
+    let vertical_first = h > rh && (h as i64 - rh as i64) > (w as i64 - rw as i64) * 2;
+    let mut out = vec![0u8; out_h * out_w * 3];
+    if vertical_first {
+        // Pass 1 (vertical) over only the source columns pass 2 reads.
+        let (first_col, last_col) = if need_horizontal {
+            horiz.source_span()
+        } else {
+            (left, left + out_w)
+        };
+        let tmp_w = last_col - first_col;
+        let mut tmp = vec![0u8; out_h * tmp_w * 3];
+        for oy in 0..out_h {
+            let dst = &mut tmp[oy * tmp_w * 3..(oy + 1) * tmp_w * 3];
+            let (start, len) = vert.bounds[oy];
+            let k = vert.kernel(oy);
+            for (x, d) in dst.iter_mut().enumerate() {
+                let mut acc: i32 = 1 << (PRECISION_BITS - 1);
+                for (j, &kj) in k[..len].iter().enumerate() {
+                    acc += frame.row(start + j)[first_col * 3 + x] as i32 * kj;
+                }
+                *d = clip8(acc);
+            }
+        }
+        // Pass 2 (horizontal).
+        for oy in 0..out_h {
+            let src = &tmp[oy * tmp_w * 3..(oy + 1) * tmp_w * 3];
+            let dst = &mut out[oy * out_w * 3..(oy + 1) * out_w * 3];
+            if need_horizontal {
+                horiz.apply_row_from(src, first_col, dst);
+            } else {
+                dst.copy_from_slice(&src[(left - first_col) * 3..(left - first_col + out_w) * 3]);
+            }
+        }
+        return out;
+    }
+
+    // Pass 1 (horizontal) over only the source rows the vertical pass reads.
+    let (first_row, last_row) = vert.source_span();
+    let tmp_rows = last_row - first_row;
+    let mut tmp = vec![0u8; tmp_rows * out_w * 3];
+    for (ty, sy) in (first_row..last_row).enumerate() {
+        let src = frame.row(sy);
+        let dst = &mut tmp[ty * out_w * 3..(ty + 1) * out_w * 3];
+        if need_horizontal {
+            horiz.apply_row(src, dst);
+        } else {
+            dst.copy_from_slice(&src[left * 3..(left + out_w) * 3]);
+        }
+    }
+
+    // Pass 2 (vertical).
+    for oy in 0..out_h {
+        let dst = &mut out[oy * out_w * 3..(oy + 1) * out_w * 3];
+        if need_vertical {
+            let (start, len) = vert.bounds[oy];
+            let k = vert.kernel(oy);
+            for (x, d) in dst.iter_mut().enumerate() {
+                let mut acc: i32 = 1 << (PRECISION_BITS - 1);
+                for (j, &kj) in k[..len].iter().enumerate() {
+                    acc += tmp[(start + j - first_row) * out_w * 3 + x] as i32 * kj;
+                }
+                *d = clip8(acc);
+            }
+        } else {
+            let sy = top + oy - first_row;
+            dst.copy_from_slice(&tmp[sy * out_w * 3..(sy + 1) * out_w * 3]);
+        }
+    }
+    out
+}
+
+/// `frame` resized to `width`x`height` (packed RGB), as Pillow's bicubic
+/// `resize` would: thumbnails.
+pub fn resize_rgb(
+    frame: &RgbFrame<'_>,
+    width: u32,
+    height: u32,
+) -> Result<Vec<u8>, PreprocessError> {
+    if !frame.is_well_formed() {
+        return Err(PreprocessError::MalformedFrame {
+            width: frame.width,
+            height: frame.height,
+            stride: frame.stride,
+            len: frame.data.len(),
+        });
+    }
+    let (w, h) = (width.max(1) as usize, height.max(1) as usize);
+    Ok(resize_window(frame, (w, h), (0, 0), (w, h)))
 }
 
 #[cfg(test)]

@@ -54,6 +54,7 @@ impl EmbeddedFrame {
                 source_label: frame.source_label.to_string(),
             },
             embedding: self.embedding,
+            thumbnail: frame.thumbnail.clone(),
             tags: TagRecord {
                 sets: self
                     .scores

@@ -105,6 +105,8 @@ pub struct Frame {
     /// The captioner's input (packed RGB, resized), when captioning is on:
     /// kept so the segment's keyframe can be captioned later.
     pub caption_image: Option<Arc<[u8]>>,
+    /// The stored thumbnail (JPEG), unless thumbnails are off.
+    pub thumbnail: Option<Arc<[u8]>>,
 }
 
 impl Frame {

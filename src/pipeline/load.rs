@@ -385,6 +385,7 @@ mod tests {
             height: 1,
             pixels: ndarray::Array3::zeros((3, 1, 1)),
             caption_image: None,
+            thumbnail: None,
         })
     }
 

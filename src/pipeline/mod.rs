@@ -69,6 +69,8 @@ pub struct PipelineSettings {
     pub caption_preprocess: Option<crate::models::ImagePreprocessor>,
     /// Most keyframes queued for captions; the oldest beyond it are dropped.
     pub max_caption_backlog: usize,
+    /// Width of the thumbnail stored with each frame; 0: none.
+    pub thumbnail_width: u32,
 }
 
 /// A running pipeline.
@@ -100,6 +102,7 @@ impl Pipeline {
         let preprocessing = FramePreprocessing {
             clip: parts.model.preprocessor().clone(),
             caption: settings.caption_preprocess.clone(),
+            thumbnail: crate::ingest::thumbnail::ThumbnailMaker::new(settings.thumbnail_width),
         };
         let store = parts.store.clone();
         let worker = worker::Worker {

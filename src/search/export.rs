@@ -50,6 +50,9 @@ pub struct ExportRecord {
     pub caption: String,
     /// Top class per label set.
     pub labels: BTreeMap<String, String>,
+    /// API path of the frame's stored thumbnail (served by `roadrep run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<String>,
 }
 
 /// A caption from tags: "a dashcam photo: weather foggy, time of day night, ...".
@@ -70,7 +73,11 @@ pub fn caption_from_tags(tags: &[SetTag]) -> String {
 /// a relative path from another directory is found from anywhere. A file
 /// that changed since (size or mtime) is not the one that was replayed:
 /// `None`, as for live sources and files that are gone.
-fn source_file(store: &Store, stream: &str, label: &str) -> Result<Option<PathBuf>, StoreError> {
+pub fn source_file(
+    store: &Store,
+    stream: &str,
+    label: &str,
+) -> Result<Option<PathBuf>, StoreError> {
     let label_path = Path::new(label);
     let matches: Vec<SourceId> = store
         .source_ids(stream)?
@@ -149,6 +156,9 @@ pub fn export_frames(
             let record = ExportRecord {
                 image: name,
                 caption: caption_from_tags(&f.tags),
+                thumbnail: f
+                    .thumbnail
+                    .then(|| crate::api::images::frame_url(&f.stream, f.ts_ns, "thumb.jpg")),
                 labels: f
                     .tags
                     .iter()

@@ -14,6 +14,8 @@
 //! - `segments`: [`FrameKey`] of the first frame -> [`SegmentRecord`]
 //! - `segment_open`: stream id + source -> start of its open segment (what a
 //!   restart rebuilds the segmenter from)
+//! - `thumbnails`: [`FrameKey`] -> JPEG thumbnail of the frame (written
+//!   with it; see `[store] thumbnail_width`)
 //! - `segment_keyframes`: [`FrameKey`] -> [`KeyframeImage`], the caption
 //!   images of open segments' keyframe candidates (at most
 //!   `max_keyframe_candidates` per open segment, plus a pending change's
@@ -36,6 +38,7 @@ pub mod keys;
 mod query;
 pub mod schema;
 mod segments;
+mod thumbnails;
 
 use std::path::{Path, PathBuf};
 
@@ -69,6 +72,8 @@ pub const META_TREE: &str = "meta";
 pub const SEGMENTS_TREE: &str = "segments";
 /// `segment_open` tree.
 pub const SEGMENT_OPEN_TREE: &str = "segment_open";
+/// `thumbnails` tree.
+pub const THUMBNAILS_TREE: &str = "thumbnails";
 /// `segment_keyframes` tree.
 pub const SEGMENT_KEYFRAMES_TREE: &str = "segment_keyframes";
 /// `caption_queue` tree.
@@ -137,6 +142,8 @@ pub struct StoredFrame {
     pub embedding: Vec<f32>,
     /// Zero-shot tags.
     pub tags: TagRecord,
+    /// Its thumbnail (JPEG), if made.
+    pub thumbnail: Option<std::sync::Arc<[u8]>>,
 }
 
 /// A checkpoint to write with a batch.
@@ -163,6 +170,7 @@ pub struct Store {
     segments: sled::Tree,
     segment_open: sled::Tree,
     segment_keyframes: sled::Tree,
+    thumbnails: sled::Tree,
     caption_queue: sled::Tree,
     caption_index: sled::Tree,
     /// Wakes the captioner when a job is queued.
@@ -235,6 +243,7 @@ impl Store {
             segments: tree(SEGMENTS_TREE)?,
             segment_open: tree(SEGMENT_OPEN_TREE)?,
             segment_keyframes: tree(SEGMENT_KEYFRAMES_TREE)?,
+            thumbnails: tree(THUMBNAILS_TREE)?,
             caption_queue: tree(CAPTION_QUEUE_TREE)?,
             caption_index: tree(CAPTION_INDEX_TREE)?,
             caption_signal: Default::default(),
@@ -390,6 +399,7 @@ impl Store {
             &self.caption_queue,
             &self.caption_index,
             &self.segment_keyframes,
+            &self.thumbnails,
         )
             .transaction(
                 |(
@@ -403,6 +413,7 @@ impl Store {
                     queue_t,
                     words_t,
                     kf_t,
+                    thumbs_t,
                 )| {
                     let mut new = 0;
                     for f in frames {
@@ -411,6 +422,10 @@ impl Store {
                             new += 1;
                         }
                         emb_t.insert(&key, schema::encode_embedding(&f.embedding))?;
+                        // A replay without thumbnails keeps the earlier one.
+                        if let Some(jpeg) = &f.thumbnail {
+                            thumbs_t.insert(&key, jpeg.as_ref())?;
+                        }
                         // Replace the index entries of earlier tags of this frame.
                         if let Some(old) = tags_t.insert(&key, schema::encode(&f.tags))? {
                             let old: TagRecord = schema::decode(TAGS_TREE, &old)

@@ -34,6 +34,8 @@ pub struct FrameEntry {
     pub record: FrameRecord,
     /// Tags (empty if none stored).
     pub tags: Vec<SetTag>,
+    /// A thumbnail is stored.
+    pub thumbnail: bool,
 }
 
 /// One search result.
@@ -141,6 +143,11 @@ impl Store {
         }
     }
 
+    /// One stored frame.
+    pub fn frame(&self, key: &FrameKey) -> Result<Option<FrameEntry>, StoreError> {
+        self.entry(key, &self.stream_names()?)
+    }
+
     fn entry(
         &self,
         key: &FrameKey,
@@ -154,6 +161,7 @@ impl Store {
             ts_ns: key.ts_ns,
             record: schema::decode(FRAMES_TREE, &v)?,
             tags: self.tags_of(key)?.sets,
+            thumbnail: self.has_thumbnail(key)?,
         }))
     }
 

@@ -27,6 +27,7 @@ fn frame(store: &Store, stream: &str, ts_ns: i64, emb: [f32; DIM], weather: &str
             source_label: "clip.mp4".into(),
         },
         embedding: unit(emb),
+        thumbnail: None,
         tags: TagRecord {
             sets: vec![SetTag {
                 set: "weather".into(),

@@ -170,6 +170,10 @@ struct JsonRecord {
     caption: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// `roadrep export-frames` names the frame's thumbnail URL; training
+    /// reads the image itself.
+    #[serde(default, rename = "thumbnail")]
+    _thumbnail: Option<String>,
 }
 
 /// Reads a JSON Lines manifest (`{"image", "caption", "labels"?}` per line;
