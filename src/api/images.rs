@@ -17,9 +17,15 @@ use crate::store::{FrameKey, Store};
 /// JPEG quality of full frames decoded again.
 const FULL_FRAME_QUALITY: i32 = 90;
 
-/// The API path of a frame's picture (`thumb.jpg`, `image.jpg`).
+/// The API path of a frame's picture (`thumb.jpg`, `image.jpg`), or of
+/// the frame itself when `file` is empty.
 pub fn frame_url(camera: &str, ts_ns: i64, file: &str) -> String {
-    format!("/api/frames/{}/{ts_ns}/{file}", path_segment(camera))
+    let base = format!("/api/frames/{}/{ts_ns}", path_segment(camera));
+    if file.is_empty() {
+        base
+    } else {
+        format!("{base}/{file}")
+    }
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -42,7 +48,7 @@ fn not_found(message: String) -> ApiError {
 }
 
 /// The stored frame `camera`/`ts_ns`.
-fn frame_key(store: &Store, camera: &str, ts_ns: &str) -> Result<FrameKey, ApiError> {
+pub(super) fn frame_key(store: &Store, camera: &str, ts_ns: &str) -> Result<FrameKey, ApiError> {
     let ts_ns: i64 = ts_ns.parse().map_err(|_| {
         ApiError::bad_request(format!(
             "frame time '{ts_ns}': expected nanoseconds since the epoch (ts_ns)"

@@ -6,7 +6,10 @@
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /api/search?q=...` | text search; filters below |
 //! | `POST /api/search/image` | image search; body = image file bytes |
+//! | `GET /` , `GET /assets/{file}` | the web page (no token needed: it holds no data) |
+//! | `GET /api/labels` | the label sets and their classes |
 //! | `GET /api/frames` | frames in (camera, time) order |
+//! | `GET /api/frames/{camera}/{ts_ns}` | one frame: every set's scores, its segment, neighbours |
 //! | `GET /api/frames/{camera}/{ts_ns}/thumb.jpg` | a frame's stored thumbnail |
 //! | `GET /api/frames/{camera}/{ts_ns}/image.jpg` | the full frame, decoded again from its file |
 //! | `GET /api/timeline?camera=..&set=..` | runs of one label set's top class |
@@ -19,8 +22,10 @@
 //! `api.max_concurrent_requests` at once.
 
 pub mod auth;
+mod detail;
 mod error;
 pub mod images;
+mod page;
 pub mod routes;
 pub mod server;
 
@@ -84,7 +89,9 @@ pub fn router(state: ApiState) -> Router {
                 routes::one_of_few_uploads,
             )),
         )
+        .route("/api/labels", get(detail::labels))
         .route("/api/frames", get(routes::frames))
+        .route("/api/frames/{camera}/{ts_ns}", get(detail::frame))
         .route(
             "/api/frames/{camera}/{ts_ns}/thumb.jpg",
             get(images::thumbnail),
@@ -102,8 +109,13 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
         .with_state(state);
-    match token {
+    let router = match token {
         Some(t) => router.layer(axum::middleware::from_fn_with_state(t, auth::require_token)),
         None => router,
-    }
+    };
+    // Outside the token layer: the page holds no data and asks for the token.
+    Router::new()
+        .route("/", get(page::index))
+        .route("/assets/{file}", get(page::asset))
+        .merge(router)
 }

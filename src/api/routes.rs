@@ -137,6 +137,10 @@ pub struct FrameView {
     pub source: String,
     /// Top class and its probability per label set.
     pub tags: std::collections::BTreeMap<String, (String, f32)>,
+    /// API path of the frame itself (`GET` it for every set's scores);
+    /// a string because `ts_ns` does not fit a JavaScript number.
+    #[serde(default)]
+    pub url: String,
     /// API path of its thumbnail (JPEG), when one is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thumbnail: Option<String>,
@@ -149,6 +153,7 @@ impl From<FrameEntry> for FrameView {
     fn from(f: FrameEntry) -> Self {
         let url = |file: &str| super::images::frame_url(&f.stream, f.ts_ns, file);
         Self {
+            url: url(""),
             thumbnail: f.thumbnail.then(|| url("thumb.jpg")),
             // Only a file can be decoded again.
             image: matches!(
@@ -320,8 +325,14 @@ pub async fn timeline(
 
 pub async fn streams(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
     let store = state.store.get()?;
+    let backlog = store.caption_backlog();
     let stats = blocking(&state, move || Ok(store.stats()?)).await?;
-    Ok(Json(stats))
+    // Flattened: the stats' own fields stay where clients read them.
+    Ok(Json(serde_json::json!({
+        "frames": stats.frames,
+        "disk_bytes": stats.disk_bytes,
+        "caption_backlog": backlog,
+    })))
 }
 
 /// `/api/segments`: scene segments (camera, time, source, caption words).

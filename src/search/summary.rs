@@ -75,6 +75,9 @@ pub struct SegmentView {
     pub keyframe: String,
     /// Keyframe pts in the source, seconds.
     pub keyframe_pts_s: f64,
+    /// API path of the keyframe's thumbnail (the web page shows it).
+    #[serde(default)]
+    pub keyframe_thumbnail: String,
     /// Dominant class per label set, with its share of the time.
     pub tags: Vec<DominantTag>,
     /// Caption of the keyframe.
@@ -118,6 +121,11 @@ pub fn views(segments: &[SegmentEntry]) -> Vec<SegmentView> {
                 frames: r.frames,
                 keyframe: format_time(r.keyframe_ns),
                 keyframe_pts_s: r.keyframe_pts_ns as f64 / 1e9,
+                keyframe_thumbnail: crate::api::images::frame_url(
+                    &e.stream,
+                    r.keyframe_ns,
+                    "thumb.jpg",
+                ),
                 tags: r.tags.clone(),
                 caption,
                 caption_state: match &r.caption {
