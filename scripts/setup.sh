@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what roadrep needs on Debian 12, idempotently and quickly when
 # everything is already there:
-#   - Debian packages (GStreamer, pkg-config, python3-venv)
+#   - Debian packages (GStreamer, pkg-config, python3-venv; chromium and
+#     chromium-driver for the web page test)
 #   - .venv: a project-local Python venv with the onnxruntime wheel, whose
 #     shared library the Rust side loads (linked as .venv/ort/libonnxruntime.so)
 # Usage: scripts/setup.sh [--export]   (--export: also .venv-export with torch,
@@ -18,6 +19,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
   gstreamer1.0-x
   gir1.2-gst-rtsp-server-1.0 python3-gi
+  chromium chromium-driver
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

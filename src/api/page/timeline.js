@@ -69,8 +69,12 @@ async function render() {
     const list = runs[i];
     const bars = list.map((r, j) => {
       const start = Date.parse(r.start);
-      // A run lasts until the next one starts (its last frame is a sample).
-      const end = j + 1 < list.length ? Date.parse(list[j + 1].start) : Date.parse(r.end) + 500;
+      // Its last frame is a sample: the run lasts one sampling step more,
+      // up to the next run (not over a gap in the footage).
+      const last = Date.parse(r.end);
+      const step = r.frames > 1 ? (last - start) / (r.frames - 1) : 500;
+      const next = j + 1 < list.length ? Date.parse(list[j + 1].start) : Infinity;
+      const end = Math.min(next, last + step);
       const left = pos(start);
       const width = `calc(${pos(end)} - ${left})`;
       return el('span', {
