@@ -1,6 +1,7 @@
 //! A full disk, for real: the store lives on a small tmpfs mounted in a
-//! private mount namespace (`unshare`: as root, or as a user where user
-//! namespaces are allowed), which a script grows when the test says so.
+//! private mount namespace (`unshare --mount` as root; as another user, in
+//! a user namespace of its own where those are allowed), which a script
+//! grows when the test says so.
 //!
 //! - replay: stops at the first failed write, says so in one line with
 //!   what is on disk, and a rerun once there is space completes the clip
@@ -74,8 +75,29 @@ impl Fixture {
             grow = self.path("grow").display(),
             bin = env!("CARGO_BIN_EXE_roadrep"),
         );
+        // Root needs no user namespace, and may not make one inside a
+        // chroot (as on a fresh build root). There `/` is no mount point,
+        // so its propagation cannot be made private either: the mounts stay
+        // in the namespace anyway where the host's are private.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let private_ok = || {
+            Command::new("unshare")
+                .args(["--mount", "true"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let namespaces: &[&str] = if !root {
+            &["--map-root-user", "--mount"]
+        } else if private_ok() {
+            &["--mount"]
+        } else {
+            &["--mount", "--propagation", "unchanged"]
+        };
         Command::new("unshare")
-            .args(["--map-root-user", "--mount", "sh", "-c"])
+            .args(namespaces)
+            .args(["sh", "-c"])
             .arg(prelude + script)
             .current_dir(common::root())
             .env("XDG_CACHE_HOME", self.dir.path())
@@ -141,6 +163,10 @@ fn wait_output(child: Child) -> (i32, String, String) {
     assert_ne!(
         code, 90,
         "cannot mount a tmpfs in a private namespace: {stderr}"
+    );
+    assert!(
+        !stderr.contains("unshare:"),
+        "cannot make a private mount namespace: {stderr}"
     );
     (code, stdout, stderr)
 }
