@@ -56,6 +56,9 @@ impl Browser {
             "--disable-gpu",
             "--window-size=1366,768",
             "--disable-dev-shm-usage",
+            // chromedriver talks to the browser over a pipe, not a port on
+            // "localhost" (a bare build root has no /etc/hosts to resolve it).
+            "--remote-debugging-pipe",
         ];
         let session = browser.call(
             "POST",
