@@ -20,7 +20,7 @@ const FULL_FRAME_QUALITY: i32 = 90;
 /// The API path of a frame's picture (`thumb.jpg`, `image.jpg`), or of
 /// the frame itself when `file` is empty.
 pub fn frame_url(camera: &str, ts_ns: i64, file: &str) -> String {
-    let base = format!("/api/frames/{}/{ts_ns}", path_segment(camera));
+    let base = format!("/api/frames/{}/{ts_ns}", percent_encode(camera));
     if file.is_empty() {
         base
     } else {
@@ -28,8 +28,9 @@ pub fn frame_url(camera: &str, ts_ns: i64, file: &str) -> String {
     }
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn path_segment(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986 unreserved characters (a path
+/// segment or a query value).
+pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
@@ -130,18 +131,7 @@ pub async fn full_frame(
         let pts = entry.record.pts_ns;
         let mut jpeg = None;
         decode_frames_at(&camera, &path, &[pts], |_, rgb| {
-            let packed: Vec<u8> = (0..rgb.height as usize)
-                .flat_map(|y| {
-                    let row = &rgb.data[y * rgb.stride..y * rgb.stride + rgb.width as usize * 3];
-                    row.iter().copied()
-                })
-                .collect();
-            jpeg = Some(encode_jpeg(
-                &packed,
-                rgb.width,
-                rgb.height,
-                FULL_FRAME_QUALITY,
-            )?);
+            jpeg = Some(encode_jpeg(rgb, FULL_FRAME_QUALITY)?);
             Ok(())
         })
         .map_err(|e| ApiError {

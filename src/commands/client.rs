@@ -64,20 +64,9 @@ pub fn query_string<T: serde::Serialize>(req: &T) -> String {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        parts.push(format!("{k}={}", percent_encode(&s)));
+        parts.push(format!("{k}={}", roadrep::api::images::percent_encode(&s)));
     }
     parts.join("&")
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Opens the store at `path` (default `store.path`) when no daemon

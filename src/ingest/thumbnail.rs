@@ -33,22 +33,18 @@ impl ThumbnailMaker {
     pub fn make(&self, frame: &RgbFrame<'_>) -> Result<Vec<u8>, String> {
         let (w, h) = self.size(frame.width, frame.height);
         let pixels = resize_rgb(frame, w, h).map_err(|e| e.to_string())?;
-        encode_jpeg(&pixels, w, h, THUMBNAIL_QUALITY)
+        encode_jpeg(&RgbFrame::packed(w, h, &pixels), THUMBNAIL_QUALITY)
     }
 }
 
-/// Packed RGB to JPEG (libjpeg-turbo).
-pub fn encode_jpeg(
-    pixels: &[u8],
-    width: u32,
-    height: u32,
-    quality: i32,
-) -> Result<Vec<u8>, String> {
+/// RGB (rows `stride` apart, as decoded) to JPEG (libjpeg-turbo), without
+/// packing it first.
+pub fn encode_jpeg(frame: &RgbFrame<'_>, quality: i32) -> Result<Vec<u8>, String> {
     let image = turbojpeg::Image {
-        pixels,
-        width: width as usize,
-        pitch: width as usize * 3,
-        height: height as usize,
+        pixels: frame.data,
+        width: frame.width as usize,
+        pitch: frame.stride,
+        height: frame.height as usize,
         format: turbojpeg::PixelFormat::RGB,
     };
     turbojpeg::compress(image, quality, turbojpeg::Subsamp::Sub2x2)

@@ -52,6 +52,19 @@ impl<'a> RgbFrame<'a> {
         &self.data[y * self.stride..y * self.stride + self.width as usize * 3]
     }
 
+    /// An error naming the frame's layout unless it is well formed.
+    fn check(&self) -> Result<(), PreprocessError> {
+        if self.is_well_formed() {
+            return Ok(());
+        }
+        Err(PreprocessError::MalformedFrame {
+            width: self.width,
+            height: self.height,
+            stride: self.stride,
+            len: self.data.len(),
+        })
+    }
+
     fn is_well_formed(&self) -> bool {
         let (w, h) = (self.width as usize, self.height as usize);
         w > 0 && h > 0 && self.stride >= w * 3 && self.data.len() >= self.stride * (h - 1) + w * 3
@@ -118,14 +131,7 @@ impl ImagePreprocessor {
     /// The resized and center-cropped RGB image (`crop_size`² × 3 bytes, packed),
     /// bit-identical to PIL's `resize(BICUBIC)` followed by the center crop.
     pub fn resize_crop(&self, frame: &RgbFrame<'_>) -> Result<Vec<u8>, PreprocessError> {
-        if !frame.is_well_formed() {
-            return Err(PreprocessError::MalformedFrame {
-                width: frame.width,
-                height: frame.height,
-                stride: frame.stride,
-                len: frame.data.len(),
-            });
-        }
+        frame.check()?;
         let crop = self.crop_size as usize;
         let (rw, rh) = self.resized_size(frame.width, frame.height);
         let (rw, rh) = (rw as usize, rh as usize);
@@ -390,14 +396,7 @@ pub fn resize_rgb(
     width: u32,
     height: u32,
 ) -> Result<Vec<u8>, PreprocessError> {
-    if !frame.is_well_formed() {
-        return Err(PreprocessError::MalformedFrame {
-            width: frame.width,
-            height: frame.height,
-            stride: frame.stride,
-            len: frame.data.len(),
-        });
-    }
+    frame.check()?;
     let (w, h) = (width.max(1) as usize, height.max(1) as usize);
     Ok(resize_window(frame, (w, h), (0, 0), (w, h)))
 }
