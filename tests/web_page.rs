@@ -166,14 +166,18 @@ fn narrowing_tag(port: u16) -> (String, String, usize, usize) {
 fn the_page_searches_shows_frames_timeline_summary_streams_and_asks_for_the_token() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let (ball, white) = (dir.path().join("ball.mp4"), dir.path().join("white.mp4"));
+    let clip = |name: &str| dir.path().join(format!("{name}.mp4"));
+    let (ball, white, bars) = (clip("ball"), clip("white"), clip("bars"));
     common::make_clip(&ball, 125, 25, 640, 360, "ball");
     // The tiny model tags a white picture a parking lot, the ball residential.
     common::make_clip(&white, 125, 25, 640, 360, "white");
+    // Colour bars, tagged as the ball: the screenshots show pictures.
+    common::make_clip(&bars, 125, 25, 640, 360, "smpte");
     let port = free_port();
     let config = config(dir.path(), port, "");
     replay(dir.path(), &config, &ball, "2026-11-20T08:00:00Z");
     replay(dir.path(), &config, &white, "2026-11-20T08:01:00Z");
+    replay(dir.path(), &config, &bars, "2026-11-20T08:02:00Z");
     let daemon = Daemon::start(dir.path(), &config, port);
     let (set, class, tagged, total) = narrowing_tag(port);
     let browser = Browser::start(free_port());
@@ -206,7 +210,7 @@ fn the_page_searches_shows_frames_timeline_summary_streams_and_asks_for_the_toke
             .starts_with(['0', '-']),
         "hits show their score"
     );
-    browser.screenshot(&shots.join("search.png"));
+    browser.screenshot(&shots.join("search-text.png"));
 
     // A tag filter narrows them.
     browser.click(&format!(
@@ -217,6 +221,7 @@ fn the_page_searches_shows_frames_timeline_summary_streams_and_asks_for_the_toke
         30,
         &images_loaded("#results .hit img", Some(tagged)),
     );
+    browser.screenshot(&shots.join("search.png"));
 
     // Keyboard: Enter on a result opens the frame (larger picture, score
     // bars, neighbours); Escape closes it.
