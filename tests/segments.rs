@@ -108,6 +108,7 @@ fn settings(clip: &Path, caption: Option<ImagePreprocessor>) -> Settings {
             caption_preprocess: caption,
             max_caption_backlog: 500,
             thumbnail_width: 0,
+            keyframe_width: 160,
         },
     }
 }
@@ -248,18 +249,30 @@ fn replay_bin(clip: &Path, store: &Path, failpoints: Option<&str>) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
-/// Every segment of a store, keyframe and caption included.
+/// Every segment of a store, keyframe and caption included, with the
+/// keyframe's stored picture.
 #[cfg(feature = "failpoints")]
-fn stored_segments(store: &Path) -> Vec<roadrep::store::SegmentRecord> {
+fn stored_segments(store: &Path) -> Vec<(roadrep::store::SegmentRecord, Option<Vec<u8>>)> {
     let m = roadrep::models::ModelManifest::read(&common::tiny_model_dir()).unwrap();
     let s = Store::open(store, &m.fingerprint, m.clip.embed_dim).unwrap();
+    let cam = s.known_stream_id("cam").unwrap().unwrap();
     let segments = s.segments(&SegmentFilter::default()).unwrap();
-    segments.into_iter().map(|s| s.record).collect()
+    segments
+        .into_iter()
+        .map(|e| {
+            let key = roadrep::store::FrameKey {
+                stream_id: cam,
+                ts_ns: e.record.keyframe_ns,
+            };
+            let picture = s.keyframe_picture(&key).unwrap().map(|p| p.to_vec());
+            (e.record, picture)
+        })
+        .collect()
 }
 
 #[cfg(feature = "failpoints")]
 #[test]
-fn a_replay_stopped_in_an_open_segment_resumes_with_the_same_keyframes_and_captions() {
+fn a_replay_stopped_in_an_open_segment_resumes_with_the_same_keyframes_captions_and_pictures() {
     let dir = tempfile::tempdir().unwrap();
     let clip = clip_in(dir.path());
     let whole = dir.path().join("whole");
@@ -267,7 +280,9 @@ fn a_replay_stopped_in_an_open_segment_resumes_with_the_same_keyframes_and_capti
     let expected = stored_segments(&whole);
     assert_eq!(expected.len(), SCENES.len());
     assert!(
-        expected.iter().all(|s| s.caption.text().is_some()),
+        expected
+            .iter()
+            .all(|(s, picture)| s.caption.text().is_some() && picture.is_some()),
         "{expected:?}"
     );
 
@@ -281,7 +296,7 @@ fn a_replay_stopped_in_an_open_segment_resumes_with_the_same_keyframes_and_capti
         replay_bin(&clip, &resumed, Some(&stop));
         let partial = stored_segments(&resumed);
         assert_eq!(partial[..], expected[..partial.len()]);
-        let open = &expected[partial.len()];
+        let (open, _) = &expected[partial.len()];
         assert!(
             open.keyframe_ns < stop_ns,
             "the stop lands in a segment whose keyframe was stored before it: {open:?}"
@@ -291,7 +306,7 @@ fn a_replay_stopped_in_an_open_segment_resumes_with_the_same_keyframes_and_capti
         assert_eq!(
             stored_segments(&resumed),
             expected,
-            "stopped at {stop_ns} ns: the open segment is rebuilt with its keyframe candidates' images, so the same keyframes and captions"
+            "stopped at {stop_ns} ns: the open segment is rebuilt with its keyframe candidates' pictures, so the same keyframes, captions and keyframe pictures"
         );
     }
 }

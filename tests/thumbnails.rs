@@ -1,6 +1,7 @@
 //! Pictures of stored frames: every frame keeps a small JPEG thumbnail,
-//! searches and exports name its URL, the API serves it (with an ETag) and
-//! decodes the full frame again from its file.
+//! each segment's keyframe a larger one; searches, segments and exports
+//! name their URLs, the API serves them (with an ETag) and decodes the full
+//! frame again from its file.
 
 mod common;
 
@@ -10,14 +11,24 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn config(dir: &Path, port: u16, thumbnail_width: u32) -> std::path::PathBuf {
+/// A config storing thumbnails `thumbnail_width` wide, and keyframe
+/// pictures at the default width unless `keyframe_width` says otherwise.
+fn config(
+    dir: &Path,
+    port: u16,
+    thumbnail_width: u32,
+    keyframe_width: Option<u32>,
+) -> std::path::PathBuf {
     let path = dir.join(format!("roadrep-{thumbnail_width}.toml"));
     std::fs::write(
         &path,
         format!(
             "[models]\nclip = \"{model}\"\nintra_threads = 1\n[tagging]\nlabels = \"{labels}\"\n\
              cache_dir = \"{cache}\"\n[ingest]\nsample_fps = 2\n[store]\npath = \"{store}\"\n\
-             thumbnail_width = {thumbnail_width}\n[api]\nlisten = \"127.0.0.1:{port}\"\n",
+             thumbnail_width = {thumbnail_width}\n{keyframe}[api]\nlisten = \"127.0.0.1:{port}\"\n",
+            keyframe = keyframe_width
+                .map(|w| format!("keyframe_width = {w}\n"))
+                .unwrap_or_default(),
             model = common::tiny_model_dir().display(),
             labels = common::root().join("config/labels.toml").display(),
             cache = dir.display(),
@@ -105,7 +116,7 @@ fn frames_keep_thumbnails_that_the_api_serves_with_the_full_frame() {
     let clip = dir.path().join("front.mp4");
     common::make_clip(&clip, 250, 25, 640, 360, "ball");
     let port = free_port();
-    let config = config(dir.path(), port, 256);
+    let config = config(dir.path(), port, 256, None);
     replay(dir.path(), &config, &clip);
 
     // export-frames names each frame's thumbnail; the trainer still reads
@@ -225,6 +236,57 @@ fn frames_keep_thumbnails_that_the_api_serves_with_the_full_frame() {
         "own {own:.2}, neighbour {neighbour:.2}"
     );
 
+    // Each segment's keyframe keeps a larger picture: the frame's own size
+    // here (640 px, the default width, never enlarged), closer to the full
+    // frame than its thumbnail can be.
+    let segments: Value =
+        serde_json::from_slice(&get(&agent, port, "/api/segments", None).body).unwrap();
+    let segments = segments.as_array().unwrap();
+    assert!(!segments.is_empty());
+    for seg in segments {
+        let url = seg["keyframe_image"].as_str().unwrap();
+        assert!(url.ends_with("/keyframe.jpg"), "{seg}");
+        let r = get(&agent, port, url, None);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.headers["content-type"], "image/jpeg");
+        let etag = r.headers["etag"].to_str().unwrap().to_string();
+        assert_eq!(get(&agent, port, url, Some(&etag)).status, 304);
+        let picture = turbojpeg::decompress(&r.body, turbojpeg::PixelFormat::RGB).unwrap();
+        assert_eq!((picture.width, picture.height), (640, 360));
+        let frame_url = url.trim_end_matches("/keyframe.jpg");
+        let frame: Value =
+            serde_json::from_slice(&get(&agent, port, frame_url, None).body).unwrap();
+        assert_eq!(frame["keyframe"].as_str(), Some(url), "{frame}");
+        let full = get(&agent, port, frame["image"].as_str().unwrap(), None);
+        let full = turbojpeg::decompress(&full.body, turbojpeg::PixelFormat::RGB).unwrap();
+        let diff = full
+            .pixels
+            .iter()
+            .zip(&picture.pixels)
+            .map(|(&a, &b)| (a as f64 - b as f64).abs())
+            .sum::<f64>()
+            / full.pixels.len() as f64;
+        assert!(diff < 3.0, "keyframe picture vs full frame: {diff:.2}");
+    }
+    // Frames that are no keyframe have none.
+    let keyframes: Vec<&str> = segments
+        .iter()
+        .map(|s| s["keyframe_image"].as_str().unwrap())
+        .collect();
+    let plain = frames
+        .iter()
+        .find(|f| f.get("keyframe").is_none())
+        .expect("a frame that is no keyframe");
+    let plain_url = format!("{}/keyframe.jpg", plain["url"].as_str().unwrap());
+    assert!(!keyframes.contains(&plain_url.as_str()));
+    let r = get(&agent, port, &plain_url, None);
+    assert_eq!(r.status, 404);
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("not the keyframe"),
+        "{body}"
+    );
+
     // Unknown frames, cameras and times: JSON errors.
     for (path, status) in [
         (
@@ -256,12 +318,12 @@ fn frames_keep_thumbnails_that_the_api_serves_with_the_full_frame() {
 }
 
 #[test]
-fn thumbnail_width_zero_stores_none() {
+fn widths_zero_store_no_pictures() {
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("front.mp4");
     common::make_clip(&clip, 25, 25, 320, 240, "ball");
     let port = free_port();
-    let config = config(dir.path(), port, 0);
+    let config = config(dir.path(), port, 0, Some(0));
     replay(dir.path(), &config, &clip);
     let mut daemon = serve(dir.path(), &config, port);
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -288,6 +350,12 @@ fn thumbnail_width_zero_stores_none() {
             .contains("thumbnail_width = 0"),
         "{body}"
     );
+    // No keyframe pictures either.
+    let segments: Value =
+        serde_json::from_slice(&get(&agent, port, "/api/segments", None).body).unwrap();
+    let segment = &segments.as_array().unwrap()[0];
+    assert!(segment.get("keyframe_image").is_none(), "{segment}");
+    assert!(frame.get("keyframe").is_none(), "{frame}");
     let _ = daemon.kill();
     let _ = daemon.wait();
 }

@@ -1,5 +1,6 @@
-//! Pictures of stored frames: the thumbnail stored with each frame, and
-//! the full frame decoded again from its source file while it exists.
+//! Pictures of stored frames: the thumbnail stored with each frame, the
+//! larger picture stored with each segment's keyframe, and the full frame
+//! decoded again from its source file while it exists.
 //! Both carry an ETag (a hash of the bytes) and answer `If-None-Match`
 //! with 304, so a page scrolling back and forth fetches each once.
 
@@ -101,6 +102,26 @@ pub async fn thumbnail(
         store.thumbnail(&key)?.ok_or_else(|| {
             not_found(format!(
                 "no thumbnail of {camera} at {ts_ns} (no such frame, or stored with [store] thumbnail_width = 0)"
+            ))
+        })
+    })
+    .await?;
+    Ok(jpeg_response(&headers, jpeg.to_vec()))
+}
+
+/// `GET /api/frames/{camera}/{ts_ns}/keyframe.jpg`: the stored picture of
+/// a segment's keyframe.
+pub async fn keyframe(
+    State(state): State<ApiState>,
+    Path((camera, ts_ns)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let store = state.store.get()?;
+    let jpeg = super::routes::blocking(&state, move || {
+        let key = frame_key(&store, &camera, &ts_ns)?;
+        store.keyframe_picture(&key)?.ok_or_else(|| {
+            not_found(format!(
+                "no keyframe picture of {camera} at {ts_ns} (not the keyframe of a closed segment, or stored with [store] keyframe_width = 0)"
             ))
         })
     })

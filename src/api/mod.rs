@@ -11,6 +11,7 @@
 //! | `GET /api/frames` | frames in (camera, time) order |
 //! | `GET /api/frames/{camera}/{ts_ns}` | one frame: every set's scores, its segment, neighbours |
 //! | `GET /api/frames/{camera}/{ts_ns}/thumb.jpg` | a frame's stored thumbnail |
+//! | `GET /api/frames/{camera}/{ts_ns}/keyframe.jpg` | a segment keyframe's stored picture |
 //! | `GET /api/frames/{camera}/{ts_ns}/image.jpg` | the full frame, decoded again from its file |
 //! | `GET /api/timeline?camera=..&set=..` | runs of one label set's top class |
 //! | `GET /api/streams` | cameras, frame counts, store size |
@@ -95,6 +96,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/frames/{camera}/{ts_ns}/thumb.jpg",
             get(images::thumbnail),
+        )
+        .route(
+            "/api/frames/{camera}/{ts_ns}/keyframe.jpg",
+            get(images::keyframe),
         )
         .route(
             "/api/frames/{camera}/{ts_ns}/image.jpg",

@@ -147,6 +147,9 @@ pub struct FrameView {
     /// API path of the full frame, decoded again from its source file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// API path of its keyframe picture, when it is a segment's keyframe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyframe: Option<String>,
 }
 
 impl From<FrameEntry> for FrameView {
@@ -155,6 +158,7 @@ impl From<FrameEntry> for FrameView {
         Self {
             url: url(""),
             thumbnail: f.thumbnail.then(|| url("thumb.jpg")),
+            keyframe: f.keyframe.then(|| url("keyframe.jpg")),
             // Only a file can be decoded again.
             image: matches!(
                 crate::ingest::config::SourceKind::parse(&f.record.source_label),

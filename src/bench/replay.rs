@@ -28,6 +28,9 @@ pub struct ReplayBenchSettings {
     pub batcher: crate::pipeline::BatcherConfig,
     /// Width of the stored thumbnails; 0: none.
     pub thumbnail_width: u32,
+    /// Width of keyframe pictures (made of every frame while it may become
+    /// a keyframe; measured in the decode-only pass); 0: none.
+    pub keyframe_width: u32,
 }
 
 /// Results of `bench replay`.
@@ -57,6 +60,10 @@ pub struct ReplayBenchReport {
     pub thumbnail_bytes: f64,
     /// Making one thumbnail of a 1280x720 frame (resize + JPEG), ms.
     pub thumbnail_ms: f64,
+    /// Width of keyframe pictures (0: none).
+    pub keyframe_width: u32,
+    /// Mean size of a keyframe picture (JPEG) of the clip's frames, bytes.
+    pub keyframe_bytes: f64,
 }
 
 /// End-to-end replay vs. its parts, in one process.
@@ -106,6 +113,7 @@ pub fn bench_replay(
             caption_preprocess: None,
             max_caption_backlog: 1,
             thumbnail_width: settings.thumbnail_width,
+            keyframe_width: 0,
         },
         Arc::new(AtomicBool::new(false)),
     );
@@ -135,11 +143,22 @@ pub fn bench_replay(
         file_start_ns: Some(0),
     };
     let (tx, rx) = frame_channel(32, PipelineLoad::new());
-    let drain = std::thread::spawn(move || rx.iter().count());
+    // Frames and the bytes of their keyframe pictures.
+    let drain = std::thread::spawn(move || {
+        rx.iter()
+            .fold((0u64, 0u64), |(n, bytes), event| match event {
+                crate::pipeline::IngestEvent::Frame(f) => {
+                    let jpeg = f.keyframe_images.jpeg.map_or(0, |j| j.len() as u64);
+                    (n + 1, bytes + jpeg)
+                }
+                _ => (n, bytes),
+            })
+    });
     let counters = Arc::new(crate::ingest::source::SourceCounters::default());
     let start = Instant::now();
     let preprocessing = crate::models::preprocess::FramePreprocessing {
         thumbnail: ThumbnailMaker::new(settings.thumbnail_width),
+        keyframe: ThumbnailMaker::keyframe(settings.keyframe_width),
         ..model.preprocessor().clone().into()
     };
     crate::ingest::source::run_source(
@@ -153,7 +172,7 @@ pub fn bench_replay(
     .map_err(|e| e.to_string())?;
     let decode_only_s = start.elapsed().as_secs_f64();
     drop(tx);
-    let _ = drain.join();
+    let (drained, keyframe_bytes) = drain.join().unwrap_or_default();
     progress(&format!(
         "decode only: {} frames in {decode_only_s:.2} s",
         counters.delivered.load(Ordering::Relaxed)
@@ -197,6 +216,8 @@ pub fn bench_replay(
         thumbnail_width: settings.thumbnail_width,
         thumbnail_bytes: thumb_bytes as f64 / thumbs.max(1) as f64,
         thumbnail_ms: thumbnail_ms(settings.thumbnail_width)?,
+        keyframe_width: settings.keyframe_width,
+        keyframe_bytes: keyframe_bytes as f64 / drained.max(1) as f64,
     })
 }
 
@@ -228,7 +249,8 @@ impl ReplayBenchReport {
              | decode + model (sum) | {:.2} | {:.1} |\n\
              | **end to end replay** (decode, batch, encode, tag, store) | **{:.2}** | **{:.1}** |\n\n\
              end to end / (decode + model) = **{:.2}** (target <= 1.1; below 1 where decode and inference overlap)\n\n\
-             peak RSS {:.0} MiB; store on disk {:.0} bytes/frame; thumbnails {} px wide: {:.0} bytes each, {:.2} ms each to make (1280x720)\n",
+             peak RSS {:.0} MiB; store on disk {:.0} bytes/frame; thumbnails {} px wide: {:.0} bytes each, {:.2} ms each to make (1280x720); \
+             keyframe pictures {} px wide (decode only): {:.0} bytes each\n",
             self.model,
             self.precision,
             self.clip,
@@ -247,6 +269,8 @@ impl ReplayBenchReport {
             self.thumbnail_width,
             self.thumbnail_bytes,
             self.thumbnail_ms,
+            self.keyframe_width,
+            self.keyframe_bytes,
         )
     }
 }

@@ -59,6 +59,7 @@ pub fn run_replay(config_path: Option<&Path>, args: &BenchReplayArgs) -> anyhow:
         sample_fps: args.fps,
         batcher: config.batcher.clone(),
         thumbnail_width: args.thumbnail_width.unwrap_or(config.store.thumbnail_width),
+        keyframe_width: args.keyframe_width.unwrap_or(config.store.keyframe_width),
     };
     eprintln!(
         "benchmarking replay with {} ...",

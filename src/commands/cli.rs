@@ -234,6 +234,10 @@ pub struct BenchReplayArgs {
     /// Width of the stored thumbnails, 0 for none [default: store.thumbnail_width].
     #[arg(long)]
     pub thumbnail_width: Option<u32>,
+    /// Width of keyframe pictures, made of every frame in the decode-only
+    /// pass, 0 for none [default: store.keyframe_width].
+    #[arg(long)]
+    pub keyframe_width: Option<u32>,
     /// Print JSON instead of Markdown.
     #[arg(long)]
     pub json: bool,

@@ -69,6 +69,7 @@ pub fn replay_clips(
             caption_preprocess: parts.caption_preprocess(config),
             max_caption_backlog: config.captions.max_backlog,
             thumbnail_width: config.store.thumbnail_width,
+            keyframe_width: config.store.keyframe_width,
         },
         stop.clone(),
     );

@@ -74,6 +74,10 @@ pub struct StoreConfig {
     /// follows the frame); 0: none.
     #[serde(default = "default_thumbnail_width")]
     pub thumbnail_width: u32,
+    /// Width of the larger JPEG kept for each segment's keyframe (the
+    /// timeline and summaries show it); 0: none.
+    #[serde(default = "default_keyframe_width")]
+    pub keyframe_width: u32,
 }
 
 fn default_store_path() -> PathBuf {
@@ -84,7 +88,11 @@ fn default_thumbnail_width() -> u32 {
     256
 }
 
-/// Widest thumbnail (they are for lists of results, not full frames).
+fn default_keyframe_width() -> u32 {
+    640
+}
+
+/// Widest thumbnail or keyframe picture (full frames come from the source).
 pub const MAX_THUMBNAIL_WIDTH: u32 = 1920;
 
 impl Default for StoreConfig {
@@ -92,6 +100,7 @@ impl Default for StoreConfig {
         Self {
             path: default_store_path(),
             thumbnail_width: default_thumbnail_width(),
+            keyframe_width: default_keyframe_width(),
         }
     }
 }
@@ -281,6 +290,16 @@ impl RoadrepConfig {
         }
         if config.ingest.queue_frames == 0 {
             return Err(invalid("ingest.queue_frames must be at least 1".into()));
+        }
+        for (name, width) in [
+            ("store.thumbnail_width", config.store.thumbnail_width),
+            ("store.keyframe_width", config.store.keyframe_width),
+        ] {
+            if width > MAX_THUMBNAIL_WIDTH {
+                return Err(invalid(format!(
+                    "{name} {width} must be in 0..={MAX_THUMBNAIL_WIDTH} (0 = none)"
+                )));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, stream) in config.streams.iter().enumerate() {

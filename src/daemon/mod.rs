@@ -124,6 +124,7 @@ impl DaemonSettings {
                 caption_preprocess,
                 max_caption_backlog: config.captions.max_backlog,
                 thumbnail_width: config.store.thumbnail_width,
+                keyframe_width: config.store.keyframe_width,
             },
             sample_fps: config.ingest.sample_fps,
             backoff: Backoff {

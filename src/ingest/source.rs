@@ -525,14 +525,17 @@ fn to_frame(
         .clip
         .preprocess_into(rgb, pixels.view_mut())
         .map_err(|e| e.to_string())?;
-    let caption_image = match &preprocessor.caption {
+    let caption = match &preprocessor.caption {
         Some(p) => Some(p.resize_crop(rgb).map_err(|e| e.to_string())?.into()),
         None => None,
     };
-    let thumbnail = match &preprocessor.thumbnail {
-        Some(t) => Some(t.make(rgb)?.into()),
-        None => None,
-    };
+    let pictures = crate::ingest::thumbnail::frame_pictures(
+        rgb,
+        preprocessor.keyframe.as_ref(),
+        preprocessor.thumbnail.as_ref(),
+    )?;
+    let jpeg = pictures.keyframe.map(Into::into);
+    let thumbnail = pictures.thumbnail.map(Into::into);
     let ts_ns = match origin.file_base_ns {
         // Keys hold i64 ns: a saturated time would make frames overwrite
         // each other, so a time past 2262-04-11 is an error.
@@ -556,7 +559,7 @@ fn to_frame(
         width: rgb.width,
         height: rgb.height,
         pixels,
-        caption_image,
+        keyframe_images: crate::segment::KeyframeImages { caption, jpeg },
         thumbnail,
         sample_interval_ns: FrameSampler::interval_ns(origin.spec.sample_fps),
     })

@@ -53,7 +53,7 @@ impl<'a> RgbFrame<'a> {
     }
 
     /// An error naming the frame's layout unless it is well formed.
-    fn check(&self) -> Result<(), PreprocessError> {
+    pub fn check(&self) -> Result<(), PreprocessError> {
         if self.is_well_formed() {
             return Ok(());
         }
@@ -173,7 +173,8 @@ impl ImagePreprocessor {
 }
 
 /// What the ingest makes of each sampled frame: the CLIP input, the
-/// captioner's resized image when captioning is on, and the thumbnail.
+/// captioner's resized image when captioning is on, the thumbnail and the
+/// keyframe picture.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FramePreprocessing {
     /// CLIP image encoder input.
@@ -182,6 +183,9 @@ pub struct FramePreprocessing {
     pub caption: Option<ImagePreprocessor>,
     /// The stored thumbnail; `None`: none.
     pub thumbnail: Option<crate::ingest::thumbnail::ThumbnailMaker>,
+    /// The keyframe picture each frame keeps while it may become its
+    /// segment's keyframe; `None`: none (or no segments).
+    pub keyframe: Option<crate::ingest::thumbnail::ThumbnailMaker>,
 }
 
 impl From<ImagePreprocessor> for FramePreprocessing {
@@ -190,6 +194,7 @@ impl From<ImagePreprocessor> for FramePreprocessing {
             clip,
             caption: None,
             thumbnail: None,
+            keyframe: None,
         }
     }
 }

@@ -35,7 +35,7 @@ impl EmbeddedFrame {
                 .iter()
                 .map(|s| (s.set.clone(), s.top.clone()))
                 .collect(),
-            caption_image: frame.caption_image.clone(),
+            images: frame.keyframe_images.clone(),
         }
     }
 

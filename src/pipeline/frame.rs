@@ -102,9 +102,10 @@ pub struct Frame {
     /// `[3, crop, crop]` normalised pixels (preprocessed on the ingest thread
     /// so it overlaps with inference).
     pub pixels: Array3<f32>,
-    /// The captioner's input (packed RGB, resized), when captioning is on:
-    /// kept so the segment's keyframe can be captioned later.
-    pub caption_image: Option<Arc<[u8]>>,
+    /// Pictures kept in case this frame becomes its segment's keyframe:
+    /// the captioner's input (when captioning is on) and the keyframe JPEG
+    /// (when `[store] keyframe_width` > 0).
+    pub keyframe_images: crate::segment::KeyframeImages,
     /// The stored thumbnail (JPEG), unless thumbnails are off.
     pub thumbnail: Option<Arc<[u8]>>,
 }

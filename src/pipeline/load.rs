@@ -384,7 +384,7 @@ mod tests {
             width: 1,
             height: 1,
             pixels: ndarray::Array3::zeros((3, 1, 1)),
-            caption_image: None,
+            keyframe_images: Default::default(),
             thumbnail: None,
         })
     }

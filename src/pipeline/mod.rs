@@ -71,6 +71,8 @@ pub struct PipelineSettings {
     pub max_caption_backlog: usize,
     /// Width of the thumbnail stored with each frame; 0: none.
     pub thumbnail_width: u32,
+    /// Width of the picture kept of each segment's keyframe; 0: none.
+    pub keyframe_width: u32,
 }
 
 /// A running pipeline.
@@ -103,6 +105,10 @@ impl Pipeline {
             clip: parts.model.preprocessor().clone(),
             caption: settings.caption_preprocess.clone(),
             thumbnail: crate::ingest::thumbnail::ThumbnailMaker::new(settings.thumbnail_width),
+            // Keyframes come from segments.
+            keyframe: settings.segments.as_ref().and_then(|_| {
+                crate::ingest::thumbnail::ThumbnailMaker::keyframe(settings.keyframe_width)
+            }),
         };
         let store = parts.store.clone();
         let worker = worker::Worker {

@@ -5,8 +5,9 @@
 //! interrupted scene goes on instead of being cut at the restart. The
 //! segments a batch closes, their keyframes queued for the captioner, and
 //! each source's open-segment marker are written in the batch's
-//! transaction, with the caption images its segmenter holds (keyframe
-//! candidates): a rebuild gets them back and picks the same keyframe.
+//! transaction, with the pictures its segmenter holds (caption images and
+//! JPEGs of keyframe candidates): a rebuild gets them back and picks the
+//! same keyframe.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::store::{
 struct SourceSegments {
     segmenter: Segmenter,
     label: Arc<str>,
-    /// Frame times of its caption images in the store (once the pending
+    /// Frame times of its candidates' pictures in the store (once the pending
     /// write commits; a failed write forgets the whole segmenter).
     stored_images: BTreeSet<i64>,
 }
@@ -33,7 +34,7 @@ struct Rebuilt {
     frames: usize,
     label: Arc<str>,
     closed: Vec<ClosedSegment>,
-    /// Times of the stored caption images of its frames.
+    /// Times of the stored pictures of its frames.
     images: BTreeSet<i64>,
 }
 
@@ -107,7 +108,7 @@ impl SegmentTracker {
             stored_images,
         }) = self.segmenters.remove(key)
         {
-            // The closed segments carry their keyframe's image.
+            // The closed segments carry their keyframe's pictures.
             writes
                 .keyframes
                 .extend(stored_images.into_iter().map(|ts_ns| {
@@ -188,7 +189,7 @@ impl SegmentTracker {
     }
 
     /// Feeds the stored frames of the open segment, with their stored
-    /// caption images, back into `seg` (files: up to their checkpoint);
+    /// pictures, back into `seg` (files: up to their checkpoint);
     /// `None` when no segment was left open.
     fn rebuild(
         &self,
@@ -219,7 +220,7 @@ impl SegmentTracker {
                 duration_ns: at.interval_ns,
                 embedding: f.embedding.into(),
                 tags: f.tags.sets.into_iter().map(|t| (t.set, t.top)).collect(),
-                caption_image: images.remove(&f.key).map(Into::into),
+                images: images.remove(&f.key).unwrap_or_default(),
             })
             .collect();
         Ok(Some(Rebuilt {
@@ -231,18 +232,18 @@ impl SegmentTracker {
     }
 }
 
-/// Brings the store's caption images of `s` in line with those its
+/// Brings the store's candidate pictures of `s` in line with those its
 /// segmenter holds: new ones stored, dropped ones (thinned, or of a
 /// segment that closed) deleted.
 fn sync_images(s: &mut SourceSegments, stream_id: u32, writes: &mut Vec<KeyframeImageWrite>) {
     let key = |ts_ns| FrameKey { stream_id, ts_ns };
     let mut held = BTreeSet::new();
-    for (ts_ns, rgb) in s.segmenter.caption_images() {
+    for (ts_ns, images) in s.segmenter.kept_images() {
         if s.stored_images.contains(&ts_ns) {
             held.insert(ts_ns);
             continue;
         }
-        match KeyframeImageWrite::store(key(ts_ns), rgb) {
+        match KeyframeImageWrite::store(key(ts_ns), images) {
             Ok(w) => {
                 writes.push(w);
                 held.insert(ts_ns);
@@ -258,7 +259,7 @@ fn sync_images(s: &mut SourceSegments, stream_id: u32, writes: &mut Vec<Keyframe
 
 /// The store record of a closed segment, its keyframe queued for a caption.
 fn new_segment(stream_id: u32, label: &str, key: &SourceKey, closed: ClosedSegment) -> NewSegment {
-    let caption_image = closed.caption_image.as_ref().map(|rgb| CaptionJob {
+    let caption_image = closed.images.caption.as_ref().map(|rgb| CaptionJob {
         keyframe_ns: closed.keyframe_ns,
         size: ((rgb.len() / 3) as f64).sqrt().round() as u32,
         rgb: rgb.to_vec(),
@@ -282,5 +283,6 @@ fn new_segment(stream_id: u32, label: &str, key: &SourceKey, closed: ClosedSegme
             },
         },
         caption_image,
+        keyframe_jpeg: closed.images.jpeg,
     }
 }

@@ -75,9 +75,13 @@ pub struct SegmentView {
     pub keyframe: String,
     /// Keyframe pts in the source, seconds.
     pub keyframe_pts_s: f64,
-    /// API path of the keyframe's thumbnail (the web page shows it).
+    /// API path of the keyframe's thumbnail.
     #[serde(default)]
     pub keyframe_thumbnail: String,
+    /// API path of the keyframe's larger picture, when one is stored (the
+    /// web page shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyframe_image: Option<String>,
     /// Dominant class per label set, with its share of the time.
     pub tags: Vec<DominantTag>,
     /// Caption of the keyframe.
@@ -126,6 +130,9 @@ pub fn views(segments: &[SegmentEntry]) -> Vec<SegmentView> {
                     r.keyframe_ns,
                     "thumb.jpg",
                 ),
+                keyframe_image: e.keyframe_picture.then(|| {
+                    crate::api::images::frame_url(&e.stream, r.keyframe_ns, "keyframe.jpg")
+                }),
                 tags: r.tags.clone(),
                 caption,
                 caption_state: match &r.caption {
@@ -180,6 +187,7 @@ mod tests {
         let base = 1_700_000_000_000_000_000i64;
         SegmentEntry {
             stream: "front".into(),
+            keyframe_picture: false,
             record: SegmentRecord {
                 start_ns: base + (start * 1e9) as i64,
                 end_ns: base + (end * 1e9) as i64,

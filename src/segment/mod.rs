@@ -11,11 +11,11 @@
 //! Cuts that would leave a segment shorter than `min_segment_secs` are not
 //! made (the short scene joins the next one), and a segment longer than `max_segment_secs` is closed anyway, so a
 //! parked car still gets fresh captions. The keyframe of a closed segment is
-//! its most central frame: the one closest to the final centroid. The caption
-//! image comes from the most central frame that still holds one (images are
-//! thinned, not all kept, to bound memory). Which frames keep an image
+//! its most central frame: the one closest to the final centroid. Its
+//! pictures (caption input, keyframe JPEG) come from the most central frame
+//! that still holds them (they are thinned, not all kept, to bound memory). Which frames keep an image
 //! depends only on their place in the segment, so a restart that gets back
-//! the kept images (see [`Segmenter::caption_images`]) picks the same one.
+//! the kept images (see [`Segmenter::kept_images`]) picks the same one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,8 +43,9 @@ pub struct SegmenterConfig {
     /// A pause in the frames longer than this (a camera offline, a gap
     /// between clips) ends the segment, seconds; 0 = never.
     pub max_gap_secs: f64,
-    /// Caption images kept per open segment (each is one preprocessed
-    /// image, ~440 KB for BLIP-base); beyond it every other one is dropped.
+    /// Keyframe candidates that keep their pictures per open segment (a
+    /// caption image is ~440 KB for BLIP-base, a keyframe JPEG ~40 KB);
+    /// beyond it every other one is dropped.
     pub max_keyframe_candidates: usize,
 }
 
@@ -114,8 +115,26 @@ pub struct SegmentFrame {
     pub embedding: Arc<[f32]>,
     /// Top class per label set: `(set, class)`.
     pub tags: Vec<(String, String)>,
-    /// Captioner input (packed RGB at the captioner's size), when kept.
-    pub caption_image: Option<Arc<[u8]>>,
+    /// Pictures kept in case it becomes the keyframe.
+    pub images: KeyframeImages,
+}
+
+/// The pictures a keyframe candidate keeps until its segment closes. Both
+/// are thinned together (see `max_keyframe_candidates`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyframeImages {
+    /// Captioner input (packed RGB, square at the captioner's size), when
+    /// captioning is on.
+    pub caption: Option<Arc<[u8]>>,
+    /// The keyframe picture (JPEG, `[store] keyframe_width`), when on.
+    pub jpeg: Option<Arc<[u8]>>,
+}
+
+impl KeyframeImages {
+    /// Neither picture is kept.
+    pub fn is_empty(&self) -> bool {
+        self.caption.is_none() && self.jpeg.is_none()
+    }
 }
 
 /// The dominant class of one label set over a segment.
@@ -146,8 +165,8 @@ pub struct ClosedSegment {
     pub keyframe_pts_ns: u64,
     /// Dominant class per label set, in first-seen set order.
     pub tags: Vec<DominantTag>,
-    /// Image to caption (the keyframe's), if one was kept.
-    pub caption_image: Option<Arc<[u8]>>,
+    /// The keyframe's pictures (to caption and to show), if kept.
+    pub images: KeyframeImages,
 }
 
 /// What a restart needs to rebuild the open segment exactly from its stored
@@ -204,7 +223,7 @@ impl OpenSegment {
         }
         let stride = self.image_stride.max(1);
         if !self.members.len().is_multiple_of(stride) {
-            frame.caption_image = None;
+            frame.images = KeyframeImages::default();
         }
         for (set, class) in &frame.tags {
             let slot = match self.tag_time.iter().position(|(s, _)| s == set) {
@@ -232,7 +251,7 @@ impl OpenSegment {
         let stride = self.image_stride;
         for (i, m) in self.members.iter_mut().enumerate() {
             if !i.is_multiple_of(stride) {
-                m.caption_image = None;
+                m.images = KeyframeImages::default();
             }
         }
     }
@@ -259,7 +278,7 @@ impl OpenSegment {
             .collect();
         let most_central = |with_image: bool| {
             (0..self.members.len())
-                .filter(|&i| !with_image || self.members[i].caption_image.is_some())
+                .filter(|&i| !with_image || !self.members[i].images.is_empty())
                 .min_by(|&a, &b| distances[a].total_cmp(&distances[b]))
         };
         let key = most_central(true)
@@ -291,7 +310,7 @@ impl OpenSegment {
             keyframe_ns: self.members[key].ts_ns,
             keyframe_pts_ns: self.members[key].pts_ns,
             tags,
-            caption_image: self.members[key].caption_image.clone(),
+            images: self.members[key].images.clone(),
         }
     }
 
@@ -330,21 +349,22 @@ impl Segmenter {
         })
     }
 
-    /// The caption images held (keyframe candidates of the open segment and
+    /// The pictures held (keyframe candidates of the open segment and
     /// frames of a pending change), by frame time: what a restart needs back
     /// to pick the same keyframe.
-    pub fn caption_images(&self) -> impl Iterator<Item = (i64, &Arc<[u8]>)> {
+    pub fn kept_images(&self) -> impl Iterator<Item = (i64, &KeyframeImages)> {
         self.open
             .members
             .iter()
             .chain(&self.candidate)
-            .filter_map(|m| Some((m.ts_ns, m.caption_image.as_ref()?)))
+            .filter(|m| !m.images.is_empty())
+            .map(|m| (m.ts_ns, &m.images))
     }
 
     /// Rebuilds the open segment of `state` from its stored frames (in time
     /// order, from `state.start_ns`): frames up to the seed enter as they
     /// did, later ones are decided again. Frames carry the images
-    /// [`Segmenter::caption_images`] listed then, so the same ones are
+    /// [`Segmenter::kept_images`] listed then, so the same ones are
     /// kept. Returns what they close (nothing, when the frames are those
     /// the state was taken from).
     pub fn restore(

@@ -18,7 +18,19 @@ fn frame(i: usize, scene: usize, wiggle: f32, image: bool) -> SegmentFrame {
         duration_ns: STEP,
         embedding: embed(scene, wiggle),
         tags: vec![("scene".into(), format!("s{scene}"))],
-        caption_image: image.then(|| vec![i as u8; 3].into()),
+        images: if image {
+            pictures(i as u8)
+        } else {
+            KeyframeImages::default()
+        },
+    }
+}
+
+/// Both pictures of frame `i`, each marked with `i`.
+fn pictures(i: u8) -> KeyframeImages {
+    KeyframeImages {
+        caption: Some(vec![i; 3].into()),
+        jpeg: Some(vec![0xff, 0xd8, i].into()),
     }
 }
 
@@ -57,8 +69,10 @@ fn distinct_scenes_give_one_segment_each_cut_at_the_first_changed_frame() {
     // Keyframes lie inside their segments and carry the caption image.
     for s in &segs {
         assert!(s.keyframe_ns >= s.start_ns && s.keyframe_ns < s.end_ns);
-        let img = s.caption_image.as_ref().expect("image kept");
+        let img = s.images.caption.as_ref().expect("image kept");
         assert_eq!(img[0] as i64, s.keyframe_ns / STEP as i64);
+        let jpeg = s.images.jpeg.as_ref().expect("keyframe JPEG kept");
+        assert_eq!(jpeg[2], img[0], "both pictures are the keyframe's");
     }
 }
 
@@ -137,7 +151,7 @@ fn a_change_at_the_very_end_becomes_a_segment_only_if_long_enough() {
 }
 
 #[test]
-fn caption_images_are_thinned_to_the_configured_count() {
+fn keyframe_pictures_are_thinned_together_to_the_configured_count() {
     let config = SegmenterConfig {
         max_keyframe_candidates: 4,
         ..Default::default()
@@ -150,17 +164,23 @@ fn caption_images_are_thinned_to_the_configured_count() {
         .open
         .members
         .iter()
-        .filter(|m| m.caption_image.is_some())
+        .filter(|m| m.images.caption.is_some())
         .count();
     assert!(kept <= 4, "{kept}");
-    assert_eq!(s.caption_images().count(), kept);
+    assert_eq!(s.kept_images().count(), kept);
+    assert!(
+        s.open
+            .members
+            .iter()
+            .all(|m| m.images.caption.is_some() == m.images.jpeg.is_some())
+    );
     // Spread over the whole segment, not bunched at its end.
     let with_image: Vec<usize> = s
         .open
         .members
         .iter()
         .enumerate()
-        .filter(|(_, m)| m.caption_image.is_some())
+        .filter(|(_, m)| m.images.caption.is_some())
         .map(|(i, _)| i)
         .collect();
     assert_eq!(with_image.first(), Some(&0));
@@ -170,7 +190,7 @@ fn caption_images_are_thinned_to_the_configured_count() {
     );
     assert!(with_image.len() >= 3, "{with_image:?}");
     let seg = s.finish().remove(0);
-    assert!(seg.caption_image.is_some());
+    assert!(seg.images.caption.is_some() && seg.images.jpeg.is_some());
 }
 
 /// A drifting stream (deterministic pseudo-random walk between scenes).
@@ -196,7 +216,7 @@ fn drifting(seed: u64, n: usize) -> Vec<SegmentFrame> {
                 duration_ns: STEP,
                 embedding: e.into(),
                 tags: vec![("scene".into(), "x".into())],
-                caption_image: Some(vec![i as u8; 3].into()),
+                images: pictures(i as u8),
             }
         })
         .collect()
@@ -209,7 +229,7 @@ fn summary(segments: &[ClosedSegment]) -> Summary {
     segments
         .iter()
         .map(|s| {
-            let image = s.caption_image.as_ref().map(|i| i.to_vec());
+            let image = s.images.caption.as_ref().map(|i| i.to_vec());
             (s.start_ns, s.end_ns, s.keyframe_ns, image)
         })
         .collect()
@@ -245,8 +265,8 @@ fn a_restart_anywhere_rebuilds_the_same_segments_and_keyframes() {
                 got.extend(before.push(f.clone()));
             }
             let state = before.open_state().unwrap();
-            let held: HashMap<i64, Arc<[u8]>> = before
-                .caption_images()
+            let held: HashMap<i64, KeyframeImages> = before
+                .kept_images()
                 .map(|(ts, image)| (ts, image.clone()))
                 .collect();
             let mut after = Segmenter::new(config.clone());
@@ -254,7 +274,7 @@ fn a_restart_anywhere_rebuilds_the_same_segments_and_keyframes() {
                 .iter()
                 .filter(|f| f.ts_ns >= state.start_ns)
                 .map(|f| SegmentFrame {
-                    caption_image: held.get(&f.ts_ns).cloned(),
+                    images: held.get(&f.ts_ns).cloned().unwrap_or_default(),
                     ..f.clone()
                 });
             got.extend(after.restore(&state, stored));

@@ -1,21 +1,24 @@
-//! Caption images of the keyframe candidates of open segments (tree
-//! `segment_keyframes`). The segmenter holds them in memory; a restart
-//! that rebuilds an open segment from its stored frames needs them back to
-//! pick the same keyframe and caption the same pixels. They are written
-//! and deleted in the transaction of the batch that makes the segmenter
-//! keep or drop them, so the tree always holds what the open segment
-//! marker's segment held. PNG is lossless: a resumed run queues exactly the
-//! bytes an uninterrupted one would have.
+//! Pictures of the keyframe candidates of open segments (tree
+//! `segment_keyframes`), and keyframe pictures of closed segments (tree
+//! `keyframes`). The segmenter holds the candidates' pictures in memory; a
+//! restart that rebuilds an open segment from its stored frames needs them
+//! back to pick the same keyframe, caption the same pixels and keep the
+//! same JPEG. They are written and deleted in the transaction of the batch
+//! that makes the segmenter keep or drop them, so the tree always holds
+//! what the open segment marker's segment held. PNG is lossless: a resumed
+//! run queues exactly the bytes an uninterrupted one would have.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder, ImageFormat};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::keys::FrameKey;
-use super::schema::{self, KeyframeImage};
+use super::schema::{self, KeyframeCandidateImages, KeyframeImage};
 use super::{SEGMENT_KEYFRAMES_TREE, Store, StoreError};
+use crate::segment::KeyframeImages;
 
 /// A change to `segment_keyframes`, written with a batch.
 #[derive(Debug, Clone)]
@@ -27,23 +30,20 @@ pub struct KeyframeImageWrite {
 }
 
 impl KeyframeImageWrite {
-    /// Stores the caption image `rgb` (packed RGB, square) of frame `key`.
-    pub fn store(key: FrameKey, rgb: &[u8]) -> Result<Self, StoreError> {
-        let size = ((rgb.len() / 3) as f64).sqrt().round() as u32;
-        if (size as usize).pow(2) * 3 != rgb.len() {
-            return Err(StoreError::KeyframeImage(format!(
-                "{} bytes are not a square RGB image",
-                rgb.len()
-            )));
-        }
-        let mut png = Vec::new();
-        // Fast: the worker encodes every kept candidate between batches.
-        PngEncoder::new_with_quality(&mut png, CompressionType::Fast, FilterType::Adaptive)
-            .write_image(rgb, size, size, ExtendedColorType::Rgb8)
-            .map_err(|e| StoreError::KeyframeImage(e.to_string()))?;
+    /// Stores the pictures of frame `key`: the caption image (packed RGB,
+    /// square) and the keyframe JPEG.
+    pub fn store(key: FrameKey, images: &KeyframeImages) -> Result<Self, StoreError> {
+        let caption = match &images.caption {
+            Some(rgb) => Some(encode_png(rgb)?),
+            None => None,
+        };
+        let value = KeyframeCandidateImages {
+            caption,
+            jpeg: images.jpeg.as_ref().map(|j| j.to_vec()),
+        };
         Ok(Self {
             key,
-            value: Some(schema::encode(&KeyframeImage { size, png })),
+            value: Some(schema::encode(&value)),
         })
     }
 
@@ -68,13 +68,26 @@ pub(super) fn write(
     Ok(())
 }
 
+/// Writes or deletes the picture of a closed segment's keyframe (tree
+/// `keyframes`) inside the batch transaction.
+pub(super) fn write_keyframe(
+    tree: &TransactionalTree,
+    key: &FrameKey,
+    jpeg: Option<&[u8]>,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    match jpeg {
+        Some(jpeg) => tree.insert(&key.encode(), jpeg)?,
+        None => tree.remove(&key.encode())?,
+    };
+    Ok(())
+}
+
 impl Store {
-    /// The stored caption images (packed RGB) of those of `keys` that
-    /// have one.
+    /// The stored pictures of those of `keys` that have some.
     pub fn keyframe_images(
         &self,
         keys: impl IntoIterator<Item = FrameKey>,
-    ) -> Result<HashMap<FrameKey, Vec<u8>>, StoreError> {
+    ) -> Result<HashMap<FrameKey, KeyframeImages>, StoreError> {
         let mut out = HashMap::new();
         for key in keys {
             let Some(v) = self
@@ -84,11 +97,52 @@ impl Store {
             else {
                 continue;
             };
-            let image: KeyframeImage = schema::decode(SEGMENT_KEYFRAMES_TREE, &v)?;
-            out.insert(key, decode_png(&image)?);
+            let stored: KeyframeCandidateImages = match schema::decode(SEGMENT_KEYFRAMES_TREE, &v) {
+                Ok(images) => images,
+                // Written before keyframe JPEGs: a caption image alone.
+                Err(e) => KeyframeCandidateImages {
+                    caption: Some(schema::decode(SEGMENT_KEYFRAMES_TREE, &v).map_err(|_| e)?),
+                    jpeg: None,
+                },
+            };
+            let caption = match &stored.caption {
+                Some(image) => Some(Arc::from(decode_png(image)?)),
+                None => None,
+            };
+            let jpeg = stored.jpeg.map(Arc::from);
+            out.insert(key, KeyframeImages { caption, jpeg });
         }
         Ok(out)
     }
+
+    /// The picture of the keyframe of a closed segment, if one was stored
+    /// (`[store] keyframe_width` > 0 when it was made).
+    pub fn keyframe_picture(&self, key: &FrameKey) -> Result<Option<sled::IVec>, StoreError> {
+        self.keyframes.get(key.encode()).map_err(|e| self.err(e))
+    }
+
+    /// Whether a frame has a keyframe picture.
+    pub fn has_keyframe_picture(&self, key: &FrameKey) -> Result<bool, StoreError> {
+        self.keyframes
+            .contains_key(key.encode())
+            .map_err(|e| self.err(e))
+    }
+}
+
+fn encode_png(rgb: &[u8]) -> Result<KeyframeImage, StoreError> {
+    let size = ((rgb.len() / 3) as f64).sqrt().round() as u32;
+    if (size as usize).pow(2) * 3 != rgb.len() {
+        return Err(StoreError::KeyframeImage(format!(
+            "{} bytes are not a square RGB image",
+            rgb.len()
+        )));
+    }
+    let mut png = Vec::new();
+    // Fast: the worker encodes every kept candidate between batches.
+    PngEncoder::new_with_quality(&mut png, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(rgb, size, size, ExtendedColorType::Rgb8)
+        .map_err(|e| StoreError::KeyframeImage(e.to_string()))?;
+    Ok(KeyframeImage { size, png })
 }
 
 fn decode_png(image: &KeyframeImage) -> Result<Vec<u8>, StoreError> {

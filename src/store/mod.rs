@@ -16,12 +16,15 @@
 //!   restart rebuilds the segmenter from)
 //! - `thumbnails`: [`FrameKey`] -> JPEG thumbnail of the frame (written
 //!   with it; see `[store] thumbnail_width`)
-//! - `segment_keyframes`: [`FrameKey`] -> [`KeyframeImage`], the caption
-//!   images of open segments' keyframe candidates (at most
-//!   `max_keyframe_candidates` per open segment, plus a pending change's
-//!   frames), so a rebuilt segment picks the same keyframe; deleted when
-//!   the segmenter drops them or the segment closes. Added in schema 1
-//!   without a version change: an older store opens with the tree empty.
+//! - `segment_keyframes`: [`FrameKey`] -> [`KeyframeCandidateImages`], the
+//!   pictures (caption image, keyframe JPEG) of open segments' keyframe
+//!   candidates (at most `max_keyframe_candidates` per open segment, plus a
+//!   pending change's frames), so a rebuilt segment picks the same
+//!   keyframe; deleted when the segmenter drops them or the segment
+//!   closes. Added in schema 1 without a version change: an older store
+//!   opens with the tree empty (or holding a bare [`KeyframeImage`]).
+//! - `keyframes`: [`FrameKey`] of a segment's keyframe -> its JPEG (see
+//!   `[store] keyframe_width`), written with the segment.
 //! - `caption_queue`: segment key -> [`CaptionJob`] (keyframe pixels), the
 //!   persistent backlog of the captioner
 //! - `caption_index`: `word\0segment key`, for caption word search
@@ -50,8 +53,8 @@ pub use keyframes::KeyframeImageWrite;
 pub use keys::FrameKey;
 pub use query::{FrameEntry, FrameFilter, SearchHit, StoreStats};
 pub use schema::{
-    CaptionJob, CaptionState, Checkpoint, FrameRecord, KeyframeImage, OpenSegmentRecord,
-    SegmentRecord, SetTag, StreamRecord, TagRecord,
+    CaptionJob, CaptionState, Checkpoint, FrameRecord, KeyframeCandidateImages, KeyframeImage,
+    OpenSegmentRecord, SegmentRecord, SetTag, StreamRecord, TagRecord,
 };
 pub use segments::{
     NewSegment, OpenMarker, SegmentEntry, SegmentFilter, SegmentWrites, StoredFrameData,
@@ -77,6 +80,8 @@ pub const SEGMENT_OPEN_TREE: &str = "segment_open";
 pub const THUMBNAILS_TREE: &str = "thumbnails";
 /// `segment_keyframes` tree.
 pub const SEGMENT_KEYFRAMES_TREE: &str = "segment_keyframes";
+/// `keyframes` tree.
+pub const KEYFRAMES_TREE: &str = "keyframes";
 /// `caption_queue` tree.
 pub const CAPTION_QUEUE_TREE: &str = "caption_queue";
 /// `caption_index` tree.
@@ -171,6 +176,7 @@ pub struct Store {
     segments: sled::Tree,
     segment_open: sled::Tree,
     segment_keyframes: sled::Tree,
+    keyframes: sled::Tree,
     thumbnails: sled::Tree,
     caption_queue: sled::Tree,
     caption_index: sled::Tree,
@@ -244,6 +250,7 @@ impl Store {
             segments: tree(SEGMENTS_TREE)?,
             segment_open: tree(SEGMENT_OPEN_TREE)?,
             segment_keyframes: tree(SEGMENT_KEYFRAMES_TREE)?,
+            keyframes: tree(KEYFRAMES_TREE)?,
             thumbnails: tree(THUMBNAILS_TREE)?,
             caption_queue: tree(CAPTION_QUEUE_TREE)?,
             caption_index: tree(CAPTION_INDEX_TREE)?,
@@ -401,6 +408,7 @@ impl Store {
             &self.caption_index,
             &self.segment_keyframes,
             &self.thumbnails,
+            &self.keyframes,
         )
             .transaction(
                 |(
@@ -415,6 +423,7 @@ impl Store {
                     words_t,
                     kf_t,
                     thumbs_t,
+                    pictures_t,
                 )| {
                     let mut new = 0;
                     for f in frames {
@@ -448,8 +457,9 @@ impl Store {
                             schema::encode(&c.checkpoint),
                         )?;
                     }
-                    let queued =
-                        segments::write_segments(segments, seg_t, open_t, queue_t, words_t)?;
+                    let queued = segments::write_segments(
+                        segments, seg_t, open_t, queue_t, words_t, pictures_t,
+                    )?;
                     keyframes::write(&segments.keyframes, kf_t)?;
                     Ok((new, queued))
                 },

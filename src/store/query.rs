@@ -36,6 +36,8 @@ pub struct FrameEntry {
     pub tags: Vec<SetTag>,
     /// A thumbnail is stored.
     pub thumbnail: bool,
+    /// A keyframe picture is stored (the frame is a segment's keyframe).
+    pub keyframe: bool,
 }
 
 /// One search result.
@@ -162,6 +164,7 @@ impl Store {
             record: schema::decode(FRAMES_TREE, &v)?,
             tags: self.tags_of(key)?.sets,
             thumbnail: self.has_thumbnail(key)?,
+            keyframe: self.has_keyframe_picture(key)?,
         }))
     }
 

@@ -153,13 +153,23 @@ pub struct CaptionJob {
 }
 
 /// The caption image of a keyframe candidate of an open segment (see
-/// `store::keyframes`).
+/// `store::keyframes`); before keyframe JPEGs, the whole stored value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyframeImage {
     /// Side of the square image.
     pub size: u32,
     /// The packed RGB pixels as a PNG (lossless).
     pub png: Vec<u8>,
+}
+
+/// The pictures of a keyframe candidate of an open segment (see
+/// `store::keyframes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyframeCandidateImages {
+    /// Captioner input.
+    pub caption: Option<KeyframeImage>,
+    /// Keyframe picture (JPEG).
+    pub jpeg: Option<Vec<u8>>,
 }
 
 /// Encodes a value with the schema version byte.

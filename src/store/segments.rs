@@ -26,6 +26,8 @@ pub struct NewSegment {
     pub record: SegmentRecord,
     /// Keyframe to caption.
     pub caption_image: Option<CaptionJob>,
+    /// The keyframe's picture (JPEG), when keyframe pictures are on.
+    pub keyframe_jpeg: Option<std::sync::Arc<[u8]>>,
 }
 
 /// The open segment of a (stream, source); `None` clears it.
@@ -46,7 +48,7 @@ pub struct SegmentWrites {
     pub closed: Vec<NewSegment>,
     /// Open-segment markers.
     pub open: Vec<OpenMarker>,
-    /// Caption images of keyframe candidates kept or dropped.
+    /// Pictures of keyframe candidates kept or dropped.
     pub keyframes: Vec<super::KeyframeImageWrite>,
 }
 
@@ -83,6 +85,8 @@ pub struct SegmentEntry {
     /// The segment.
     #[serde(flatten)]
     pub record: SegmentRecord,
+    /// A picture of its keyframe is stored.
+    pub keyframe_picture: bool,
 }
 
 /// A stored frame with everything the segmenter needs.
@@ -167,6 +171,7 @@ pub(super) fn write_segments(
     open_t: &TransactionalTree,
     queue_t: &TransactionalTree,
     words_t: &TransactionalTree,
+    pictures_t: &TransactionalTree,
 ) -> TxResult<i64> {
     // Change of the caption backlog, applied once the transaction commits.
     let mut queued = 0i64;
@@ -176,11 +181,26 @@ pub(super) fn write_segments(
             ts_ns: s.record.start_ns,
         }
         .encode();
+        let keyframe = FrameKey {
+            stream_id: s.stream_id,
+            ts_ns: s.record.keyframe_ns,
+        };
+        // A replay without keyframe pictures keeps the earlier one.
+        if let Some(jpeg) = &s.keyframe_jpeg {
+            super::keyframes::write_keyframe(pictures_t, &keyframe, Some(jpeg))?;
+        }
         // The same segment closed again (a replay of a clip after its
         // checkpoint was lost) keeps the caption it already has.
         if let Some(old) = seg_t.get(key)? {
             let old: SegmentRecord =
                 schema::decode(SEGMENTS_TREE, &old).map_err(ConflictableTransactionError::Abort)?;
+            if old.keyframe_ns != s.record.keyframe_ns {
+                let old_keyframe = FrameKey {
+                    ts_ns: old.keyframe_ns,
+                    ..keyframe
+                };
+                super::keyframes::write_keyframe(pictures_t, &old_keyframe, None)?;
+            }
             if old.keyframe_ns == s.record.keyframe_ns
                 && old.end_ns == s.record.end_ns
                 && matches!(old.caption, CaptionState::Done { .. })
@@ -329,8 +349,13 @@ impl Store {
                 {
                     continue;
                 }
+                let keyframe = FrameKey {
+                    stream_id: stream.id,
+                    ts_ns: record.keyframe_ns,
+                };
                 out.push(SegmentEntry {
                     stream: stream.name.clone(),
+                    keyframe_picture: self.has_keyframe_picture(&keyframe)?,
                     record,
                 });
                 if out.len() >= limit {

@@ -1,6 +1,8 @@
 //! Store behaviour: idempotent writes, filters, search order, checkpoints.
 
 use super::*;
+use crate::segment::KeyframeImages;
+use image::ImageEncoder;
 
 const DIM: usize = 4;
 
@@ -249,6 +251,7 @@ fn segment(stream_id: u32, start: i64, keyframe: i64, caption: CaptionState) -> 
             size: 1,
             rgb: vec![0; 3],
         }),
+        keyframe_jpeg: None,
     }
 }
 
@@ -358,14 +361,22 @@ fn keyframe_candidate_images_come_back_bit_exact_until_removed() {
     let f = frame(&store, "cam", 5, [1.0, 0.0, 0.0, 0.0], "clear");
     // A noisy 16x16 image: PNG must keep every byte.
     let rgb: Vec<u8> = (0..16 * 16 * 3).map(|i| (i * 37 % 251) as u8).collect();
+    let images = KeyframeImages {
+        caption: Some(rgb.clone().into()),
+        jpeg: Some(vec![0xff, 0xd8, 7].into()),
+    };
     let writes = SegmentWrites {
-        keyframes: vec![KeyframeImageWrite::store(f.key, &rgb).unwrap()],
+        keyframes: vec![KeyframeImageWrite::store(f.key, &images).unwrap()],
         ..Default::default()
     };
     store.write(std::slice::from_ref(&f), &[], &writes).unwrap();
-    let images = store.keyframe_images([f.key]).unwrap();
-    assert_eq!(images.get(&f.key), Some(&rgb));
-    assert!(KeyframeImageWrite::store(f.key, &rgb[1..]).is_err());
+    let back = store.keyframe_images([f.key]).unwrap();
+    assert_eq!(back.get(&f.key), Some(&images));
+    let odd = KeyframeImages {
+        caption: Some(rgb[1..].into()),
+        jpeg: None,
+    };
+    assert!(KeyframeImageWrite::store(f.key, &odd).is_err());
 
     let writes = SegmentWrites {
         keyframes: vec![KeyframeImageWrite::remove(f.key)],
@@ -373,4 +384,63 @@ fn keyframe_candidate_images_come_back_bit_exact_until_removed() {
     };
     store.write(&[], &[], &writes).unwrap();
     assert!(store.keyframe_images([f.key]).unwrap().is_empty());
+}
+
+#[test]
+fn caption_images_stored_before_keyframe_jpegs_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let f = frame(&store, "cam", 5, [1.0, 0.0, 0.0, 0.0], "clear");
+    let rgb: Vec<u8> = (0..8 * 8 * 3).map(|i| (i * 11 % 256) as u8).collect();
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&rgb, 8, 8, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    // The value as the previous build wrote it: the caption image alone.
+    let legacy = schema::encode(&KeyframeImage { size: 8, png });
+    store
+        .segment_keyframes
+        .insert(f.key.encode(), legacy)
+        .unwrap();
+    let back = store
+        .keyframe_images([f.key])
+        .unwrap()
+        .remove(&f.key)
+        .unwrap();
+    assert_eq!(back.caption.as_deref(), Some(rgb.as_slice()));
+    assert_eq!(back.jpeg, None);
+}
+
+#[test]
+fn a_closed_segment_keeps_its_keyframe_picture_and_a_replaced_one_drops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let id = s.stream_id("front").unwrap();
+    let key = |ts_ns| FrameKey {
+        stream_id: id,
+        ts_ns,
+    };
+    let with_picture = |keyframe: i64, jpeg: Option<&[u8]>| SegmentWrites {
+        closed: vec![NewSegment {
+            keyframe_jpeg: jpeg.map(Into::into),
+            ..segment(id, 100, keyframe, CaptionState::None)
+        }],
+        ..Default::default()
+    };
+    s.write(&[], &[], &with_picture(105, Some(b"one"))).unwrap();
+    assert_eq!(
+        s.keyframe_picture(&key(105)).unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    assert!(s.has_keyframe_picture(&key(105)).unwrap());
+    // Closed again without pictures (keyframe_width = 0): the picture stays.
+    s.write(&[], &[], &with_picture(105, None)).unwrap();
+    assert!(s.has_keyframe_picture(&key(105)).unwrap());
+    // Closed again with another keyframe: the old picture goes.
+    s.write(&[], &[], &with_picture(107, Some(b"two"))).unwrap();
+    assert!(!s.has_keyframe_picture(&key(105)).unwrap());
+    assert_eq!(
+        s.keyframe_picture(&key(107)).unwrap().as_deref(),
+        Some(&b"two"[..])
+    );
 }

@@ -83,6 +83,7 @@ fn table() -> Vec<(&'static str, Input, Outcome)> {
         ("models.intra_threads = 100000", cfg("models", "intra_threads = 100000"), Fails(&["models.intra_threads 100000"])),
         ("models.intra_threads of the wrong type", cfg("models", "intra_threads = \"two\""), Fails(&["intra_threads", "roadrep.toml"])),
         ("batcher.max_frames = 0", cfg("batcher", "max_frames = 0"), Fails(&["batcher.max_frames"])),
+        ("store.keyframe_width = 100000", cfg("store", "keyframe_width = 100000"), Fails(&["store.keyframe_width 100000", "0..=1920"])),
         ("segments.keep_distance > cut_distance", cfg("segments", "keep_distance = 0.01"), Fails(&["segments.keep_distance"])),
         ("api.listen not an address", cfg("api", "listen = \"nonsense\""), Fails(&["api.listen 'nonsense'", "host:port"])),
         ("missing model directory", cfg("models", "clip = \"/nonexistent/clip-tiny\""), Fails(&["/nonexistent/clip-tiny"])),

@@ -22,7 +22,7 @@ export async function openFrame(url) {
   }
   document.getElementById('frame-title').textContent = `${f.camera} · ${shortTime(f.time)}`;
   const big = el('img', { class: 'large', alt: `${f.camera} at ${f.time}` });
-  showImage(big, f.image, f.thumbnail);
+  showImage(big, f.image, f.keyframe, f.thumbnail);
   const sets = f.scores.map((s) => el('section', { class: 'set' },
     el('h3', { text: s.set }),
     ...s.scores.map(([c, p], i) => el('div', { class: 'bar-row' },

@@ -46,7 +46,7 @@ async function render() {
       items.push(el('li', { class: 'summary-group', text: key }));
     }
     const img = el('img', { alt: `keyframe ${s.keyframe}`, width: 160, height: 90 });
-    showImage(img, s.keyframe_thumbnail);
+    showImage(img, s.keyframe_image, s.keyframe_thumbnail);
     const frame = s.keyframe_thumbnail.replace(/\/thumb\.jpg$/, '');
     items.push(el('li', { class: 'summary-line' },
       el('button', { type: 'button', class: 'keyframe', 'aria-label': `open keyframe of ${s.line}`, onclick: () => openFrame(frame) }, img),

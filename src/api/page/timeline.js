@@ -94,10 +94,10 @@ async function render() {
   document.getElementById('segments').replaceChildren(...segments.map(segmentCard));
 }
 
-/** A segment: keyframe thumbnail and summary line; opens the keyframe. */
+/** A segment: keyframe picture and summary line; opens the keyframe. */
 export function segmentCard(s) {
   const img = el('img', { alt: `keyframe ${s.keyframe}`, width: 256, height: 144 });
-  showImage(img, s.keyframe_thumbnail);
+  showImage(img, s.keyframe_image, s.keyframe_thumbnail);
   const frame = s.keyframe_thumbnail.replace(/\/thumb\.jpg$/, '');
   return el('button', { type: 'button', class: 'hit segment', onclick: () => openFrame(frame) },
     img,
