@@ -21,6 +21,7 @@ fn spec(kind: SourceKind, fps: f64) -> SourceSpec {
         rtsp_transport: RtspTransport::Tcp,
         latency_ms: 0,
         file_start_ns: None,
+        decode: Default::default(),
     }
 }
 

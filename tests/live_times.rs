@@ -35,6 +35,7 @@ fn a_live_backlog_after_a_stall_keeps_its_capture_times() {
         rtsp_transport: RtspTransport::Tcp,
         latency_ms: 0,
         file_start_ns: None,
+        decode: Default::default(),
     };
     let dir = common::tiny_model_dir();
     let preprocessor = ModelManifest::read(&dir)

@@ -279,6 +279,7 @@ fn a_batch_that_cannot_be_stored_leaves_its_clip_incomplete() {
         camera: Some("cam".into()),
         sample_fps: 2.0,
         file_start_ns: None,
+        decode: Default::default(),
     };
     let pipeline = Pipeline::start(
         PipelineParts {

@@ -100,6 +100,7 @@ fn settings(clip: &Path, caption: Option<ImagePreprocessor>) -> Settings {
             camera: Some("cam".into()),
             sample_fps: 2.0,
             file_start_ns: Some(0),
+            decode: Default::default(),
         },
         pipeline: PipelineSettings {
             queue_frames: 4,

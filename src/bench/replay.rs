@@ -24,6 +24,8 @@ pub struct ReplayBenchSettings {
     pub generate_secs: u32,
     /// Frames kept per second.
     pub sample_fps: f64,
+    /// Which frames are decoded.
+    pub decode: crate::ingest::config::DecodeMode,
     /// Batching.
     pub batcher: crate::pipeline::BatcherConfig,
     /// Width of the stored thumbnails; 0: none.
@@ -92,6 +94,7 @@ pub fn bench_replay(
         camera: Some("bench".into()),
         sample_fps: settings.sample_fps,
         file_start_ns: Some(0),
+        decode: settings.decode,
     };
     struct Quiet;
     impl ReplayProgress for Quiet {
@@ -141,6 +144,7 @@ pub fn bench_replay(
         rtsp_transport: crate::ingest::config::RtspTransport::Tcp,
         latency_ms: 0,
         file_start_ns: Some(0),
+        decode: settings.decode,
     };
     let (tx, rx) = frame_channel(32, PipelineLoad::new());
     // Frames and the bytes of their keyframe pictures.

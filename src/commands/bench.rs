@@ -57,6 +57,7 @@ pub fn run_replay(config_path: Option<&Path>, args: &BenchReplayArgs) -> anyhow:
         clip: args.clip.clone(),
         generate_secs: args.seconds,
         sample_fps: args.fps,
+        decode: args.decode,
         batcher: config.batcher.clone(),
         thumbnail_width: args.thumbnail_width.unwrap_or(config.store.thumbnail_width),
         keyframe_width: args.keyframe_width.unwrap_or(config.store.keyframe_width),

@@ -151,6 +151,9 @@ pub struct ReplayArgs {
     /// Frames kept per second of video [default: ingest.sample_fps].
     #[arg(long)]
     pub fps: Option<f64>,
+    /// Which frames are decoded [default: ingest.decode].
+    #[arg(long, value_enum)]
+    pub decode: Option<roadrep::ingest::config::DecodeMode>,
     /// Recording time of each file's start (RFC 3339 or Unix seconds)
     /// [default: the file's modification time minus its duration].
     #[arg(long)]
@@ -228,6 +231,9 @@ pub struct BenchReplayArgs {
     /// Frames kept per second.
     #[arg(long, default_value_t = 2.0)]
     pub fps: f64,
+    /// Which frames are decoded.
+    #[arg(long, value_enum, default_value = "exact")]
+    pub decode: roadrep::ingest::config::DecodeMode,
     /// Image encoder precision.
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: ImagePrecision,

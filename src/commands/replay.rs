@@ -41,6 +41,7 @@ pub fn replay_clips(
         files: args.files.clone(),
         camera: args.camera.clone(),
         sample_fps: args.fps.unwrap_or(config.ingest.sample_fps),
+        decode: args.decode.unwrap_or(config.ingest.decode),
         file_start_ns: args
             .start
             .as_deref()

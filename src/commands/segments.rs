@@ -64,6 +64,7 @@ pub fn run(
             files: args.files.clone(),
             camera: args.range.camera.first().cloned(),
             fps: args.fps,
+            decode: None,
             start: None,
             store: args.store.clone(),
         };

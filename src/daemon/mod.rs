@@ -105,6 +105,8 @@ pub struct DaemonSettings {
     pub pipeline: PipelineSettings,
     /// `[ingest] sample_fps`, for streams that set none.
     pub sample_fps: f64,
+    /// `[ingest] decode`, for streams that set none.
+    pub decode: crate::ingest::config::DecodeMode,
     /// Retry delays of failing streams.
     pub backoff: Backoff,
     /// See `ingest.max_file_attempts`.
@@ -127,6 +129,7 @@ impl DaemonSettings {
                 keyframe_width: config.store.keyframe_width,
             },
             sample_fps: config.ingest.sample_fps,
+            decode: config.ingest.decode,
             backoff: Backoff {
                 initial: Duration::from_secs_f64(config.ingest.retry_initial_secs.max(0.01)),
                 max: Duration::from_secs_f64(config.ingest.retry_max_secs.max(0.01)),

@@ -52,6 +52,9 @@ pub struct StreamStatus {
     pub frames: u64,
     /// Frames dropped because inference was behind (live sources).
     pub dropped: u64,
+    /// The video decoder of the current run and what it decodes
+    /// (`ingest.decode`); `None` until one is plugged.
+    pub decoder: Option<String>,
     /// Counters of the current run, read when `/health` is asked.
     #[serde(skip)]
     pub current: Option<Arc<SourceCounters>>,
@@ -67,6 +70,7 @@ impl StreamStatus {
             last_error: None,
             frames: 0,
             dropped: 0,
+            decoder: None,
             current: None,
         }
     }
@@ -77,6 +81,7 @@ impl StreamStatus {
         if let Some(c) = &self.current {
             s.frames = c.delivered.load(Ordering::Relaxed);
             s.dropped = c.dropped();
+            s.decoder = c.decoder.get().cloned();
         }
         s
     }

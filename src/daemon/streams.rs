@@ -113,6 +113,7 @@ impl RunningStreams {
                 rtsp_transport: stream.rtsp_transport,
                 latency_ms: stream.latency_ms,
                 file_start_ns: None,
+                decode: stream.decode.unwrap_or(settings.decode),
             },
             status: StatusSlot::register(statuses, &stream.name),
             preprocessing: self.pipeline.preprocessing().clone(),

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::config::{RtspTransport, SourceKind};
+use super::config::{DecodeMode, RtspTransport, SourceKind};
 use super::gst::{
     PipelineGuard, build_pipeline, first_bus_error, init_gstreamer, pipeline_ends, pop_error,
     with_rgb,
@@ -34,6 +34,7 @@ pub fn decode_frames_at(
         rtsp_transport: RtspTransport::Tcp,
         latency_ms: 0,
         file_start_ns: None,
+        decode: DecodeMode::Exact,
     };
     let err = |element: &str, message: String| IngestError::Stream {
         stream: stream.into(),
@@ -45,7 +46,7 @@ pub fn decode_frames_at(
         what: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let pipeline = build_pipeline(&spec).map_err(|e| err("pipeline", e))?;
+    let pipeline = build_pipeline(&spec, None).map_err(|e| err("pipeline", e))?;
     let (convert, sink) = pipeline_ends(&pipeline);
     let wanted: Arc<Vec<u64>> = Arc::new(pts_ns.to_vec());
     let probe_wanted = wanted.clone();

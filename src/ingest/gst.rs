@@ -9,7 +9,7 @@
 //! Non-video pads (audio) are left unlinked: demuxers go on while at least
 //! one pad is linked.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use gstreamer as gst;
@@ -17,8 +17,9 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
-use super::config::{RtspTransport, SourceKind};
-use super::source::{IngestError, SourceSpec};
+use super::config::{DecodeMode, RtspTransport, SourceKind};
+use super::nal::{self, Codec, Framing};
+use super::source::{IngestError, SourceCounters, SourceSpec};
 use crate::models::RgbFrame;
 
 /// Initialises GStreamer once per process.
@@ -61,7 +62,11 @@ pub(super) fn pipeline_ends(pipeline: &gst::Pipeline) -> (gst::Element, gst_app:
     (convert, sink)
 }
 
-pub(super) fn build_pipeline(spec: &SourceSpec) -> Result<gst::Pipeline, String> {
+/// The decode pipeline of `spec`; `counters` learn which decoder it plugs.
+pub(super) fn build_pipeline(
+    spec: &SourceSpec,
+    counters: Option<Arc<SourceCounters>>,
+) -> Result<gst::Pipeline, String> {
     let make = |factory: &str, name: Option<&str>| {
         let mut b = gst::ElementFactory::make(factory);
         if let Some(n) = name {
@@ -142,6 +147,15 @@ pub(super) fn build_pipeline(spec: &SourceSpec) -> Result<gst::Pipeline, String>
             d
         }
     };
+    let (stream, mode) = (spec.stream.clone(), spec.decode);
+    pipeline.connect_deep_element_added(move |_, _, element| {
+        if is_video_decoder(element) {
+            let decoder = set_decode_mode(element, mode, &stream);
+            if let Some(c) = &counters {
+                let _ = c.decoder.set(decoder);
+            }
+        }
+    });
     let convert_weak = convert.downgrade();
     decoder.connect_pad_added(move |_, pad| {
         let Some(convert) = convert_weak.upgrade() else {
@@ -162,6 +176,96 @@ pub(super) fn build_pipeline(spec: &SourceSpec) -> Result<gst::Pipeline, String>
         }
     });
     Ok(pipeline)
+}
+
+/// Whether `element` (plugged by decodebin) decodes video.
+fn is_video_decoder(element: &gst::Element) -> bool {
+    element.factory().is_some_and(|f| {
+        let klass = f.metadata(gst::ELEMENT_METADATA_KLASS).unwrap_or_default();
+        klass.contains("Decoder") && klass.contains("Video")
+    })
+}
+
+/// Makes a video decoder decode only the frames `mode` needs; returns
+/// what it decodes, for `/health` (`avdec_h264, B-frames skipped`).
+fn set_decode_mode(decoder: &gst::Element, mode: DecodeMode, stream: &str) -> String {
+    let factory = decoder
+        .factory()
+        .map_or_else(|| "decoder".to_string(), |f| f.name().to_string());
+    tracing::debug!(stream, decoder = factory, ?mode, "Video decoder plugged.");
+    match mode {
+        DecodeMode::Exact => factory,
+        DecodeMode::Fast => match decoder.static_pad("sink") {
+            Some(pad) if inspectable_codec(&pad.pad_template_caps()).is_some() => {
+                skip_non_reference(&pad);
+                format!("{factory}, non-reference frames skipped")
+            }
+            _ => {
+                tracing::warn!(
+                    stream,
+                    decoder = factory,
+                    "decode = \"fast\": only H.264 and H.265 pictures can be skipped; every frame is decoded."
+                );
+                format!("{factory}, every frame (not H.264/H.265)")
+            }
+        },
+        // Frames that depend on others never reach the decoder: only
+        // keyframes are decoded, each on its own.
+        DecodeMode::Keyframes => {
+            if let Some(pad) = decoder.static_pad("sink") {
+                pad.add_probe(gst::PadProbeType::BUFFER, |_, info| match info.buffer() {
+                    Some(b) if b.flags().contains(gst::BufferFlags::DELTA_UNIT) => {
+                        gst::PadProbeReturn::Handled
+                    }
+                    _ => gst::PadProbeReturn::Ok,
+                });
+            }
+            format!("{factory}, keyframes only")
+        }
+    }
+}
+
+/// The codec of `caps` whose access units [`nal`] can read.
+fn inspectable_codec(caps: &gst::CapsRef) -> Option<Codec> {
+    caps.iter().find_map(|s| match s.name().as_str() {
+        "video/x-h264" => Some(Codec::H264),
+        "video/x-h265" => Some(Codec::H265),
+        _ => None,
+    })
+}
+
+/// Drops, before the decoder, the access units no other picture
+/// references: the pictures that are decoded come out as in a full decode.
+fn skip_non_reference(pad: &gst::Pad) {
+    // The caps last seen and what they say; read again only when they change.
+    type SeenCaps = Option<(gst::Caps, Option<(Codec, Framing)>)>;
+    let framing: Mutex<SeenCaps> = Mutex::new(None);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let (Some(buffer), Some(caps)) = (info.buffer(), pad.current_caps()) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let mut seen = framing.lock().unwrap_or_else(|p| p.into_inner());
+        if seen
+            .as_ref()
+            .is_none_or(|(c, _)| c.as_ptr() != caps.as_ptr())
+        {
+            let kind = caps.structure(0).and_then(|s| {
+                let codec = inspectable_codec(&caps)?;
+                let format = s.get::<&str>("stream-format").unwrap_or("byte-stream");
+                let data = s.get::<gst::Buffer>("codec_data").ok();
+                let data = data.as_ref().and_then(|b| b.map_readable().ok());
+                Some((codec, Framing::from_caps(codec, format, data.as_deref())))
+            });
+            *seen = Some((caps, kind));
+        }
+        let Some((codec, framing)) = seen.as_ref().and_then(|(_, k)| *k) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        match buffer.map_readable() {
+            Ok(map) if nal::is_non_reference(&map, codec, framing) => gst::PadProbeReturn::Handled,
+            _ => gst::PadProbeReturn::Ok,
+        }
+    });
 }
 
 /// Calls `visit` with an RGB view of an appsink sample and its pts.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod frames_at;
 pub mod gst;
 mod live_clock;
+pub mod nal;
 pub mod sampler;
 pub mod source;
 pub mod still;

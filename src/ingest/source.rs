@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::config::{RtspTransport, SourceKind};
+use super::config::{DecodeMode, RtspTransport, SourceKind};
 use super::gst::{
     PipelineGuard, build_pipeline, first_bus_error, has_live_source, init_gstreamer, pipeline_ends,
     pop_error, with_rgb,
@@ -94,6 +94,8 @@ pub struct SourceSpec {
     /// Base time of a file's pts 0, ns since the epoch; unset: the file's
     /// modification time.
     pub file_start_ns: Option<i64>,
+    /// Which frames are decoded.
+    pub decode: DecodeMode,
 }
 
 /// How a source run ended.
@@ -151,6 +153,9 @@ pub struct SourceCounters {
     pub decoded_end_ns: AtomicU64,
     /// The running pipeline is live (decided when it starts).
     pub live: AtomicBool,
+    /// The video decoder GStreamer plugged (highest rank first: hardware
+    /// where the machine has one), and what the decode mode made of it.
+    pub decoder: std::sync::OnceLock<String>,
 }
 
 impl SourceCounters {
@@ -223,11 +228,12 @@ pub fn run_source(
             format!("is a {format} image, not a video (tag still images with `roadrep tag`)"),
         ));
     }
-    let pipeline = build_pipeline(spec).map_err(|e| IngestError::Stream {
-        stream: stream.clone(),
-        element: "pipeline".into(),
-        message: e,
-    })?;
+    let pipeline =
+        build_pipeline(spec, Some(counters.clone())).map_err(|e| IngestError::Stream {
+            stream: stream.clone(),
+            element: "pipeline".into(),
+            message: e,
+        })?;
     let (convert, sink) = pipeline_ends(&pipeline);
     // Live sources run in real time: keep only the newest frame when
     // inference is behind. Others (files, non-live test sources) wait.

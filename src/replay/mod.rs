@@ -33,6 +33,8 @@ pub struct ReplaySettings {
     pub camera: Option<String>,
     /// Frames kept per second of video.
     pub sample_fps: f64,
+    /// Which frames are decoded.
+    pub decode: crate::ingest::config::DecodeMode,
     /// Time of pts 0 for every file, ns since the epoch; unset: each file's
     /// modification time.
     pub file_start_ns: Option<i64>,
@@ -154,6 +156,7 @@ pub fn replay(
             rtsp_transport: RtspTransport::Tcp,
             latency_ms: 0,
             file_start_ns: settings.file_start_ns,
+            decode: settings.decode,
         };
         let counters = Arc::new(SourceCounters::default());
         let result: Mutex<Option<Result<SourceEnd, IngestError>>> = Mutex::new(None);

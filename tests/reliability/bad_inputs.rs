@@ -79,6 +79,7 @@ fn table() -> Vec<(&'static str, Input, Outcome)> {
         ("ingest.sample_fps = 0", cfg("ingest", "sample_fps = 0.0"), Fails(&["ingest.sample_fps 0"])),
         ("ingest.sample_fps = nan", cfg("ingest", "sample_fps = nan"), Fails(&["ingest.sample_fps NaN"])),
         ("unknown key", cfg("ingest", "sample_rate = 2"), Fails(&["unknown field `sample_rate`"])),
+        ("ingest.decode unknown", cfg("ingest", "decode = \"slow\""), Fails(&["unknown variant `slow`", "exact", "roadrep.toml"])),
         ("unknown section", cfg("modles", "clip = \"x\""), Fails(&["unknown field `modles`"])),
         ("models.intra_threads = 100000", cfg("models", "intra_threads = 100000"), Fails(&["models.intra_threads 100000"])),
         ("models.intra_threads of the wrong type", cfg("models", "intra_threads = \"two\""), Fails(&["intra_threads", "roadrep.toml"])),

@@ -1,0 +1,155 @@
+//! Decode modes on an H.264 clip with B-frames: `exact` decodes every
+//! frame, `fast` skips the B-frames, `keyframes` decodes keyframes only.
+//! Each sampled frame is the first decoded one at or after its step, and
+//! has exactly the pixels an exact decode gives at that pts.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ndarray::Array3;
+use roadrep::ingest::config::{DecodeMode, RtspTransport, SourceKind};
+use roadrep::ingest::frames_at::decode_frames_at;
+use roadrep::ingest::source::{SourceCounters, SourceEnd, SourceSpec, run_source};
+use roadrep::models::{ImagePreprocessor, ModelManifest};
+use roadrep::pipeline::{IngestEvent, PipelineLoad, frame_channel};
+
+const FRAME_NS: u64 = 40_000_000; // 25 fps
+
+/// 10 s at 25 fps, 2 B-frames between references, a keyframe every 1 s.
+fn clip_with_b_frames(path: &Path) {
+    common::gst(&format!(
+        "videotestsrc pattern=ball num-buffers=250 ! video/x-raw,width=320,height=240,framerate=25/1 \
+         ! videoconvert ! x264enc speed-preset=superfast bframes=2 b-adapt=false key-int-max=25 \
+         ! video/x-h264,profile=high ! mp4mux ! filesink location={}",
+        path.display()
+    ));
+}
+
+fn preprocessor() -> ImagePreprocessor {
+    let dir = common::tiny_model_dir();
+    ModelManifest::read(&dir)
+        .unwrap()
+        .image_preprocessor(&dir)
+        .unwrap()
+}
+
+/// The sampled frames (pts, CLIP input) of `clip` in `mode`, and how many
+/// frames were decoded (checking what the counters say of the decoder).
+fn sample(clip: &Path, fps: f64, mode: DecodeMode) -> (Vec<(u64, Array3<f32>)>, u64) {
+    let spec = SourceSpec {
+        stream: "cam".into(),
+        kind: SourceKind::File(clip.to_path_buf()),
+        sample_fps: fps,
+        rtsp_transport: RtspTransport::Tcp,
+        latency_ms: 0,
+        file_start_ns: Some(0),
+        decode: mode,
+    };
+    let (tx, rx) = frame_channel(4, PipelineLoad::new());
+    let consumer = std::thread::spawn(move || {
+        rx.iter()
+            .filter_map(|e| match e {
+                IngestEvent::Frame(f) => Some((f.pts_ns, f.pixels)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    });
+    let counters = Arc::new(SourceCounters::default());
+    let end = run_source(
+        &spec,
+        &preprocessor().into(),
+        &tx,
+        &AtomicBool::new(false),
+        None,
+        &counters,
+    )
+    .unwrap();
+    drop(tx);
+    assert_eq!(end, SourceEnd::Eos, "{mode:?}");
+    let frames = consumer.join().unwrap();
+    let decoder = counters.decoder.get().cloned().unwrap_or_default();
+    let want = match mode {
+        DecodeMode::Exact => "avdec_h264",
+        DecodeMode::Fast => "avdec_h264, non-reference frames skipped",
+        DecodeMode::Keyframes => "avdec_h264, keyframes only",
+    };
+    assert_eq!(decoder, want, "what /health reports");
+    (frames, counters.decoded.load(Ordering::Relaxed))
+}
+
+/// Every frame's CLIP input equals the one of an exact decode at its pts.
+fn assert_exact_pixels(clip: &Path, frames: &[(u64, Array3<f32>)], mode: DecodeMode) {
+    let p = preprocessor();
+    let pts: Vec<u64> = frames.iter().map(|(p, _)| *p).collect();
+    let mut exact = Vec::new();
+    let found = decode_frames_at("cam", clip, &pts, |pts, rgb| {
+        let size = p.crop_size as usize;
+        let mut x = Array3::<f32>::zeros((3, size, size));
+        p.preprocess_into(rgb, x.view_mut())
+            .map_err(|e| e.to_string())?;
+        exact.push((pts, x));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(found, frames.len());
+    for ((pts, got), (exact_pts, want)) in frames.iter().zip(&exact) {
+        assert_eq!(pts, exact_pts);
+        let diff = (got - want).iter().fold(0f32, |m, d| m.max(d.abs()));
+        assert!(
+            diff == 0.0,
+            "{mode:?}: frame at {pts} ns differs from an exact decode by {diff}"
+        );
+    }
+}
+
+#[test]
+fn exact_fast_and_keyframes_decode_less_and_sample_the_same_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("bframes.mp4");
+    clip_with_b_frames(&clip);
+    // Exact: every frame decoded; each 0.5 s step gets the first frame at
+    // or after it. (With B-frames, mp4mux starts the pts at the reordering
+    // delay: frames lie at `offset + n * 40 ms`.)
+    let (exact, decoded) = sample(&clip, 2.0, DecodeMode::Exact);
+    assert_eq!(decoded, 250);
+    let offset = exact[0].0;
+    assert!(offset < 4 * FRAME_NS, "{offset}");
+    let frame_times: Vec<u64> = (0..250).map(|n| offset + n * FRAME_NS).collect();
+    let first_at_or_after = |times: &[u64], step: u64| times.iter().copied().find(|&t| t >= step);
+    let want: Vec<u64> = (0..21u64)
+        .filter_map(|k| first_at_or_after(&frame_times, k * 500_000_000))
+        .collect();
+    let pts: Vec<u64> = exact.iter().map(|(p, _)| *p).collect();
+    assert_eq!(pts, want);
+
+    // Fast: the non-reference B-frames (one in three: x264 makes the other
+    // B-frame of each pair a reference) are not decoded; each step gets the
+    // first decoded frame at or after it, at most one frame later than the
+    // exact mode's, with the same pixels as an exact decode of that frame.
+    let (fast, decoded) = sample(&clip, 2.0, DecodeMode::Fast);
+    assert!((160..=175).contains(&decoded), "decoded {decoded} of 250");
+    assert_eq!(fast.len(), want.len());
+    for ((pts, _), exact_pts) in fast.iter().zip(&want) {
+        assert!(
+            pts >= exact_pts && *pts <= exact_pts + FRAME_NS,
+            "fast {pts} vs exact {exact_pts}"
+        );
+    }
+    assert!(
+        fast.iter().zip(&want).any(|((p, _), e)| p != e),
+        "some steps land on a skipped frame in exact mode"
+    );
+    assert_exact_pixels(&clip, &fast, DecodeMode::Fast);
+
+    // Keyframes (one a second) at one frame every 2 s: the keyframes
+    // after 0, 2, 4, 6 and 8 s; only the 10 keyframes are decoded.
+    let (key, decoded) = sample(&clip, 0.5, DecodeMode::Keyframes);
+    assert_eq!(decoded, 10);
+    let pts: Vec<u64> = key.iter().map(|(p, _)| *p).collect();
+    let keyframes: Vec<u64> = (0..5u64).map(|k| offset + k * 2_000_000_000).collect();
+    assert_eq!(pts, keyframes);
+    assert_exact_pixels(&clip, &key, DecodeMode::Keyframes);
+}
