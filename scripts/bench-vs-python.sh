@@ -50,7 +50,7 @@ run() {
   }
   read -r wall user sys rss <"$work/time"
   local frames
-  frames=$(grep -oE '[0-9]+ frames' "$work/out" | head -1 | cut -d' ' -f1)
+  frames=$(grep -oE '(replay|python-ref): [0-9]+ frames' "$work/out" | tail -1 | grep -oE '[0-9]+')
   printf '| %s | %s | %s | %s | %s | %.1f | %.1f | %.0f |\n' "$label" "$decode" "$precision" \
     "$fps" "$frames" "$wall" "$(echo "$user + $sys" | bc)" "$((rss / 1024))"
 }
