@@ -33,6 +33,7 @@
 //!   (recorded clips; supervised live streams with the HTTP API).
 //! - [`api`]: HTTP API (search, frames, timeline, health, metrics).
 //! - [`mod@bench`]: throughput measurements reported in `BENCHMARKS.md`.
+//! - [`rng`]: a small seeded random generator (k-means, benchmarks, trainer).
 //! - `trainer` (feature `trainer`, binary `trainer`): offline LoRA
 //!   fine-tuning of CLIP in candle from our ONNX initializers, datasets
 //!   (manifests, BDD100K labels, class folders), evaluation and reports, and
@@ -47,6 +48,7 @@ pub mod ingest;
 pub mod models;
 pub mod pipeline;
 pub mod replay;
+pub mod rng;
 pub mod search;
 pub mod segment;
 pub mod store;

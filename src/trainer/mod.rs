@@ -28,7 +28,7 @@ pub mod lora;
 pub mod merge;
 pub mod optim;
 pub mod report;
-pub mod rng;
+pub use crate::rng;
 pub mod tokens;
 pub mod train;
 

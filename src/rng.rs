@@ -1,5 +1,7 @@
-//! A small seeded random generator, so splits, shuffles, LoRA initialisation
-//! and dropout are reproducible from one `seed` without an extra dependency.
+//! A small seeded random generator, so the trainer's splits, shuffles, LoRA
+//! initialisation and dropout, the search index's k-means and the search
+//! benchmark's data are reproducible from one `seed` without an extra
+//! dependency.
 
 /// SplitMix64 (Steele et al. 2014): tiny state, good enough statistics for
 /// shuffling and initialisation, and trivially saved in a checkpoint.
