@@ -197,14 +197,15 @@ fn wait_for_idle(load: &PipelineLoad, stop: &AtomicBool) {
     }
 }
 
-/// Raises this thread's nice value, so tagging wins the CPU when both run.
-fn lower_priority(nice: i32) {
+/// Raises this thread's nice value, so tagging wins the CPU when both run
+/// (captions, search index training).
+pub(crate) fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority on this thread's own id has no memory effects.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         if libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0 {
-            tracing::debug!(nice, "Cannot lower the caption thread's priority.");
+            tracing::debug!(nice, "Cannot lower this thread's priority.");
         }
     }
     #[cfg(not(target_os = "linux"))]

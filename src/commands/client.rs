@@ -83,7 +83,7 @@ pub fn open_store(
         "store '{}' does not exist (nothing replayed or recorded yet)",
         path.display()
     );
-    match Store::open(path, fingerprint, embed_dim) {
+    match Store::open_with_index(path, fingerprint, embed_dim, &config.search) {
         Err(StoreError::Locked { path }) => anyhow::bail!(
             "store '{}' is held by a running daemon, but its API at {} does not answer",
             path.display(),

@@ -23,7 +23,12 @@ pub fn run(config_path: Option<&Path>, args: &ExportArgs) -> anyhow::Result<Exit
     anyhow::ensure!(path.exists(), "store '{}' does not exist", path.display());
     // Only frames are read: the manifest's fingerprint opens the right trees.
     let manifest = ModelManifest::read(&config.models.clip)?;
-    let store = Store::open(&path, &manifest.fingerprint, manifest.clip.embed_dim)?;
+    let store = Store::open_with_index(
+        &path,
+        &manifest.fingerprint,
+        manifest.clip.embed_dim,
+        &config.search,
+    )?;
     let report = roadrep::search::export::export_frames(
         &store,
         &filter,

@@ -100,7 +100,12 @@ pub fn load_parts(config: &RoadrepConfig, store_path: &Path) -> anyhow::Result<L
             .with_context(|| format!("creating '{}'", parent.display()))?;
     }
     let captioner = load_captioner(config)?;
-    let store = Store::open(store_path, model.fingerprint(), model.embed_dim())?;
+    let store = Store::open_with_index(
+        store_path,
+        model.fingerprint(),
+        model.embed_dim(),
+        &config.search,
+    )?;
     Ok(LoadedParts {
         model: Arc::new(model),
         tagger: Arc::new(tagger),

@@ -98,7 +98,7 @@ pub fn replay_clips(
             parts.model.embed_dim(),
         );
         drop(parts);
-        let on_disk = match Store::open(&store_path, &fingerprint, dim) {
+        let on_disk = match Store::open_with_index(&store_path, &fingerprint, dim, &config.search) {
             Ok(store) => on_disk(&store, &report),
             Err(e) => format!("cannot reopen the store to see what is on disk ({e})"),
         };

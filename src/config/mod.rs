@@ -49,6 +49,9 @@ pub struct RoadrepConfig {
     /// The embedded store.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Vector search: the approximate index.
+    #[serde(default)]
+    pub search: crate::store::SearchConfig,
     /// The HTTP API.
     #[serde(default)]
     pub api: ApiConfig,

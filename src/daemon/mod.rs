@@ -206,6 +206,7 @@ pub async fn run(
         store,
         model.fingerprint(),
         model.embed_dim(),
+        config.search,
     ));
     let statuses: StreamStatuses = Arc::new(RwLock::new(Vec::new()));
     let (reload_tx, mut reloads) = tokio::sync::mpsc::channel::<ReloadRequest>(4);

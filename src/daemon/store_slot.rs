@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::RwLock;
 use std::time::SystemTime;
 
-use crate::store::{Store, StoreError};
+use crate::store::{SearchConfig, Store, StoreError};
 
 /// What the store is doing, as `/health` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -40,6 +40,7 @@ pub struct StoreSlot {
     path: PathBuf,
     fingerprint: String,
     embed_dim: usize,
+    search: SearchConfig,
 }
 
 /// The store is closed until it can be written again.
@@ -63,13 +64,15 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 impl StoreSlot {
-    /// A slot holding `store`, opened for the model `fingerprint`.
-    pub fn new(store: Store, fingerprint: &str, embed_dim: usize) -> Self {
+    /// A slot holding `store`, opened for the model `fingerprint` with
+    /// `search` settings (a reopen uses them again).
+    pub fn new(store: Store, fingerprint: &str, embed_dim: usize, search: SearchConfig) -> Self {
         Self {
             path: store.path().to_path_buf(),
             state: RwLock::new(SlotState::Open(store)),
             fingerprint: fingerprint.to_string(),
             embed_dim,
+            search,
         }
     }
 
@@ -123,10 +126,12 @@ impl StoreSlot {
     /// Reopens a closed store if a probe write reaches the disk. Blocking
     /// (sled opens and flushes): call it off the async threads.
     pub fn try_reopen(&self) -> Result<Store, StoreError> {
-        let result = Store::open(&self.path, &self.fingerprint, self.embed_dim).and_then(|s| {
-            s.probe_writable()?;
-            Ok(s)
-        });
+        let result =
+            Store::open_with_index(&self.path, &self.fingerprint, self.embed_dim, &self.search)
+                .and_then(|s| {
+                    s.probe_writable()?;
+                    Ok(s)
+                });
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         match (&result, &mut *state) {
             (Ok(store), state) => *state = SlotState::Open(store.clone()),

@@ -10,7 +10,8 @@
 //! - `tag_index`: `set\0class\0FrameKey` -> top score, for tag filters
 //! - `streams`: name -> [`StreamRecord`]
 //! - `checkpoints`: stream id + source -> [`Checkpoint`]
-//! - `meta`: schema version, models seen
+//! - `meta`: schema version, models seen, the store's id and how far each
+//!   model's `embedding_log` is pruned (see [`index`])
 //! - `segments`: [`FrameKey`] of the first frame -> [`SegmentRecord`]
 //! - `segment_open`: stream id + source -> start of its open segment (what a
 //!   restart rebuilds the segmenter from)
@@ -28,6 +29,10 @@
 //! - `caption_queue`: segment key -> [`CaptionJob`] (keyframe pixels), the
 //!   persistent backlog of the captioner
 //! - `caption_index`: `word\0segment key`, for caption word search
+//! - `embedding_log/<fingerprint>`: log sequence number -> [`FrameKey`] of
+//!   each embedding written, until the search index file has it (see
+//!   [`index`]; the file lives in `search-index/` inside the store's
+//!   directory)
 //!
 //! A batch of frames and the checkpoint that covers them are written in one
 //! transaction, so after a crash the checkpoint never claims frames that are
@@ -37,6 +42,7 @@
 //! Writing a frame that exists replaces it (replay is idempotent).
 
 mod disk;
+pub mod index;
 mod keyframes;
 pub mod keys;
 mod query;
@@ -49,9 +55,12 @@ use std::path::{Path, PathBuf};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+pub use index::{IndexMode, IndexState, IndexStatus, SearchConfig};
 pub use keyframes::KeyframeImageWrite;
 pub use keys::FrameKey;
-pub use query::{FrameEntry, FrameFilter, SearchHit, StoreStats};
+pub use query::{
+    FrameEntry, FrameFilter, SearchHit, SearchMethod, SearchOutcome, SearchPath, StoreStats,
+};
 pub use schema::{
     CaptionJob, CaptionState, Checkpoint, FrameRecord, KeyframeCandidateImages, KeyframeImage,
     OpenSegmentRecord, SegmentRecord, SetTag, StreamRecord, TagRecord,
@@ -180,6 +189,9 @@ pub struct Store {
     thumbnails: sled::Tree,
     caption_queue: sled::Tree,
     caption_index: sled::Tree,
+    embedding_log: sled::Tree,
+    /// The approximate search index of `embeddings`.
+    index: std::sync::Arc<index::SearchIndex>,
     /// Wakes the captioner when a job is queued.
     caption_signal: std::sync::Arc<segments::CaptionSignal>,
     /// Jobs in `caption_queue` (counted once at open, then kept).
@@ -194,11 +206,22 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `path` for a model.
+    /// Opens (or creates) the store at `path` for a model, with its search
+    /// index (`[search] index = "auto"`).
     pub fn open(
         path: &Path,
         model_fingerprint: &str,
         embed_dim: usize,
+    ) -> Result<Self, StoreError> {
+        Self::open_with_index(path, model_fingerprint, embed_dim, &SearchConfig::default())
+    }
+
+    /// [`Store::open`] with the search index as `[search]` says.
+    pub fn open_with_index(
+        path: &Path,
+        model_fingerprint: &str,
+        embed_dim: usize,
+        search: &SearchConfig,
     ) -> Result<Self, StoreError> {
         // A process that just closed the store (or sled's flusher thread in
         // this one) can hold its lock for a moment: retry briefly.
@@ -240,10 +263,27 @@ impl Store {
         meta.insert(fp_key.as_bytes(), &(embed_dim as u32).to_be_bytes())
             .map_err(sled_err)?;
         let tree = |name: &str| db.open_tree(name).map_err(sled_err);
+        let model = &model_fingerprint[..model_fingerprint.len().min(16)];
+        let embeddings = tree(&format!("{EMBEDDINGS_TREE_PREFIX}{model}"))?;
+        let tags = tree(TAGS_TREE)?;
+        let embedding_log = tree(&format!("{}{model}", index::EMBEDDING_LOG_TREE_PREFIX))?;
+        let index = index::SearchIndex::open(
+            path,
+            model,
+            embed_dim,
+            search,
+            index::IndexTrees {
+                db: db.clone(),
+                embeddings: embeddings.clone(),
+                tags: tags.clone(),
+                log: embedding_log.clone(),
+                meta,
+            },
+        )?;
         Ok(Self {
             path: path.to_path_buf(),
             frames: tree(FRAMES_TREE)?,
-            tags: tree(TAGS_TREE)?,
+            tags,
             tag_index: tree(TAG_INDEX_TREE)?,
             streams: tree(STREAMS_TREE)?,
             checkpoints: tree(CHECKPOINTS_TREE)?,
@@ -254,12 +294,11 @@ impl Store {
             thumbnails: tree(THUMBNAILS_TREE)?,
             caption_queue: tree(CAPTION_QUEUE_TREE)?,
             caption_index: tree(CAPTION_INDEX_TREE)?,
+            embedding_log,
+            index,
             caption_signal: Default::default(),
             caption_backlog: Default::default(),
-            embeddings: tree(&format!(
-                "{EMBEDDINGS_TREE_PREFIX}{}",
-                &model_fingerprint[..model_fingerprint.len().min(16)]
-            ))?,
+            embeddings,
             embed_dim,
             db,
         }
@@ -396,6 +435,11 @@ impl Store {
                 });
             }
         }
+        // One write at a time from here to its frames being in the search
+        // index, so the index applies writes in their log order.
+        let mut order = self.index.lock_writes();
+        let first_seq = order.next_seq;
+        let logged = self.index.enabled();
         let result = (
             &self.frames,
             &self.embeddings,
@@ -409,6 +453,7 @@ impl Store {
             &self.segment_keyframes,
             &self.thumbnails,
             &self.keyframes,
+            &self.embedding_log,
         )
             .transaction(
                 |(
@@ -424,10 +469,14 @@ impl Store {
                     kf_t,
                     thumbs_t,
                     pictures_t,
+                    log_t,
                 )| {
                     let mut new = 0;
-                    for f in frames {
+                    for (seq, f) in (first_seq..).zip(frames) {
                         let key = f.key.encode();
+                        if logged {
+                            log_t.insert(&seq.to_be_bytes(), &key)?;
+                        }
                         if frames_t.insert(&key, schema::encode(&f.record))?.is_none() {
                             new += 1;
                         }
@@ -466,6 +515,14 @@ impl Store {
             );
         match result {
             Ok((n, queued)) => {
+                if logged {
+                    order.next_seq += frames.len() as u64;
+                }
+                let save = self.index.applied(&mut order, frames);
+                drop(order);
+                if save {
+                    self.index.save()?;
+                }
                 self.add_caption_backlog(queued);
                 if segments.closed.iter().any(|s| s.caption_image.is_some()) {
                     self.caption_signal.notify();

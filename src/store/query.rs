@@ -3,10 +3,44 @@
 
 use std::collections::BinaryHeap;
 
+use super::index::{self, IndexStatus, Plan};
 use super::{
     EMBEDDINGS_TREE_PREFIX, FRAMES_TREE, FrameKey, FrameRecord, SetTag, Store, StoreError,
     TAGS_TREE, TagRecord, keys, schema,
 };
+
+/// Candidates the index finds for the exact re-ranking of `top_k` hits:
+/// int8 rounding moves scores by ~1e-3, so a margin past `top_k` catches
+/// the hits it pushes just out of it.
+fn rerank_candidates(top_k: usize) -> usize {
+    top_k.saturating_mul(2).saturating_add(32)
+}
+
+/// How [`Store::search_with`] finds hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchMethod {
+    /// The search index when ready, else the exact scan.
+    Auto,
+    /// The exact scan.
+    Exact,
+}
+
+/// How a search went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "method")]
+pub enum SearchPath {
+    /// Every embedding passing the filter scored.
+    Exact,
+    /// The index: its plan and how many int8 codes it scored.
+    Index { plan: Plan, scored: usize },
+}
+
+/// Hits and how they were found.
+#[derive(Debug, Clone)]
+pub struct SearchOutcome {
+    pub hits: Vec<SearchHit>,
+    pub path: SearchPath,
+}
 
 /// Which frames a query looks at.
 #[derive(Debug, Clone, Default)]
@@ -199,7 +233,8 @@ impl Store {
     }
 
     /// The `top_k` frames most similar to `query` (normalised) among those
-    /// passing `filter`, best first; only scores >= `min_score`.
+    /// passing `filter`, best first; only scores >= `min_score`. Uses the
+    /// search index when it is ready, else scans exactly.
     pub fn search(
         &self,
         query: &[f32],
@@ -207,6 +242,21 @@ impl Store {
         top_k: usize,
         min_score: Option<f32>,
     ) -> Result<Vec<SearchHit>, StoreError> {
+        Ok(self
+            .search_with(query, filter, top_k, min_score, SearchMethod::Auto)?
+            .hits)
+    }
+
+    /// [`Store::search`], saying how it searched; `SearchMethod::Exact`
+    /// scans every embedding the filter passes.
+    pub fn search_with(
+        &self,
+        query: &[f32],
+        filter: &FrameFilter,
+        top_k: usize,
+        min_score: Option<f32>,
+        method: SearchMethod,
+    ) -> Result<SearchOutcome, StoreError> {
         if query.len() != self.embed_dim {
             return Err(StoreError::Dimension {
                 expected: self.embed_dim,
@@ -214,6 +264,64 @@ impl Store {
             });
         }
         self.check_indexed()?;
+        let found = match method {
+            SearchMethod::Exact => None,
+            SearchMethod::Auto => {
+                let streams = match &filter.streams {
+                    None => None,
+                    Some(_) => Some(self.filter_streams(filter)?.iter().map(|s| s.0).collect()),
+                };
+                self.index.search(
+                    query,
+                    |ivf| {
+                        ivf.slot_filter(
+                            streams,
+                            filter.from_ns,
+                            filter.to_ns,
+                            &filter.tags,
+                            filter.min_tag_score,
+                        )
+                    },
+                    rerank_candidates(top_k),
+                )
+            }
+        };
+        let Some(found) = found else {
+            return Ok(SearchOutcome {
+                hits: self.search_exact(query, filter, top_k, min_score)?,
+                path: SearchPath::Exact,
+            });
+        };
+        // The index's scores are approximate: rank its candidates by the
+        // stored embeddings, as the exact scan does.
+        let mut best = Vec::with_capacity(found.hits.len());
+        for (key, _) in &found.hits {
+            if let Some(e) = self.embeddings.get(key.encode()).map_err(|e| self.err(e))? {
+                let score = index::cosine(&schema::decode_embedding(&e), query);
+                if score.is_finite() && min_score.is_none_or(|m| score >= m) {
+                    best.push((OrdF32(score), *key));
+                }
+            }
+        }
+        best.sort_unstable_by(|a, b| b.cmp(a));
+        best.truncate(top_k);
+        Ok(SearchOutcome {
+            hits: self.hits(best)?,
+            path: SearchPath::Index {
+                plan: found.plan,
+                scored: found.scored,
+            },
+        })
+    }
+
+    /// [`Store::search`] by scanning every embedding `filter` passes.
+    pub fn search_exact(
+        &self,
+        query: &[f32],
+        filter: &FrameFilter,
+        top_k: usize,
+        min_score: Option<f32>,
+    ) -> Result<Vec<SearchHit>, StoreError> {
         // Min-heap of the best `top_k` (score, key) so far.
         let mut heap: BinaryHeap<std::cmp::Reverse<(OrdF32, FrameKey)>> =
             BinaryHeap::with_capacity(top_k + 1);
@@ -221,11 +329,7 @@ impl Store {
             let Some(e) = self.embeddings.get(key.encode()).map_err(|e| self.err(e))? else {
                 return Ok(true);
             };
-            let score: f32 = schema::decode_embedding(&e)
-                .iter()
-                .zip(query)
-                .map(|(a, b)| a * b)
-                .sum();
+            let score = index::cosine(&schema::decode_embedding(&e), query);
             // A non-finite score (corrupt embedding) would sort first: skip it.
             if score.is_finite() && min_score.is_none_or(|m| score >= m) {
                 heap.push(std::cmp::Reverse((OrdF32(score), key)));
@@ -235,14 +339,41 @@ impl Store {
             }
             Ok(true)
         })?;
+        let best = heap.into_sorted_vec().into_iter().map(|r| r.0).collect();
+        self.hits(best)
+    }
+
+    /// Search hits of (score, frame), best first.
+    fn hits(&self, best: Vec<(OrdF32, FrameKey)>) -> Result<Vec<SearchHit>, StoreError> {
         let names = self.stream_names()?;
-        let mut hits = Vec::with_capacity(heap.len());
-        for std::cmp::Reverse((OrdF32(score), key)) in heap.into_sorted_vec() {
+        let mut hits = Vec::with_capacity(best.len());
+        for (OrdF32(score), key) in best {
             if let Some(frame) = self.entry(&key, &names)? {
                 hits.push(SearchHit { score, frame });
             }
         }
         Ok(hits)
+    }
+
+    /// The search index's state and size.
+    pub fn index_status(&self) -> IndexStatus {
+        self.index.status()
+    }
+
+    /// Waits until the search index is built and not training (or
+    /// `timeout` passes); returns whether it is.
+    pub fn wait_for_index(&self, timeout: std::time::Duration) -> bool {
+        self.index.wait_idle(timeout)
+    }
+
+    /// Saves the search index now (after flushing the store).
+    pub fn save_index(&self) -> Result<(), StoreError> {
+        self.index.save()
+    }
+
+    /// The search index file.
+    pub fn index_file(&self) -> &std::path::Path {
+        self.index.file()
     }
 
     /// Frames stored, but none embedded by this store's model: a search
