@@ -7,10 +7,11 @@
 //! is idempotent); a removed frame's slot is reused. Lists hold slot ids.
 //! Below [`TRAIN_MIN`] embeddings there is one list and no centroids: a
 //! scan of everything is as fast as probing. From there the lists are
-//! trained again whenever the index has grown fourfold since the last
-//! training, in the background (`begin_training` .. `finish_training`):
-//! writes go on meanwhile and the slots they touch are assigned again at the
-//! end.
+//! trained again whenever the index has doubled since the last training
+//! (so the lists written stay close to those a rebuild trains; all the
+//! trainings together cost about twice the last one), in the background
+//! (`begin_training` .. `finish_training`): writes go on meanwhile and the
+//! slots they touch are assigned again at the end.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -307,14 +308,14 @@ impl IvfIndex {
     }
 
     /// Whether the lists should be trained (again): enough embeddings, and
-    /// four times those of the last training.
+    /// twice those of the last training.
     pub fn needs_training(&self) -> bool {
-        self.len() >= TRAIN_MIN && self.len() >= 4 * self.trained_for
+        self.len() >= TRAIN_MIN && self.len() >= 2 * self.trained_for
     }
 
-    /// Lists for `n` embeddings: about √n (lists of about √n embeddings).
+    /// Lists for `n` embeddings: about 2√n (lists of about √n / 2).
     pub fn lists_for(n: usize) -> usize {
-        ((n as f64).sqrt().round() as usize).clamp(1, MAX_LISTS)
+        ((2.0 * (n as f64).sqrt()).round() as usize).clamp(1, MAX_LISTS)
     }
 
     /// Starts a training: a sample of the held embeddings, and from now on

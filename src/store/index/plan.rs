@@ -11,9 +11,9 @@
 //!   rounding reorders, which the exact re-ranking repairs.
 //! - `Probe`: score the lists whose centroids are nearest the query until
 //!   `probe` lists are done and as many matching frames were scored as an
-//!   unfiltered probe would score times the selectivity. A filter that
-//!   matches few frames near the query so goes on to further lists instead
-//!   of returning fewer or worse hits.
+//!   unfiltered probe scores. A filter that matches few frames near the
+//!   query so goes on to further lists instead of returning fewer or worse
+//!   hits.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -28,6 +28,9 @@ pub const FLAT_MIN: usize = 16_384;
 /// A filtered search scores all its matches while they are at most this
 /// many times what probing would score.
 const FLAT_FACTOR: usize = 4;
+/// A filtered probe scores this many times the matches an unfiltered one
+/// scores.
+const FILTERED_PROBE_FACTOR: usize = 2;
 /// Slots sampled to estimate a filter's selectivity.
 const SELECTIVITY_SAMPLE: usize = 2048;
 
@@ -94,7 +97,7 @@ pub enum Plan {
 pub struct Candidates {
     pub hits: Vec<(FrameKey, f32)>,
     pub plan: Plan,
-    /// Embeddings scored.
+    /// Embeddings scored (all of them matching the filter).
     pub scored: usize,
 }
 
@@ -153,12 +156,14 @@ impl IvfIndex {
         if filter.has_key_range()
             && let Some(slots) = self.key_range_slots(filter, flat_max)
         {
+            let mut scored = 0;
             for &s in &slots {
                 if filter.matches(self, s as usize) {
+                    scored += 1;
                     top.offer(self.score(&q, s as usize), s);
                 }
             }
-            return self.candidates(top, Plan::Flat, slots.len());
+            return self.candidates(top, Plan::Flat, scored);
         }
         let selectivity = if filter.is_everything() {
             1.0
@@ -166,27 +171,38 @@ impl IvfIndex {
             self.selectivity(filter)
         };
         if selectivity * (live as f64) <= flat_max as f64 {
+            let mut scored = 0;
             for s in 0..self.slots() {
                 if filter.matches(self, s) {
+                    scored += 1;
                     top.offer(self.score(&q, s), s as u32);
                 }
             }
-            return self.candidates(top, Plan::Flat, live);
+            return self.candidates(top, Plan::Flat, scored);
         }
-        // Matching frames to score: what the unfiltered probe scores,
-        // scaled by the selectivity, and at least what was asked for.
-        let target = ((probed as f64 * selectivity).ceil() as usize).max(want);
-        let (mut scored, mut matched) = (0, 0);
+        // As many matching frames as the unfiltered probe scores (and at
+        // least what was asked for). Scaling this down by the selectivity
+        // loses recall when the filter correlates with the embeddings (a
+        // camera's frames sit in its own lists, which a query from another
+        // camera ranks low): the best matches lie beyond the first lists.
+        // Twice that under a filter: the matches are spread over more lists,
+        // so the lists that hold the best ones are ranked less reliably.
+        let target = if filter.is_everything() {
+            probed
+        } else {
+            FILTERED_PROBE_FACTOR * probed
+        }
+        .max(want);
+        let mut scored = 0;
         let everything = filter.is_everything();
         for (i, list) in self.lists_by_score(query).into_iter().enumerate() {
             for &s in &self.lists()[list] {
-                scored += 1;
                 if everything || filter.matches(self, s as usize) {
-                    matched += 1;
+                    scored += 1;
                     top.offer(self.score(&q, s as usize), s);
                 }
             }
-            if i + 1 >= probe && matched >= target {
+            if i + 1 >= probe && scored >= target {
                 break;
             }
         }

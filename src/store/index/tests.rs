@@ -244,7 +244,7 @@ fn writes_during_a_training_end_up_in_the_right_lists() {
     }
     let mut assignment = half;
     assignment.extend(ivf.assign(&c, start.slots / 2..start.slots));
-    ivf.finish_training(c, assignment);
+    ivf.finish_training(c.clone(), assignment);
     // Every held slot sits in exactly the list nearest its code.
     let mut seen = vec![0u32; ivf.slots()];
     for (l, list) in ivf.lists().iter().enumerate() {
@@ -257,7 +257,7 @@ fn writes_during_a_training_end_up_in_the_right_lists() {
         let held = ivf.list_of[s] != ivf::NO_LIST;
         assert_eq!(seen, u32::from(held));
         if held {
-            assert_eq!(ivf.assign(&ivf.centroids, s..s + 1)[0], ivf.list_of[s]);
+            assert_eq!(ivf.assign(&c, s..s + 1)[0], ivf.list_of[s]);
         }
     }
     assert_eq!(ivf.len(), v.len() + 200 - 50);
