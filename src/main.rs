@@ -32,6 +32,9 @@ fn main() -> ExitCode {
         Command::Bench(cli::BenchCommand::Caption(args)) => {
             commands::bench::run_caption(cli.config.as_deref(), args)
         }
+        Command::Bench(cli::BenchCommand::Search(args)) => {
+            commands::bench::run_search(cli.config.as_deref(), args)
+        }
         Command::Replay(args) => commands::replay::run(cli.config.as_deref(), args),
         Command::Segments(args) => commands::segments::run(
             cli.config.as_deref(),

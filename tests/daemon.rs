@@ -133,13 +133,14 @@ fn streams_land_together_a_broken_one_fails_alone_and_search_filters_work() {
         let (_, streams) = get(&addr, "/api/streams");
         let counts: Vec<(String, u64)> = serde_json::from_value(streams["frames"].clone()).unwrap();
         let n = |name: &str| counts.iter().find(|c| c.0 == name).map_or(0, |c| c.1);
-        if n("front") == 8 && n("rear") == 8 {
+        // The search index follows every stored frame (applied just
+        // after each write's commit, so it may be a poll behind).
+        let index = &streams["search_index"];
+        if n("front") == 8 && n("rear") == 8 && index["frames"] == 16 {
+            assert_eq!(index["state"], "ready", "{streams}");
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "streams did not land: {counts:?}"
-        );
+        assert!(Instant::now() < deadline, "streams did not land: {streams}");
         std::thread::sleep(Duration::from_millis(200));
     }
     let (_, health) = get(&addr, "/health");

@@ -330,12 +330,14 @@ pub async fn timeline(
 pub async fn streams(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
     let store = state.store.get()?;
     let backlog = store.caption_backlog();
+    let index = store.index_status();
     let stats = blocking(&state, move || Ok(store.stats()?)).await?;
     // Flattened: the stats' own fields stay where clients read them.
     Ok(Json(serde_json::json!({
         "frames": stats.frames,
         "disk_bytes": stats.disk_bytes,
         "caption_backlog": backlog,
+        "search_index": index,
     })))
 }
 

@@ -10,10 +10,13 @@
 //! - [`replay`]: end-to-end replay of a 720p clip against decode alone and
 //!   the model alone.
 //! - [`caption`]: one BLIP caption against its vision encoder, captions/s.
+//! - [`search`]: the search index against the exact scan on generated
+//!   embeddings: latency, recall@10, build and load times, memory.
 
 pub mod caption;
 pub mod clip;
 pub mod replay;
+pub mod search;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! `roadrep bench clip`: encoder throughput for BENCHMARKS.md.
+//! `roadrep bench clip|replay|caption|search`: figures for BENCHMARKS.md.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use roadrep::bench::{ClipBenchSettings, bench_clip, default_bench_model};
 use roadrep::config::RoadrepConfig;
 use roadrep::models::OrtRuntime;
 
-use super::cli::{BenchCaptionArgs, BenchClipArgs, BenchReplayArgs};
+use super::cli::{BenchCaptionArgs, BenchClipArgs, BenchReplayArgs, BenchSearchArgs};
 
 pub fn run_clip(config_path: Option<&Path>, args: &BenchClipArgs) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
@@ -104,6 +104,39 @@ pub fn run_caption(
         |line| eprintln!("  {line}"),
     )
     .with_context(|| format!("'{}'", dir.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_markdown());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_search(config_path: Option<&Path>, args: &BenchSearchArgs) -> anyhow::Result<ExitCode> {
+    let config = RoadrepConfig::load(config_path)?;
+    anyhow::ensure!(
+        args.frames > 0 && args.dim > 0 && args.cameras > 0 && args.queries > 0,
+        "--frames, --dim, --cameras and --queries must be at least 1"
+    );
+    anyhow::ensure!(
+        args.filter_selectivity > 0.0 && args.filter_selectivity <= 1.0,
+        "--filter-selectivity must be in (0, 1]"
+    );
+    let settings = roadrep::bench::search::SearchBenchSettings {
+        frames: args.frames,
+        dim: args.dim,
+        cameras: args.cameras,
+        queries: args.queries,
+        filter_selectivity: args.filter_selectivity,
+        exact_queries: args.exact_queries,
+        probe_lists: args.probe_lists.unwrap_or(config.search.probe_lists),
+        dir: args.dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("roadrep-bench-search-{}", std::process::id()))
+        }),
+        seed: args.seed,
+    };
+    let report = roadrep::bench::search::bench_search(&settings, |l| eprintln!("  {l}"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -91,6 +91,43 @@ pub enum BenchCommand {
     Replay(BenchReplayArgs),
     /// BLIP caption cost next to its vision encoder, captions/s.
     Caption(BenchCaptionArgs),
+    /// Search index vs. exact scan on generated embeddings: latency, recall@10, build time, memory.
+    Search(BenchSearchArgs),
+}
+
+/// `roadrep bench search`
+#[derive(Debug, Args)]
+pub struct BenchSearchArgs {
+    /// Frames in the generated store.
+    #[arg(long, default_value_t = 100_000)]
+    pub frames: usize,
+    /// Embedding dimension.
+    #[arg(long, default_value_t = 512)]
+    pub dim: usize,
+    /// Cameras the frames are spread over (2 frames/s each).
+    #[arg(long, default_value_t = 6)]
+    pub cameras: usize,
+    /// Queries of each kind (image-like, text-like).
+    #[arg(long, default_value_t = 200)]
+    pub queries: usize,
+    /// Share of the frames the time-range filter keeps.
+    #[arg(long, default_value_t = 0.01)]
+    pub filter_selectivity: f64,
+    /// Queries of each kind also run through the exact scan (seconds each at 1M frames).
+    #[arg(long, default_value_t = 3)]
+    pub exact_queries: usize,
+    /// Lists a search probes at least [default: [search] probe_lists, else about √lists].
+    #[arg(long)]
+    pub probe_lists: Option<usize>,
+    /// Directory for the temporary store (removed at the end) [default: the system's temp dir].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Seed of the generated embeddings and queries.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `roadrep bench caption`

@@ -40,6 +40,8 @@ pub enum SearchPath {
 pub struct SearchOutcome {
     pub hits: Vec<SearchHit>,
     pub path: SearchPath,
+    /// Time spent in the index (the rest re-ranks and reads the hits).
+    pub index_time: std::time::Duration,
 }
 
 /// Which frames a query looks at.
@@ -264,6 +266,7 @@ impl Store {
             });
         }
         self.check_indexed()?;
+        let started = std::time::Instant::now();
         let found = match method {
             SearchMethod::Exact => None,
             SearchMethod::Auto => {
@@ -290,8 +293,10 @@ impl Store {
             return Ok(SearchOutcome {
                 hits: self.search_exact(query, filter, top_k, min_score)?,
                 path: SearchPath::Exact,
+                index_time: std::time::Duration::ZERO,
             });
         };
+        let index_time = started.elapsed();
         // The index's scores are approximate: rank its candidates by the
         // stored embeddings, as the exact scan does.
         let mut best = Vec::with_capacity(found.hits.len());
@@ -311,6 +316,7 @@ impl Store {
                 plan: found.plan,
                 scored: found.scored,
             },
+            index_time,
         })
     }
 
