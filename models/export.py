@@ -5,8 +5,10 @@ A model directory holds everything the daemon needs to embed images and text
 with one CLIP model:
 
     image_encoder.onnx        pixel_values [N,3,S,S] f32 -> image_embeds [N,D]
+    image_encoder.onnx.data   its weights (ONNX external data; not for --tiny, see --inline-weights)
     image_encoder.int8.onnx   the same, ORT-optimized then dynamically quantized
     text_encoder.onnx         input_ids, attention_mask [N,L] i64 -> text_embeds [N,D]
+    text_encoder.onnx.data    its weights
     tokenizer.json            CLIP BPE tokenizer, built from the BPE vocab (never by hand)
     preprocessor_config.json  HF preprocessing config (resize, crop, mean/std)
     config.json               HF CLIPConfig (the trainer reads the architecture from it)
@@ -55,6 +57,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from modeldir import derive_int8, sha256_file  # noqa: E402
 from modeldir import write_manifest as modeldir_write_manifest  # noqa: E402
+from modeldir import fingerprint_roles, move_weights_to_external_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REALDATA = ROOT.parent / "shared" / "realdata"
@@ -323,6 +326,8 @@ def write_manifest(out_dir: Path, name: str, source: str, model, preprocess: dic
         "image_encoder": "image_encoder.onnx",
         "image_encoder_int8": "image_encoder.int8.onnx",
         "text_encoder": "text_encoder.onnx",
+        "image_encoder_data": "image_encoder.onnx.data",
+        "text_encoder_data": "text_encoder.onnx.data",
         "tokenizer": "tokenizer.json",
         "preprocessor_config": "preprocessor_config.json",
         "config": "config.json",
@@ -336,7 +341,7 @@ def write_manifest(out_dir: Path, name: str, source: str, model, preprocess: dic
     }
     keys = ("shortest_edge", "crop_size", "resample", "mean", "std")
     fp = modeldir_write_manifest(out_dir, "clip", name, source, section, {k: preprocess[k] for k in keys},
-                                 roles, ["image_encoder", "text_encoder", "tokenizer"])
+                                 roles, fingerprint_roles(roles))
     return {"fingerprint": fp, "logit_scale": logit_scale}
 
 
@@ -586,6 +591,9 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="model directory to write")
     ap.add_argument("--seed", type=int, help="random weights' seed (CLIP: 0; BLIP tiny: the tuned seed)")
     ap.add_argument("--no-int8", action="store_true", help="skip the INT8 image encoder")
+    ap.add_argument("--inline-weights", action="store_true",
+                    help="keep the fp32 encoders' weights inside their .onnx files (default: in .onnx.data "
+                         "files beside them, which ORT holds once instead of twice; --tiny is always inline)")
     ap.add_argument("--bpe-vocab", help="bpe_simple_vocab_16e6.txt.gz (default: from open-clip-torch)")
     ap.add_argument("--realdata", default=str(DEFAULT_REALDATA), help="shared realdata directory")
     ap.add_argument("--labels", default=str(ROOT / "config" / "labels.toml"))
@@ -645,6 +653,9 @@ def main() -> None:
     export_onnx(model, out, preprocess["crop_size"])
     if not args.no_int8:
         derive_int8(out / "image_encoder.onnx", out / "image_encoder.int8.onnx")
+    if not (args.tiny or args.inline_weights):
+        for f in ("image_encoder.onnx", "text_encoder.onnx"):
+            move_weights_to_external_data(out / f)
     manifest = write_manifest(out, name, source, model, preprocess)
     print(f"model: {out} ({source}), fingerprint {manifest['fingerprint'][:16]}")
 

@@ -8,6 +8,13 @@ derives `image_encoder.int8.onnx` from the directory's fp32 image encoder
 name-keeping export directly leaves its MatMuls in fp32) and records it in
 `manifest.toml`. The fingerprint does not change: derived files are not
 part of it. Use it on a directory `trainer merge` wrote.
+
+    python models/modeldir.py external MODEL_DIR
+
+moves the fp32 encoders' weights to `image_encoder.onnx.data` and
+`text_encoder.onnx.data` (ONNX external data) and records them: ORT then
+holds each weight once instead of twice (export.py does this for every
+model but the tiny test fixture).
 """
 
 from __future__ import annotations
@@ -168,6 +175,61 @@ def derive_int8(src: Path, dst: Path) -> None:
         quantize_dynamic(str(optimized), str(dst), weight_type=QuantType.QInt8)
 
 
+# fp32 encoders whose weights `externalize` moves to `<file>.data`; the data
+# file's role is the encoder's plus DATA_ROLE_SUFFIX (src/models/manifest.rs).
+EXTERNAL_ROLES = ("image_encoder", "text_encoder")
+DATA_ROLE_SUFFIX = "_data"
+FINGERPRINT_ROLES = ["image_encoder", "text_encoder", "tokenizer"]
+PREPROCESS_KEYS = ("shortest_edge", "crop_size", "resample", "mean", "std")
+
+
+def fingerprint_roles(files) -> list[str]:
+    """The roles a CLIP fingerprint covers: the fp32 encoders, the tokenizer,
+    then the encoders' weight files where they are external."""
+    return FINGERPRINT_ROLES + [r + DATA_ROLE_SUFFIX for r in EXTERNAL_ROLES if r + DATA_ROLE_SUFFIX in files]
+
+
+def move_weights_to_external_data(path: Path) -> str:
+    """Stores the initializers of `path` in `<file>.data` beside it; returns
+    the data file's name. ORT then reads each weight once: an inline ViT-B/32
+    graph is held twice while its session is built (~230 MB more, resident
+    for the life of the session)."""
+    import onnx
+
+    data = path.name + ".data"
+    model = onnx.load(str(path))
+    (path.parent / data).unlink(missing_ok=True)  # onnx appends to an existing file
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data, size_threshold=1024)
+    (path.parent / data).chmod(0o644)  # onnx writes it 0600: a service user must read it
+    return data
+
+
+def externalize(model_dir: Path) -> None:
+    """Moves the fp32 encoders' weights of a CLIP directory to external data
+    files and records them (new sha256s, data roles, fingerprint)."""
+    manifest_path = model_dir / "manifest.toml"
+    try:
+        manifest = tomllib.loads(manifest_path.read_text())
+        files = manifest["files"]
+        preprocess = {k: manifest["preprocess"][k] for k in PREPROCESS_KEYS}
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as e:
+        sys.exit(f"modeldir.py: '{manifest_path}': {e}")
+    for role in EXTERNAL_ROLES:
+        if role + DATA_ROLE_SUFFIX in files or role not in files:
+            continue
+        src = model_dir / files[role]["path"]
+        if sha256_file(src) != files[role]["sha256"]:
+            sys.exit(f"modeldir.py: '{src}' does not match its manifest")
+        data = move_weights_to_external_data(src)
+        files[role]["sha256"] = sha256_file(src)
+        files[role + DATA_ROLE_SUFFIX] = {"path": data, "sha256": sha256_file(model_dir / data)}
+    shas = {r: e["sha256"] for r, e in files.items()}
+    manifest["fingerprint"] = fingerprint(shas, fingerprint_roles(files), preprocess)
+    manifest_path.write_text(dump_manifest(manifest))
+    print(f"{model_dir}: encoder weights in external data files, fingerprint {manifest['fingerprint'][:16]}")
+
+
 def add_int8(model_dir: Path) -> None:
     """Derives the INT8 image encoder of `model_dir` and records it."""
     manifest_path = model_dir / "manifest.toml"
@@ -187,6 +249,7 @@ def add_int8(model_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "int8":
-        sys.exit("usage: python models/modeldir.py int8 MODEL_DIR")
-    add_int8(Path(sys.argv[2]))
+    commands = {"int8": add_int8, "external": externalize}
+    if len(sys.argv) != 3 or sys.argv[1] not in commands:
+        sys.exit("usage: python models/modeldir.py int8|external MODEL_DIR")
+    commands[sys.argv[1]](Path(sys.argv[2]))

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{copy_dir, realdata, root, tiny_model_dir};
@@ -144,6 +144,80 @@ fn a_file_that_is_not_an_image_fails_alone() {
     assert!(stdout(&o).starts_with(&good));
 }
 
+/// Only the files a run uses are read: the text encoder is checked and
+/// opened on its first use (a replay whose label embeddings are cached never
+/// needs it), and the INT8 encoder only when it runs.
+#[test]
+fn the_text_encoder_opens_on_first_use_and_unused_encoders_are_not_read() {
+    use roadrep::models::{ClipModel, ClipOptions, ImagePrecision};
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_dir(&tiny_model_dir(), &model);
+    for file in ["text_encoder.onnx", "image_encoder.int8.onnx"] {
+        let path = model.join(file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let options = |precision| ClipOptions {
+        precision,
+        intra_threads: 1,
+        load_text_encoder: true,
+        verified_files_dir: None,
+    };
+    let runtime = common::runtime();
+    let clip = ClipModel::load(&model, &runtime, &options(ImagePrecision::Fp32)).unwrap();
+    assert!(!clip.text_encoder_open());
+    assert!(!clip.tokenize("a foggy road").unwrap().is_empty());
+    let err = clip
+        .get_text_features(&["a foggy road"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("text_encoder.onnx") && err.contains("does not match its manifest"),
+        "{err}"
+    );
+    assert!(!clip.text_encoder_open());
+
+    let err = ClipModel::load(&model, &runtime, &options(ImagePrecision::Int8))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("image_encoder.int8.onnx"), "{err}");
+
+    std::fs::copy(
+        tiny_model_dir().join("text_encoder.onnx"),
+        model.join("text_encoder.onnx"),
+    )
+    .unwrap();
+
+    // With a record of verified files: a file damaged after it was
+    // recorded is still found out (its write changed its stamp).
+    let cache = dir.path().join("cache");
+    let recorded = ClipOptions {
+        verified_files_dir: Some(cache.clone()),
+        ..options(ImagePrecision::Fp32)
+    };
+    ClipModel::load(&model, &runtime, &recorded).unwrap();
+    assert!(cache.join("verified-model-files.json").is_file());
+    let encoder = model.join("image_encoder.onnx");
+    let mut bytes = std::fs::read(&encoder).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&encoder, bytes).unwrap();
+    let err = ClipModel::load(&model, &runtime, &recorded)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("image_encoder.onnx"), "{err}");
+    std::fs::copy(tiny_model_dir().join("image_encoder.onnx"), &encoder).unwrap();
+    let text = clip.get_text_features(&["a foggy road"]).unwrap();
+    assert!(clip.text_encoder_open());
+    let reference = common::load_tiny(ImagePrecision::Fp32)
+        .get_text_features(&["a foggy road"])
+        .unwrap();
+    assert_eq!(text, reference);
+}
+
 #[test]
 fn missing_or_corrupt_model_directories_are_named() {
     let cache = tempfile::tempdir().unwrap();
@@ -263,11 +337,15 @@ fn class_embeddings_are_cached_between_runs() {
     let img = fixture_images().remove(0);
     let first = roadrep(&["tag", "--json", &img], cache.path());
     assert!(first.status.success(), "{}", stderr(&first));
-    let entries: Vec<PathBuf> = std::fs::read_dir(cache.path().join("roadrep"))
+    let mut entries: Vec<String> = std::fs::read_dir(cache.path().join("roadrep"))
         .unwrap()
-        .map(|e| e.unwrap().path())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries.sort();
+    // The class embeddings, and the record of the model files hashed.
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(entries[0].starts_with("text-embeddings-"), "{entries:?}");
+    assert_eq!(entries[1], "verified-model-files.json");
     let second = roadrep(&["tag", "--json", "-v", &img], cache.path());
     assert!(stderr(&second).contains("Cache"), "{}", stderr(&second));
     assert_eq!(stdout(&first), stdout(&second));

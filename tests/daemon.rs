@@ -47,6 +47,7 @@ fn start(config: RoadrepConfig) -> Running {
         precision: ImagePrecision::Fp32,
         intra_threads: 1,
         load_text_encoder: true,
+        verified_files_dir: None,
     };
     let model = ClipModel::load(&config.models.clip, &common::runtime(), &options).unwrap();
     let labels = LabelSets::from_file(&config.tagging.labels).unwrap();

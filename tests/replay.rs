@@ -263,6 +263,7 @@ fn a_batch_that_cannot_be_stored_leaves_its_clip_incomplete() {
         precision: ImagePrecision::Fp32,
         intra_threads: 1,
         load_text_encoder: true,
+        verified_files_dir: None,
     };
     let model = ClipModel::load(&common::tiny_model_dir(), &common::runtime(), &options).unwrap();
     let labels = LabelSets::from_file(&common::root().join("config/labels.toml")).unwrap();

@@ -58,6 +58,7 @@ fn load_ort(dir: &std::path::Path) -> ClipModel {
         precision: ImagePrecision::Fp32,
         intra_threads: 1,
         load_text_encoder: true,
+        verified_files_dir: None,
     };
     ClipModel::load(dir, &common::runtime(), &options).expect("daemon loads the directory")
 }
@@ -237,6 +238,7 @@ fn trained_adapter_merge_matches_candle() {
             precision: ImagePrecision::Int8,
             intra_threads: 1,
             load_text_encoder: false,
+            verified_files_dir: None,
         },
     )
     .unwrap();
@@ -384,4 +386,115 @@ fn bdd100k_labels_and_class_folders_give_captions() {
         ]
     );
     assert_eq!(s[0].labels["class"], "speed-limit");
+}
+
+/// Full-size exports keep the encoders' weights in `.onnx.data` files (ORT
+/// then holds them once). Such a directory embeds exactly as the inline
+/// one, the trainer reads the same weights, a merge writes the same layout,
+/// and a damaged data file is named.
+#[test]
+fn external_weights_embed_train_and_merge_as_inline_ones() {
+    let tiny = common::tiny_model_dir();
+    let out = tempfile::tempdir().unwrap();
+    let ext = out.path().join("external");
+    common::copy_dir(&tiny, &ext);
+    let status = std::process::Command::new(common::root().join(".venv/bin/python"))
+        .arg(common::root().join("models/modeldir.py"))
+        .arg("external")
+        .arg(&ext)
+        .status()
+        .expect("the .venv python (make setup)");
+    assert!(status.success());
+    let manifest = ModelManifest::read_verified(&ext).unwrap();
+    for (role, file) in [
+        ("image_encoder_data", "image_encoder.onnx.data"),
+        ("text_encoder_data", "text_encoder.onnx.data"),
+    ] {
+        assert_eq!(manifest.files[role].path, file);
+        let (graph, data) = (
+            std::fs::metadata(ext.join(file.trim_end_matches(".data"))).unwrap(),
+            std::fs::metadata(ext.join(file)).unwrap(),
+        );
+        assert!(data.len() > graph.len(), "{file}: the weights moved");
+    }
+    assert_ne!(
+        manifest.fingerprint,
+        ModelManifest::read(&tiny).unwrap().fingerprint
+    );
+
+    // The daemon's runtime: the same embeddings, bit for bit.
+    let images = fixture_images();
+    let frames: Vec<RgbFrame<'_>> = images.iter().map(RgbFrame::from_image).collect();
+    let (a, b) = (load_ort(&tiny), load_ort(&ext));
+    assert_eq!(
+        a.embed_frames(&frames).unwrap(),
+        b.embed_frames(&frames).unwrap()
+    );
+    assert_eq!(
+        a.get_text_features(&TEXTS).unwrap(),
+        b.get_text_features(&TEXTS).unwrap()
+    );
+    // The trainer: the same initializers.
+    for file in ["image_encoder.onnx", "text_encoder.onnx"] {
+        let x = read_initializers(&tiny.join(file), &Device::Cpu).unwrap();
+        let y = read_initializers(&ext.join(file), &Device::Cpu).unwrap();
+        assert_eq!(x.len(), y.len());
+        for ((nx, tx), (ny, ty)) in x.iter().zip(&y) {
+            assert_eq!(nx, ny);
+            let (vx, vy) = (
+                tx.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                ty.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert!(vx.iter().zip(&vy).all(|(p, q)| p.to_bits() == q.to_bits()));
+        }
+    }
+
+    // A merge writes the base's layout and the merged weights of the
+    // inline base.
+    let candle = CandleClip::load(&ext, &Device::Cpu).unwrap();
+    let adapter =
+        LoraAdapter::new(LoraConfig::default(), &candle.base, candle.logit_scale, 3).unwrap();
+    let mut rng = SplitMix64::new(5);
+    for pair in adapter.pairs.values() {
+        let n = pair.b.as_tensor().elem_count();
+        let v: Vec<f32> = (0..n).map(|_| rng.next_f32() - 0.5).collect();
+        pair.b
+            .set(&Tensor::from_vec(v, pair.b.as_tensor().shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let (merged_ext, merged_inline) = (out.path().join("m-ext"), out.path().join("m-inline"));
+    let outcome = merge_into(&ext, &adapter, &merged_ext, "ext-lora").unwrap();
+    merge_into(&tiny, &adapter, &merged_inline, "inline-lora").unwrap();
+    assert!(!outcome.changed.is_empty());
+    let merged_manifest = ModelManifest::read_verified(&merged_ext).unwrap();
+    assert!(merged_manifest.files.contains_key("image_encoder_data"));
+    let (x, y) = (load_ort(&merged_ext), load_ort(&merged_inline));
+    assert_eq!(
+        x.embed_frames(&frames).unwrap(),
+        y.embed_frames(&frames).unwrap()
+    );
+    assert_ne!(
+        x.embed_frames(&frames).unwrap(),
+        b.embed_frames(&frames).unwrap()
+    );
+
+    // A damaged weights file is named when its encoder is opened.
+    let data = ext.join("image_encoder.onnx.data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let options = ClipOptions {
+        precision: ImagePrecision::Fp32,
+        intra_threads: 1,
+        load_text_encoder: true,
+        verified_files_dir: None,
+    };
+    let err = ClipModel::load(&ext, &common::runtime(), &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("image_encoder.onnx.data") && err.contains("does not match its manifest"),
+        "{err}"
+    );
 }

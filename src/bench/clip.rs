@@ -77,6 +77,7 @@ pub fn bench_clip(
             precision,
             intra_threads: settings.intra_threads,
             load_text_encoder: false,
+            verified_files_dir: None,
         };
         let model = ClipModel::load(&settings.model_dir, runtime, &options)?;
         model_name = model.manifest().name.clone();

@@ -10,7 +10,7 @@ pub mod search;
 pub mod segments;
 pub mod tag;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -79,21 +79,25 @@ pub fn load_model(config: &RoadrepConfig) -> anyhow::Result<ClipModel> {
         precision: config.models.precision,
         intra_threads: config.intra_threads(),
         load_text_encoder: true,
+        verified_files_dir: Some(cache_dir(config)),
     };
     Ok(ClipModel::load(&config.models.clip, &runtime, &options)?)
+}
+
+/// The configured cache directory (text embeddings, verified model files).
+pub fn cache_dir(config: &RoadrepConfig) -> PathBuf {
+    config
+        .tagging
+        .cache_dir
+        .clone()
+        .unwrap_or_else(TextEmbeddingCache::default_dir)
 }
 
 /// Loads the model and labels, builds the tagger, opens the store.
 pub fn load_parts(config: &RoadrepConfig, store_path: &Path) -> anyhow::Result<LoadedParts> {
     let labels = LabelSets::from_file(&config.tagging.labels)?;
     let model = load_model(config)?;
-    let cache = TextEmbeddingCache::new(
-        config
-            .tagging
-            .cache_dir
-            .clone()
-            .unwrap_or_else(TextEmbeddingCache::default_dir),
-    );
+    let cache = TextEmbeddingCache::new(cache_dir(config));
     let tagger = SceneTagger::new(&model, &labels, Some(&cache))?;
     if let Some(parent) = store_path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)

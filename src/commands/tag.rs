@@ -37,6 +37,7 @@ pub fn run(config_path: Option<&Path>, args: &TagArgs) -> anyhow::Result<ExitCod
         precision: args.precision.unwrap_or(config.models.precision),
         intra_threads: config.intra_threads(),
         load_text_encoder: true,
+        verified_files_dir: (!args.no_cache).then(|| super::cache_dir(&config)),
     };
     let model = ClipModel::load(&model_dir, &runtime, &options)?;
     let cache = (!args.no_cache).then(|| {

@@ -9,7 +9,7 @@
 //!   what `get_*_features` return; callers normalise.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use ndarray::{Array2, Array4, ArrayView4, Axis, Ix2};
 use ort::session::Session;
@@ -18,6 +18,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use super::manifest::{Dim, FileEntry, ModelManifest, TensorSpec, roles};
 use super::preprocess::{ImagePreprocessor, RgbFrame};
+use super::verified::VerifiedFiles;
 use super::{ModelError, OrtRuntime};
 
 /// Image encoder input: `[batch, 3, crop, crop]` float32.
@@ -62,8 +63,13 @@ pub struct ClipOptions {
     pub precision: ImagePrecision,
     /// ONNX Runtime intra-op threads per session.
     pub intra_threads: usize,
-    /// Skip the text encoder (image-only workers).
+    /// Whether the text encoder may be used (false: image-only workers).
+    /// It is opened on first use either way: a replay whose label
+    /// embeddings are cached never needs its ~300 MB.
     pub load_text_encoder: bool,
+    /// Cache directory whose record of verified files spares hashing files
+    /// unchanged since ([`super::verified`]); `None`: hash every start.
+    pub verified_files_dir: Option<PathBuf>,
 }
 
 impl Default for ClipOptions {
@@ -72,6 +78,7 @@ impl Default for ClipOptions {
             precision: ImagePrecision::Fp32,
             intra_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             load_text_encoder: true,
+            verified_files_dir: None,
         }
     }
 }
@@ -88,14 +95,25 @@ pub struct ClipModel {
     image: Mutex<Session>,
     text: Option<TextEncoder>,
     precision: ImagePrecision,
+    verified: Option<VerifiedFiles>,
 }
 
+/// The tokenizer (read at load) and the text encoder's session (opened on
+/// first use).
 struct TextEncoder {
-    path: PathBuf,
-    session: Mutex<Session>,
     tokenizer: Tokenizer,
     tokenizer_path: PathBuf,
     pad_id: i64,
+    session: OnceLock<TextSession>,
+    /// Held while the session is opened, so two first uses open it once.
+    opening: Mutex<()>,
+    runtime: OrtRuntime,
+    intra_threads: usize,
+}
+
+struct TextSession {
+    path: PathBuf,
+    session: Mutex<Session>,
 }
 
 impl std::fmt::Debug for ClipModel {
@@ -115,7 +133,22 @@ impl ClipModel {
         runtime: &OrtRuntime,
         options: &ClipOptions,
     ) -> Result<Self, ModelError> {
-        let manifest = ModelManifest::read_verified(dir)?;
+        // The image encoder not used and the text encoder (checked when it
+        // is opened) are not hashed now.
+        let unused_image: &[&str] = match options.precision {
+            ImagePrecision::Fp32 => &[roles::IMAGE_ENCODER_INT8],
+            ImagePrecision::Int8 => &[roles::IMAGE_ENCODER, roles::IMAGE_ENCODER_DATA],
+        };
+        let deferred = [
+            unused_image,
+            &[roles::TEXT_ENCODER, roles::TEXT_ENCODER_DATA],
+        ]
+        .concat();
+        let verified = options
+            .verified_files_dir
+            .as_deref()
+            .map(VerifiedFiles::open);
+        let manifest = ModelManifest::read_verified_except(dir, &deferred, verified.as_ref())?;
         if manifest.kind != "clip" {
             return Err(ModelError::Manifest {
                 path: dir.join(super::manifest::MANIFEST_FILE),
@@ -144,26 +177,18 @@ impl ClipModel {
         )?;
 
         let text = if options.load_text_encoder {
-            let (path, session) = open_checked(
-                runtime,
-                dir,
-                manifest.file(dir, roles::TEXT_ENCODER)?,
-                options.intra_threads,
-                &[
-                    (INPUT_IDS, "int64", vec![None, None]),
-                    (ATTENTION_MASK, "int64", vec![None, None]),
-                ],
-                &[(TEXT_EMBEDS, "float32", vec![None, Some(dim)])],
-            )?;
+            // Listed, or the first text query would be the one to say so.
+            manifest.file(dir, roles::TEXT_ENCODER)?;
             let tokenizer_path = dir.join(&manifest.file(dir, roles::TOKENIZER)?.path);
             let (tokenizer, eos) = load_tokenizer(&tokenizer_path, manifest.clip.context_length)?;
-            let pad_id = eos as i64;
             Some(TextEncoder {
-                path,
-                session: Mutex::new(session),
                 tokenizer,
                 tokenizer_path,
-                pad_id,
+                pad_id: eos as i64,
+                session: OnceLock::new(),
+                opening: Mutex::new(()),
+                runtime: runtime.clone(),
+                intra_threads: options.intra_threads,
             })
         } else {
             None
@@ -177,6 +202,7 @@ impl ClipModel {
             image: Mutex::new(image),
             text,
             precision: options.precision,
+            verified,
         })
     }
 
@@ -283,6 +309,7 @@ impl ClipModel {
         if texts.is_empty() {
             return Ok(Array2::zeros((0, self.embed_dim())));
         }
+        let s = self.text_session(t)?;
         let ids: Vec<Vec<u32>> = texts
             .iter()
             .map(|s| self.tokenize(s))
@@ -297,12 +324,12 @@ impl ClipModel {
             }
         }
         let err = |e: ort::Error| ModelError::Ort {
-            path: t.path.clone(),
+            path: s.path.clone(),
             message: e.to_string(),
         };
         let ids_in = TensorRef::from_array_view(input_ids.view()).map_err(err)?;
         let mask_in = TensorRef::from_array_view(mask.view()).map_err(err)?;
-        let mut session = t.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut session = s.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session
             .run(ort::inputs![INPUT_IDS => ids_in, ATTENTION_MASK => mask_in])
             .map_err(err)?;
@@ -313,9 +340,50 @@ impl ClipModel {
             .into_dimensionality::<Ix2>()
             .map(|a| a.to_owned())
             .map_err(|e| ModelError::Ort {
-                path: t.path.clone(),
+                path: s.path.clone(),
                 message: e.to_string(),
             })
+    }
+
+    /// Whether the text encoder's session is open (it opens on first use).
+    pub fn text_encoder_open(&self) -> bool {
+        self.text
+            .as_ref()
+            .is_some_and(|t| t.session.get().is_some())
+    }
+
+    /// The text encoder's session: checked against the manifest and opened
+    /// on first use.
+    fn text_session<'a>(&self, t: &'a TextEncoder) -> Result<&'a TextSession, ModelError> {
+        if let Some(s) = t.session.get() {
+            return Ok(s);
+        }
+        let _opening = t.opening.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = t.session.get() {
+            return Ok(s);
+        }
+        self.manifest
+            .verify_role(&self.dir, roles::TEXT_ENCODER, self.verified.as_ref())?;
+        let (path, session) = open_checked(
+            &t.runtime,
+            &self.dir,
+            self.manifest.file(&self.dir, roles::TEXT_ENCODER)?,
+            t.intra_threads,
+            &[
+                (INPUT_IDS, "int64", vec![None, None]),
+                (ATTENTION_MASK, "int64", vec![None, None]),
+            ],
+            &[(
+                TEXT_EMBEDS,
+                "float32",
+                vec![None, Some(self.embed_dim() as i64)],
+            )],
+        )?;
+        tracing::debug!(path = %path.display(), "text encoder opened");
+        Ok(t.session.get_or_init(|| TextSession {
+            path,
+            session: Mutex::new(session),
+        }))
     }
 
     fn text_encoder(&self) -> Result<&TextEncoder, ModelError> {

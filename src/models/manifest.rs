@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::ModelError;
 use super::preprocess::{ImagePreprocessor, Resample};
+use super::verified::VerifiedFiles;
 
 /// File name of the manifest inside a model directory.
 pub const MANIFEST_FILE: &str = "manifest.toml";
@@ -29,6 +30,20 @@ pub mod roles {
     pub const TEXT_ENCODER: &str = "text_encoder";
     /// `tokenizer.json` for the `tokenizers` crate.
     pub const TOKENIZER: &str = "tokenizer";
+    /// Weights of the fp32 image encoder, where they are ONNX external data
+    /// (`image_encoder.onnx.data`: ORT then holds them once, not twice).
+    pub const IMAGE_ENCODER_DATA: &str = "image_encoder_data";
+    /// Weights of the fp32 text encoder, where they are external data.
+    pub const TEXT_ENCODER_DATA: &str = "text_encoder_data";
+
+    /// The external weights' role of an encoder's role.
+    pub fn data_of(role: &str) -> Option<&'static str> {
+        match role {
+            IMAGE_ENCODER => Some(IMAGE_ENCODER_DATA),
+            TEXT_ENCODER => Some(TEXT_ENCODER_DATA),
+            _ => None,
+        }
+    }
 }
 
 /// The parsed `manifest.toml` of a model directory.
@@ -130,10 +145,45 @@ impl ModelManifest {
     /// Reads the manifest and checks every listed file: present, sha256
     /// equal, and a fingerprint that matches the files.
     pub fn read_verified(dir: &Path) -> Result<Self, ModelError> {
+        Self::read_verified_except(dir, &[], None)
+    }
+
+    /// As [`ModelManifest::read_verified`], but leaves the files of the
+    /// `deferred` roles unread: large encoders this run may never open
+    /// (hashing a ViT-B/32 directory's ~700 MB took ~3 s of every start).
+    /// Check one with [`ModelManifest::verify_role`] before opening it.
+    /// Files in `verified` unchanged since they were hashed are not hashed
+    /// again.
+    pub fn read_verified_except(
+        dir: &Path,
+        deferred: &[&str],
+        verified: Option<&VerifiedFiles>,
+    ) -> Result<Self, ModelError> {
         let manifest = Self::read(dir)?;
-        verify_files(dir, &manifest.files)?;
+        for (role, entry) in &manifest.files {
+            if !deferred.contains(&role.as_str()) {
+                verify_file(dir, role, entry, verified)?;
+            }
+        }
         check_fingerprint(dir, &manifest.fingerprint, &manifest.compute_fingerprint()?)?;
         Ok(manifest)
+    }
+
+    /// Checks the file of one role, and its external weights where it has
+    /// them: present and sha256 equal.
+    pub fn verify_role(
+        &self,
+        dir: &Path,
+        role: &str,
+        verified: Option<&VerifiedFiles>,
+    ) -> Result<(), ModelError> {
+        verify_file(dir, role, self.file(dir, role)?, verified)?;
+        if let Some(data) = roles::data_of(role)
+            && let Some(entry) = self.files.get(data)
+        {
+            verify_file(dir, data, entry, verified)?;
+        }
+        Ok(())
     }
 
     /// The entry for a file role, or an error naming the manifest.
@@ -142,13 +192,20 @@ impl ModelManifest {
     }
 
     /// Fingerprint of the embedding space: sha256 over the fp32 encoders', the
-    /// tokenizer's sha256 and the preprocessing settings. Derived files (INT8)
-    /// are left out on purpose. Mirrors `fingerprint()` in `models/export.py`.
+    /// tokenizer's sha256 (then the encoders' external weights, where they
+    /// have them) and the preprocessing settings. Derived files (INT8) are
+    /// left out on purpose. Mirrors `fingerprint()` in `models/modeldir.py`.
     pub fn compute_fingerprint(&self) -> Result<String, ModelError> {
         let p = &self.preprocess;
+        let mut covered = vec![roles::IMAGE_ENCODER, roles::TEXT_ENCODER, roles::TOKENIZER];
+        covered.extend(
+            [roles::IMAGE_ENCODER_DATA, roles::TEXT_ENCODER_DATA]
+                .into_iter()
+                .filter(|r| self.files.contains_key(*r)),
+        );
         fingerprint(
             &self.files,
-            &[roles::IMAGE_ENCODER, roles::TEXT_ENCODER, roles::TOKENIZER],
+            &covered,
             &format!(
                 "shortest_edge={}\ncrop_size={}\nresample={}\nmean={}\nstd={}\n",
                 p.shortest_edge,
@@ -285,28 +342,44 @@ pub(crate) fn check_fingerprint(
 /// Checks that every listed file is present and matches its sha256.
 pub fn verify_files(dir: &Path, files: &BTreeMap<String, FileEntry>) -> Result<(), ModelError> {
     for (role, entry) in files {
-        let path = dir.join(&entry.path);
-        let actual = sha256_file(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                ModelError::FileMissing {
-                    dir: dir.to_path_buf(),
-                    role: role.clone(),
-                    path: path.clone(),
-                }
-            } else {
-                ModelError::Io {
-                    path: path.clone(),
-                    source: e,
-                }
+        verify_file(dir, role, entry, None)?;
+    }
+    Ok(())
+}
+
+fn verify_file(
+    dir: &Path,
+    role: &str,
+    entry: &FileEntry,
+    verified: Option<&VerifiedFiles>,
+) -> Result<(), ModelError> {
+    let path = dir.join(&entry.path);
+    if verified.is_some_and(|v| v.is_verified(&path, &entry.sha256)) {
+        return Ok(());
+    }
+    let actual = sha256_file(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ModelError::FileMissing {
+                dir: dir.to_path_buf(),
+                role: role.to_string(),
+                path: path.clone(),
             }
-        })?;
-        if !actual.eq_ignore_ascii_case(&entry.sha256) {
-            return Err(ModelError::Checksum {
-                path,
-                expected: entry.sha256.clone(),
-                actual,
-            });
+        } else {
+            ModelError::Io {
+                path: path.clone(),
+                source: e,
+            }
         }
+    })?;
+    if !actual.eq_ignore_ascii_case(&entry.sha256) {
+        return Err(ModelError::Checksum {
+            path,
+            expected: entry.sha256.clone(),
+            actual,
+        });
+    }
+    if let Some(v) = verified {
+        v.record(&path, &actual);
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod clip;
 pub mod manifest;
 pub mod preprocess;
 pub mod runtime;
+pub mod verified;
 
 use std::path::PathBuf;
 

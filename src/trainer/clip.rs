@@ -87,9 +87,14 @@ pub fn read_initializers(
         path: path.to_path_buf(),
         message: format!("cannot read ONNX: {e}"),
     })?;
-    let graph = model.graph.ok_or_else(|| TrainerError::Onnx {
+    let mut graph = model.graph.ok_or_else(|| TrainerError::Onnx {
         path: path.to_path_buf(),
         message: "no graph".into(),
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    super::external::inline(&mut graph, dir).map_err(|message| TrainerError::Onnx {
+        path: path.to_path_buf(),
+        message,
     })?;
     let mut out = Vec::new();
     for init in &graph.initializer {
@@ -110,7 +115,8 @@ pub fn read_initializers(
 pub const FLOAT: i32 = 1;
 
 /// The values of a float32 initializer (raw little-endian bytes or
-/// `float_data`); external data is not supported.
+/// `float_data`); external data must be read in first
+/// ([`super::external::inline`]).
 pub fn float_values(t: &candle_onnx::onnx::TensorProto) -> Result<Vec<f32>, String> {
     let n: usize = t.dims.iter().map(|&d| d as usize).product();
     let values: Vec<f32> = if !t.raw_data.is_empty() {

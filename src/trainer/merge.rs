@@ -59,8 +59,12 @@ pub fn merge_into(
         changed.extend(merge_onnx(&src, &dst, adapter)?);
     }
     for (role, entry) in &manifest.files {
+        // The encoders and their external weights are written above; the
+        // INT8 file is not valid for merged weights.
         if role == roles::IMAGE_ENCODER
             || role == roles::TEXT_ENCODER
+            || role == roles::IMAGE_ENCODER_DATA
+            || role == roles::TEXT_ENCODER_DATA
             || role == roles::IMAGE_ENCODER_INT8
         {
             continue;
@@ -114,6 +118,8 @@ fn merge_onnx(src: &Path, dst: &Path, adapter: &LoraAdapter) -> Result<Vec<Strin
         .graph
         .as_mut()
         .ok_or_else(|| onnx_err("no graph".into()))?;
+    let src_dir = src.parent().unwrap_or(Path::new("."));
+    let external = super::external::inline(graph, src_dir).map_err(onnx_err)?;
     let mut changed = Vec::new();
     for init in graph.initializer.iter_mut() {
         let Some(module) = init.name.strip_suffix(".weight") else {
@@ -149,11 +155,29 @@ fn merge_onnx(src: &Path, dst: &Path, adapter: &LoraAdapter) -> Result<Vec<Strin
         init.float_data.clear();
         changed.push(init.name.clone());
     }
+    // Written in the base's layout: weights inline, or in the same external
+    // data files beside the graph.
+    let dst_dir = dst.parent().unwrap_or(Path::new("."));
     if changed.is_empty() {
+        let mut files: Vec<&str> = external.iter().map(|(_, l)| l.as_str()).collect();
+        files.sort_unstable();
+        files.dedup();
+        for file in files {
+            let from = src_dir.join(file);
+            std::fs::copy(&from, dst_dir.join(file)).map_err(|e| TrainerError::io(&from, e))?;
+        }
         std::fs::copy(src, dst).map_err(|e| TrainerError::io(src, e))?;
-    } else {
-        std::fs::write(dst, model.encode_to_vec()).map_err(|e| TrainerError::io(dst, e))?;
+        return Ok(changed);
     }
+    if let Some(graph) = model.graph.as_mut() {
+        super::external::externalize(graph, dst_dir, &external).map_err(|message| {
+            TrainerError::Onnx {
+                path: dst.to_path_buf(),
+                message,
+            }
+        })?;
+    }
+    std::fs::write(dst, model.encode_to_vec()).map_err(|e| TrainerError::io(dst, e))?;
     Ok(changed)
 }
 

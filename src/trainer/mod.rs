@@ -24,6 +24,7 @@ pub mod clip;
 pub mod config;
 pub mod dataset;
 pub mod eval;
+pub mod external;
 pub mod lora;
 pub mod merge;
 pub mod optim;

@@ -31,6 +31,7 @@ pub fn load_tiny(precision: ImagePrecision) -> ClipModel {
         precision,
         intra_threads: 1,
         load_text_encoder: true,
+        verified_files_dir: None,
     };
     ClipModel::load(&tiny_model_dir(), &runtime(), &options).expect("load models/clip-tiny")
 }
