@@ -36,6 +36,9 @@ fn main() -> ExitCode {
         Command::Bench(cli::BenchCommand::Search(args)) => {
             commands::bench::run_search(cli.config.as_deref(), args)
         }
+        Command::Bench(cli::BenchCommand::Precision(args)) => {
+            commands::bench::run_precision(cli.config.as_deref(), args)
+        }
         Command::Replay(args) => commands::replay::run(cli.config.as_deref(), args),
         Command::Segments(args) => commands::segments::run(
             cli.config.as_deref(),

@@ -356,3 +356,48 @@ fn class_embeddings_are_cached_between_runs() {
         stderr(&uncached)
     );
 }
+
+/// `bench precision` tags every image with both image encoders and counts
+/// where their top classes agree; a path that does not exist is named.
+#[test]
+fn bench_precision_compares_int8_with_fp32_on_every_image() {
+    let cache = tempfile::tempdir().unwrap();
+    let images = root().join("tests/fixtures/clip-tiny/images");
+    let model = tiny_model_dir();
+    let o = roadrep(
+        &[
+            "bench",
+            "precision",
+            "--json",
+            "--model",
+            model.to_str().unwrap(),
+            images.to_str().unwrap(),
+        ],
+        cache.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let n = fixture_images().len() as u64;
+    assert_eq!(report["images"], n);
+    let sets = report["sets"].as_array().unwrap();
+    let names: Vec<&str> = sets.iter().map(|s| s["set"].as_str().unwrap()).collect();
+    assert_eq!(names, SETS);
+    for s in sets {
+        assert_eq!(s["images"], n);
+        assert!(s["agree"].as_u64().unwrap() <= n);
+    }
+    let cos = report["embedding_cosine_min"].as_f64().unwrap();
+    assert!(cos > 0.99 && cos <= 1.0 + 1e-6, "{cos}");
+
+    let o = roadrep(
+        &[
+            "bench",
+            "precision",
+            "--model",
+            model.to_str().unwrap(),
+            "no/such/dir",
+        ],
+        cache.path(),
+    );
+    assert_one_line_error(&o, &["no/such/dir"]);
+}

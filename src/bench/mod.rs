@@ -10,11 +10,14 @@
 //! - [`replay`]: end-to-end replay of a 720p clip against decode alone and
 //!   the model alone.
 //! - [`caption`]: one BLIP caption against its vision encoder, captions/s.
+//! - [`precision`]: the INT8 image encoder's tags against fp32's on real
+//!   frames: top-class agreement per label set.
 //! - [`search`]: the search index against the exact scan on generated
 //!   embeddings: latency, recall@10, build and load times, memory.
 
 pub mod caption;
 pub mod clip;
+pub mod precision;
 pub mod replay;
 pub mod search;
 

@@ -9,7 +9,9 @@ use roadrep::bench::{ClipBenchSettings, bench_clip, default_bench_model};
 use roadrep::config::RoadrepConfig;
 use roadrep::models::OrtRuntime;
 
-use super::cli::{BenchCaptionArgs, BenchClipArgs, BenchReplayArgs, BenchSearchArgs};
+use super::cli::{
+    BenchCaptionArgs, BenchClipArgs, BenchPrecisionArgs, BenchReplayArgs, BenchSearchArgs,
+};
 
 pub fn run_clip(config_path: Option<&Path>, args: &BenchClipArgs) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
@@ -141,6 +143,36 @@ pub fn run_search(config_path: Option<&Path>, args: &BenchSearchArgs) -> anyhow:
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.to_markdown());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_precision(
+    config_path: Option<&Path>,
+    args: &BenchPrecisionArgs,
+) -> anyhow::Result<ExitCode> {
+    use roadrep::bench::precision::{PrecisionBenchSettings, bench_precision};
+    let config = RoadrepConfig::load(config_path)?;
+    let labels_path = args.labels.as_ref().unwrap_or(&config.tagging.labels);
+    let labels = roadrep::tagging::LabelSets::from_file(labels_path)?;
+    let inputs = if args.images.is_empty() {
+        vec![std::path::PathBuf::from("../shared/realdata")]
+    } else {
+        args.images.clone()
+    };
+    let settings = PrecisionBenchSettings {
+        model_dir: args.model.clone().unwrap_or_else(default_bench_model),
+        inputs,
+        intra_threads: config.intra_threads(),
+        batch: config.batcher.max_frames,
+        cache_dir: Some(super::cache_dir(&config)),
+    };
+    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    let report = bench_precision(&settings, &labels, &runtime)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.to_markdown());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -93,6 +93,24 @@ pub enum BenchCommand {
     Caption(BenchCaptionArgs),
     /// Search index vs. exact scan on generated embeddings: latency, recall@10, build time, memory.
     Search(BenchSearchArgs),
+    /// INT8 vs fp32 image encoder on real images: top-class agreement per label set, cost.
+    Precision(BenchPrecisionArgs),
+}
+
+/// `roadrep bench precision`
+#[derive(Debug, Args)]
+pub struct BenchPrecisionArgs {
+    /// Model directory (with both image encoders) [default: models/clip-random-full if generated, else models/clip-tiny].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Label sets [default: the config's].
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Image files or directories (searched for .jpg, .jpeg, .png) [default: ../shared/realdata].
+    pub images: Vec<PathBuf>,
+    /// Print JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `roadrep bench search`

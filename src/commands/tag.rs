@@ -40,15 +40,7 @@ pub fn run(config_path: Option<&Path>, args: &TagArgs) -> anyhow::Result<ExitCod
         verified_files_dir: (!args.no_cache).then(|| super::cache_dir(&config)),
     };
     let model = ClipModel::load(&model_dir, &runtime, &options)?;
-    let cache = (!args.no_cache).then(|| {
-        TextEmbeddingCache::new(
-            config
-                .tagging
-                .cache_dir
-                .clone()
-                .unwrap_or_else(TextEmbeddingCache::default_dir),
-        )
-    });
+    let cache = (!args.no_cache).then(|| TextEmbeddingCache::new(super::cache_dir(&config)));
     let tagger = SceneTagger::new(&model, &labels, cache.as_ref())?;
     tracing::info!(source = ?tagger.source(), model = %model.manifest().name, "Tagger ready.");
 
