@@ -42,6 +42,9 @@ pub struct IvfIndex {
     pub(super) scales: Vec<f32>,
     /// Per slot: its frame.
     pub(super) keys: Vec<FrameKey>,
+    /// Per slot: its stream id, a quarter of `keys`' size, so a camera
+    /// filter checked on every frame a probe reads stays in cache.
+    pub(super) stream_of: Vec<u32>,
     /// Per slot: its list, or [`NO_LIST`] when free.
     pub(super) list_of: Vec<u32>,
     /// Per slot: top class of each label set.
@@ -78,6 +81,7 @@ impl IvfIndex {
             codes: Vec::new(),
             scales: Vec::new(),
             keys: Vec::new(),
+            stream_of: Vec::new(),
             list_of: Vec::new(),
             tags: TagTable::default(),
             centroids: Vec::new(),
@@ -121,6 +125,7 @@ impl IvfIndex {
             dim,
             codes,
             scales,
+            stream_of: keys.iter().map(|k| k.stream_id).collect(),
             keys,
             list_of,
             tags,
@@ -182,7 +187,7 @@ impl IvfIndex {
     pub fn memory_bytes(&self) -> usize {
         let n = self.slots();
         self.codes.len()
-            + n * (4 + std::mem::size_of::<FrameKey>() + 4 + 4)
+            + n * (4 + std::mem::size_of::<FrameKey>() + 4 + 4 + 4)
             + self.tags.class.len() * 6
             + self.centroids.len() * 4
             + self.by_key.len() * (std::mem::size_of::<FrameKey>() + 4) * 3 / 2
@@ -262,6 +267,7 @@ impl IvfIndex {
             None => {
                 let slot = self.keys.len();
                 self.keys.push(key);
+                self.stream_of.push(key.stream_id);
                 self.codes.resize((slot + 1) * self.dim, 0);
                 self.scales.push(0.0);
                 self.list_of.push(NO_LIST);
@@ -270,6 +276,7 @@ impl IvfIndex {
             }
         };
         self.keys[slot as usize] = key;
+        self.stream_of[slot as usize] = key.stream_id;
         self.by_key.insert(key, slot);
         *self.streams.entry(key.stream_id).or_default() += 1;
         slot

@@ -70,14 +70,22 @@ impl SlotFilter {
     }
 
     fn matches(&self, index: &IvfIndex, slot: usize) -> bool {
-        let key = &index.keys[slot];
-        index.list_of[slot] != NO_LIST
-            && key.ts_ns >= self.from_ns
-            && key.ts_ns <= self.to_ns
-            && self
-                .streams
-                .as_ref()
-                .is_none_or(|s| s.binary_search(&key.stream_id).is_ok())
+        index.list_of[slot] != NO_LIST && self.matches_listed(index, slot)
+    }
+
+    /// [`SlotFilter::matches`] for a slot read from a list (so held): one
+    /// random read less per frame a filtered probe checks.
+    /// The key is read only when the filter has a time range (each read is
+    /// a cache miss at a million frames); cameras come from `stream_of`.
+    fn matches_listed(&self, index: &IvfIndex, slot: usize) -> bool {
+        let has_time = self.from_ns != i64::MIN || self.to_ns != i64::MAX;
+        self.streams
+            .as_ref()
+            .is_none_or(|s| s.binary_search(&index.stream_of[slot]).is_ok())
+            && (!has_time || {
+                let ts = index.keys[slot].ts_ns;
+                ts >= self.from_ns && ts <= self.to_ns
+            })
             && index.tags.matches(slot, &self.tags, self.min_tag_score)
     }
 }
@@ -197,7 +205,7 @@ impl IvfIndex {
         let everything = filter.is_everything();
         for (i, list) in self.lists_by_score(query).into_iter().enumerate() {
             for &s in &self.lists()[list] {
-                if everything || filter.matches(self, s as usize) {
+                if everything || filter.matches_listed(self, s as usize) {
                     scored += 1;
                     top.offer(self.score(&q, s as usize), s);
                 }

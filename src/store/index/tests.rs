@@ -219,8 +219,27 @@ fn writing_a_frame_again_replaces_it_and_removed_slots_are_reused() {
             .all(|(k, _)| *k != key(7))
     );
     let slots = ivf.slots();
-    ivf.upsert(&[(key(10_000), target.as_slice(), &t)]);
+    let other_camera = FrameKey {
+        stream_id: 9,
+        ts_ns: 1,
+    };
+    ivf.upsert(&[(other_camera, target.as_slice(), &t)]);
     assert_eq!(ivf.slots(), slots, "the free slot is reused");
+    // A camera filter sees the slot's new camera, not the old one's.
+    let camera = |id: u32| {
+        ivf.slot_filter(Some(vec![id]), None, None, &[], None)
+            .unwrap()
+    };
+    let hits = |f: &SlotFilter| ivf.search(&target, f, 500, ivf.list_count()).hits;
+    assert_eq!(
+        hits(&camera(9)),
+        vec![(other_camera, hits(&camera(9))[0].1)]
+    );
+    assert!(
+        hits(&camera(key(7).stream_id))
+            .iter()
+            .all(|(k, _)| *k != other_camera)
+    );
 }
 
 #[test]
