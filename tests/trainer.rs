@@ -53,6 +53,40 @@ fn rows(a: &ndarray::Array2<f32>) -> Vec<Vec<f32>> {
     a.outer_iter().map(|r| r.to_vec()).collect()
 }
 
+/// The float initializers of both encoders of `a` and `b` are the same,
+/// bit for bit.
+fn assert_same_initializers(a: &std::path::Path, b: &std::path::Path) {
+    for file in ["image_encoder.onnx", "text_encoder.onnx"] {
+        let x = read_initializers(&a.join(file), &Device::Cpu).unwrap();
+        let y = read_initializers(&b.join(file), &Device::Cpu).unwrap();
+        assert_eq!(x.len(), y.len());
+        for ((nx, tx), (ny, ty)) in x.iter().zip(&y) {
+            assert_eq!(nx, ny);
+            let (vx, vy) = (
+                tx.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                ty.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert!(
+                vx.iter().zip(&vy).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{file}: {nx} differs"
+            );
+        }
+    }
+}
+
+/// Stand-in for a trained adapter: every B random, large enough to move the
+/// embeddings well beyond the tolerance.
+fn randomise_b(adapter: &LoraAdapter, seed: u64) {
+    let mut rng = SplitMix64::new(seed);
+    for pair in adapter.pairs.values() {
+        let n = pair.b.as_tensor().elem_count();
+        let v: Vec<f32> = (0..n).map(|_| rng.next_f32() - 0.5).collect();
+        pair.b
+            .set(&Tensor::from_vec(v, pair.b.as_tensor().shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+}
+
 fn load_ort(dir: &std::path::Path) -> ClipModel {
     let options = ClipOptions {
         precision: ImagePrecision::Fp32,
@@ -140,22 +174,7 @@ fn zero_adapter_merge_is_bit_identical() {
     }
     let base_manifest = ModelManifest::read(&dir).unwrap();
     assert_eq!(outcome.fingerprint, base_manifest.fingerprint);
-    for file in ["image_encoder.onnx", "text_encoder.onnx"] {
-        let a = read_initializers(&dir.join(file), &Device::Cpu).unwrap();
-        let b = read_initializers(&merged_dir.join(file), &Device::Cpu).unwrap();
-        assert_eq!(a.len(), b.len());
-        for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-            assert_eq!(na, nb);
-            let (va, vb) = (
-                ta.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                tb.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            );
-            assert!(
-                va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{file}: {na} changed"
-            );
-        }
-    }
+    assert_same_initializers(&dir, &merged_dir);
     let base = load_ort(&dir);
     let merged = load_ort(&merged_dir);
     let texts = ["a red square", "a photo of a road"];
@@ -184,16 +203,7 @@ fn trained_adapter_merge_matches_candle() {
         ..Default::default()
     };
     let adapter = LoraAdapter::new(config, &candle.base, candle.logit_scale, 2).unwrap();
-    // Stand-in for a trained adapter: B random and large enough to move the
-    // embeddings well beyond the tolerance.
-    let mut rng = SplitMix64::new(9);
-    for pair in adapter.pairs.values() {
-        let n = pair.b.as_tensor().elem_count();
-        let v: Vec<f32> = (0..n).map(|_| rng.next_f32() - 0.5).collect();
-        pair.b
-            .set(&Tensor::from_vec(v, pair.b.as_tensor().shape(), &Device::Cpu).unwrap())
-            .unwrap();
-    }
+    randomise_b(&adapter, 9);
     // Save and reload: the merge works from what is on disk.
     let out = tempfile::tempdir().unwrap();
     adapter.save(&out.path().join("adapter")).unwrap();
@@ -435,33 +445,14 @@ fn external_weights_embed_train_and_merge_as_inline_ones() {
         b.get_text_features(&TEXTS).unwrap()
     );
     // The trainer: the same initializers.
-    for file in ["image_encoder.onnx", "text_encoder.onnx"] {
-        let x = read_initializers(&tiny.join(file), &Device::Cpu).unwrap();
-        let y = read_initializers(&ext.join(file), &Device::Cpu).unwrap();
-        assert_eq!(x.len(), y.len());
-        for ((nx, tx), (ny, ty)) in x.iter().zip(&y) {
-            assert_eq!(nx, ny);
-            let (vx, vy) = (
-                tx.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                ty.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            );
-            assert!(vx.iter().zip(&vy).all(|(p, q)| p.to_bits() == q.to_bits()));
-        }
-    }
+    assert_same_initializers(&tiny, &ext);
 
     // A merge writes the base's layout and the merged weights of the
     // inline base.
     let candle = CandleClip::load(&ext, &Device::Cpu).unwrap();
     let adapter =
         LoraAdapter::new(LoraConfig::default(), &candle.base, candle.logit_scale, 3).unwrap();
-    let mut rng = SplitMix64::new(5);
-    for pair in adapter.pairs.values() {
-        let n = pair.b.as_tensor().elem_count();
-        let v: Vec<f32> = (0..n).map(|_| rng.next_f32() - 0.5).collect();
-        pair.b
-            .set(&Tensor::from_vec(v, pair.b.as_tensor().shape(), &Device::Cpu).unwrap())
-            .unwrap();
-    }
+    randomise_b(&adapter, 5);
     let (merged_ext, merged_inline) = (out.path().join("m-ext"), out.path().join("m-inline"));
     let outcome = merge_into(&ext, &adapter, &merged_ext, "ext-lora").unwrap();
     merge_into(&tiny, &adapter, &merged_inline, "inline-lora").unwrap();

@@ -440,9 +440,10 @@ impl Store {
     }
 }
 
-/// Total order on scores for the heap (scores are finite here).
+/// Total order on scores for the heaps (scores are finite here); the
+/// search index's top-k uses it too.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct OrdF32(f32);
+pub(crate) struct OrdF32(pub f32);
 impl Eq for OrdF32 {}
 impl PartialOrd for OrdF32 {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {

@@ -22,6 +22,7 @@ use super::codes;
 use super::ivf::{IvfIndex, NO_LIST};
 use super::tags::TagCondition;
 use crate::store::FrameKey;
+use crate::store::query::OrdF32;
 
 /// Below this many matching frames a filtered search scores them all.
 pub const FLAT_MIN: usize = 16_384;
@@ -298,7 +299,7 @@ impl IvfIndex {
 /// The best `k` (score, slot) pairs offered.
 struct TopK {
     k: usize,
-    heap: BinaryHeap<Reverse<(Score, u32)>>,
+    heap: BinaryHeap<Reverse<(OrdF32, u32)>>,
 }
 
 impl TopK {
@@ -321,7 +322,7 @@ impl TopK {
         {
             return;
         }
-        self.heap.push(Reverse((Score(score), slot)));
+        self.heap.push(Reverse((OrdF32(score), slot)));
         if self.heap.len() > self.k {
             self.heap.pop();
         }
@@ -334,20 +335,5 @@ impl TopK {
             .into_iter()
             .map(|Reverse((s, slot))| (s.0, slot))
             .collect()
-    }
-}
-
-/// A finite score with a total order.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Score(f32);
-impl Eq for Score {}
-impl PartialOrd for Score {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Score {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0)
     }
 }
