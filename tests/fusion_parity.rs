@@ -217,6 +217,25 @@ fn a_tampered_fusion_onnx_is_refused_naming_the_file() {
 }
 
 #[test]
+fn files_verified_once_are_recorded() {
+    let cache = tempfile::tempdir().unwrap();
+    let options = FusionOptions {
+        intra_threads: 1,
+        verified_files_dir: Some(cache.path().to_path_buf()),
+    };
+    common::runtime();
+    let dir = common::root().join("models/fusion-tiny");
+    FusionModel::open(&dir, &options).unwrap();
+    let record =
+        std::fs::read_to_string(cache.path().join(roadrep::models::verified::RECORD_FILE)).unwrap();
+    assert!(
+        record.contains("fusion.onnx") && record.contains("config.json"),
+        "{record}"
+    );
+    FusionModel::open(&dir, &options).unwrap();
+}
+
+#[test]
 fn bad_records_are_errors_not_panics() {
     let model = tiny();
     let view = vec![0.1f32; model.embed_dim()];
