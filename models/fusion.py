@@ -329,7 +329,8 @@ def main(args) -> None:
     kind = "tiny" if args.tiny else "random-full"
     model = build(config, seed, noise=0.02 if args.tiny else 0.01)
     out = Path(args.out)
-    fp = write_dir(model, config, out, f"fusion-{kind}", f"random {kind} rig fusion (seed {seed}), gate 0", clip_fp)
+    size = "tiny" if args.tiny else "full-size"
+    fp = write_dir(model, config, out, f"fusion-{kind}", f"random {size} rig fusion (seed {seed}), gate 0", clip_fp)
     diff = check_onnx_matches(model, out / "fusion.onnx", len(roles), sizes["hidden_size"], seed)
     print(f"model: {out}, fingerprint {fp[:16]}, for CLIP {clip_fp[:16]}; ORT vs PyTorch max diff {diff:.2e}")
     if args.reference_out:
