@@ -20,12 +20,13 @@
 //! - [`models`]: ONNX Runtime setup, model directories and their manifests,
 //!   reference-exact image preprocessing, the CLIP image/text encoders and
 //!   the BLIP captioner.
-//! - [`fuse`]: rigs: the fusion model that joins a multi-camera record's
-//!   per-view CLIP embeddings into one.
 //! - [`tagging`]: label sets, prompt ensembles, zero-shot scores (pure), and
 //!   the on-disk cache of class text embeddings.
 //! - [`segment`]: scene segmentation of a camera's embedding stream (pure):
 //!   cuts, keyframes, dominant tags.
+//! - [`fuse`]: multi-camera rigs: `[[rigs]]`, the assembler that joins the
+//!   views of a rig close in time into rig records, and the fusion model
+//!   that turns their CLIP embeddings into one.
 //! - [`caption`]: keyframe captions: greedy/beam decoding and the
 //!   low-priority worker that drains the store's caption backlog.
 //! - [`store`]: sled trees, keys, versioned values, search scans.

@@ -61,6 +61,7 @@ fn start(config: RoadrepConfig) -> Running {
         caption_preprocess: None,
         captioner: None,
         config_path: None,
+        rig_fuser: None,
     };
 
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();

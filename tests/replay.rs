@@ -296,6 +296,7 @@ fn a_batch_that_cannot_be_stored_leaves_its_clip_incomplete() {
             max_caption_backlog: 1,
             thumbnail_width: 256,
             keyframe_width: 0,
+            rigs: None,
         },
         Arc::new(AtomicBool::new(false)),
     );

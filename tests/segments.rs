@@ -110,6 +110,7 @@ fn settings(clip: &Path, caption: Option<ImagePreprocessor>) -> Settings {
             max_caption_backlog: 500,
             thumbnail_width: 0,
             keyframe_width: 160,
+            rigs: None,
         },
     }
 }

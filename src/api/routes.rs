@@ -182,18 +182,28 @@ impl From<FrameEntry> for FrameView {
 pub async fn text_search(
     State(state): State<ApiState>,
     req: Result<Query<SearchRequest>, QueryRejection>,
-) -> Result<Json<SearchResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let Query(req) = req.map_err(query_error)?;
     req.check_labels(state.tagger.class_embeddings())?;
     let s = state.clone();
     let store = state.store.get()?;
+    if req.rig.is_some() {
+        // `rig=`: the rig's records, ranked by their fused embedding.
+        let hits = blocking(&state, move || {
+            Ok(search::rigs::rig_text_search(&store, &s.model, &req)?)
+        })
+        .await?;
+        return Ok(Json(search::rigs::RigSearchResponse { rig_hits: hits }).into_response());
+    }
     let hits = blocking(&state, move || {
         Ok(search::text_search(&store, &s.model, &req)?)
     })
     .await?;
     Ok(Json(SearchResponse {
         hits: hits.into_iter().map(HitView::from).collect(),
-    }))
+    })
+    .into_response())
 }
 
 pub async fn image_search(

@@ -117,6 +117,7 @@ pub fn bench_replay(
             max_caption_backlog: 1,
             thumbnail_width: settings.thumbnail_width,
             keyframe_width: 0,
+            rigs: None,
         },
         Arc::new(AtomicBool::new(false)),
     );

@@ -62,9 +62,14 @@ pub enum Command {
 /// `roadrep tag`
 #[derive(Debug, Args)]
 pub struct TagArgs {
-    /// Image files (JPEG, PNG, BMP, WebP, TIFF, PNM).
+    /// Image files (JPEG, PNG, BMP, WebP, TIFF, PNM); with --rig, ROLE=IMAGE
+    /// or nuScenes names (<log>__<CAM_NAME>__<microseconds>.jpg).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
+    /// The images are the views of one rig: print its record (views, their
+    /// offsets to the anchor, fused tags) instead of one line per image.
+    #[arg(long)]
+    pub rig: bool,
     /// Print JSON (every score) instead of one line per image.
     #[arg(long)]
     pub json: bool,
@@ -197,9 +202,16 @@ pub struct BenchClipArgs {
 /// `roadrep replay`
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// Video files (anything GStreamer's decodebin reads; audio is ignored).
+    /// Video files (anything GStreamer's decodebin reads; audio is ignored);
+    /// with --rig, ROLE=FILE, one per camera of the rig.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    /// Replay one recording per camera of this rig together (files given
+    /// as ROLE=FILE, the first role is the anchor unless [[rigs]] names
+    /// one); frames are stored as camera RIG-ROLE unless a [[streams]]
+    /// entry has that rig and role.
+    #[arg(long)]
+    pub rig: Option<String>,
     /// Camera name for all files [default: each file's name without extension].
     #[arg(long)]
     pub camera: Option<String>,
@@ -209,10 +221,11 @@ pub struct ReplayArgs {
     /// Which frames are decoded [default: ingest.decode].
     #[arg(long, value_enum)]
     pub decode: Option<roadrep::ingest::config::DecodeMode>,
-    /// Recording time of each file's start (RFC 3339 or Unix seconds)
-    /// [default: the file's modification time minus its duration].
+    /// Recording time of each file's start (RFC 3339 or Unix seconds);
+    /// with --rig, ROLE=TIME, once per role [default: the file's modification
+    /// time minus its duration; with --rig, first its creation time tag].
     #[arg(long)]
-    pub start: Option<String>,
+    pub start: Vec<String>,
     /// Store directory [default: store.path].
     #[arg(long)]
     pub store: Option<PathBuf>,
@@ -263,6 +276,12 @@ pub struct SearchArgs {
     /// Number of results.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+    /// Rank this rig's records (fused views) instead of frames.
+    #[arg(long, conflicts_with = "image")]
+    pub rig: Option<String>,
+    /// With --rig: only records where these roles are present (comma-separated).
+    #[arg(long, requires = "rig", value_delimiter = ',')]
+    pub views: Vec<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -5,10 +5,13 @@ pub mod cli;
 pub mod client;
 pub mod export;
 pub mod replay;
+pub mod rig;
 pub mod run;
 pub mod search;
+pub mod search_rig;
 pub mod segments;
 pub mod tag;
+pub mod tag_rig;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -82,6 +85,34 @@ pub fn load_model(config: &RoadrepConfig) -> anyhow::Result<ClipModel> {
         verified_files_dir: Some(cache_dir(config)),
     };
     Ok(ClipModel::load(&config.models.clip, &runtime, &options)?)
+}
+
+/// What fuses rig records: `[models] fusion`, else a fusion model made
+/// for the CLIP model beside it, else the mean of the views.
+pub fn load_fuser(
+    config: &RoadrepConfig,
+    model: &ClipModel,
+) -> anyhow::Result<roadrep::fuse::fuser::RigFuser> {
+    load_fuser_for(config, &config.models.clip, model)
+}
+
+/// [`load_fuser`] for the CLIP model in `clip_dir`.
+pub fn load_fuser_for(
+    config: &RoadrepConfig,
+    clip_dir: &Path,
+    model: &ClipModel,
+) -> anyhow::Result<roadrep::fuse::fuser::RigFuser> {
+    let options = roadrep::fuse::FusionOptions {
+        intra_threads: 1,
+        verified_files_dir: Some(cache_dir(config)),
+    };
+    roadrep::fuse::fuser::RigFuser::load(
+        config.models.fusion.as_deref(),
+        clip_dir,
+        model.fingerprint(),
+        &options,
+    )
+    .context("[models] fusion")
 }
 
 /// The configured cache directory (text embeddings, verified model files).

@@ -36,23 +36,55 @@ pub fn replay_clips(
         .store
         .clone()
         .unwrap_or_else(|| config.store.path.clone());
+    let sample_fps = args.fps.unwrap_or(config.ingest.sample_fps);
+    anyhow::ensure!(
+        sample_fps > 0.0 && sample_fps <= 120.0,
+        "--fps must be in (0, 120]"
+    );
+    let decode = args.decode.unwrap_or(config.ingest.decode);
+    // A rig's files and layout are checked before anything is loaded.
+    let rig = args
+        .rig
+        .as_deref()
+        .map(|name| super::rig::replay_plan(config, name, args, sample_fps))
+        .transpose()?;
     let parts = super::load_parts(config, &store_path)?;
+    let rigs = match &rig {
+        Some(plan) => {
+            let fuser = super::load_fuser(config, &parts.model)?;
+            fuser
+                .check_roles(&plan.layout)
+                .map_err(|e| anyhow::anyhow!("--rig: {e}"))?;
+            eprintln!(
+                "replay: rig '{}' fused by {}",
+                plan.layout.name,
+                fuser.describe()
+            );
+            Some(roadrep::pipeline::RigSetup {
+                layouts: vec![plan.layout.clone()],
+                fuser,
+            })
+        }
+        None => None,
+    };
+    anyhow::ensure!(
+        args.start.len() <= 1 || rig.is_some(),
+        "--start is given {} times: once per replay (or ROLE=TIME per role with --rig)",
+        args.start.len()
+    );
     let settings = ReplaySettings {
         files: args.files.clone(),
         camera: args.camera.clone(),
-        sample_fps: args.fps.unwrap_or(config.ingest.sample_fps),
-        decode: args.decode.unwrap_or(config.ingest.decode),
+        sample_fps,
+        decode,
         file_start_ns: args
             .start
-            .as_deref()
-            .map(roadrep::search::parse_time)
+            .first()
+            .filter(|_| rig.is_none())
+            .map(|s| roadrep::search::parse_time(s))
             .transpose()
             .map_err(|e| anyhow::anyhow!("--start: {e}"))?,
     };
-    anyhow::ensure!(
-        settings.sample_fps > 0.0 && settings.sample_fps <= 120.0,
-        "--fps must be in (0, 120]"
-    );
     // SIGINT/SIGTERM stop after the frames in flight are stored.
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -71,6 +103,7 @@ pub fn replay_clips(
             max_caption_backlog: config.captions.max_backlog,
             thumbnail_width: config.store.thumbnail_width,
             keyframe_width: config.store.keyframe_width,
+            rigs,
         },
         stop.clone(),
     );
@@ -84,7 +117,18 @@ pub fn replay_clips(
             pipeline.load(),
         )
     });
-    let report = replay(pipeline, &settings, &progress)?;
+    let report = match &rig {
+        Some(plan) => roadrep::replay::rig::replay_rig(
+            pipeline,
+            &roadrep::replay::rig::RigReplaySettings {
+                views: plan.views.clone(),
+                sample_fps,
+                decode,
+            },
+            &progress,
+        )?,
+        None => replay(pipeline, &settings, &progress)?,
+    };
     progress.bar.finish_and_clear();
     if let Some(failure) = &report.totals.store_failure {
         // Nothing more can be written; what is on disk is only known by

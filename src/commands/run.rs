@@ -23,6 +23,11 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let caption_preprocess = parts.caption_preprocess(&config);
+    let rig_fuser = if config.rig_layouts().is_ok_and(|r| !r.is_empty()) {
+        Some(super::load_fuser(&config, &parts.model)?)
+    } else {
+        None
+    };
     let totals = runtime.block_on(async {
         let parts = DaemonParts {
             model: parts.model,
@@ -34,6 +39,7 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
                 .captioner
                 .map(|c| c as Arc<dyn roadrep::caption::Captioner>),
             config_path: RoadrepConfig::file_to_load(config_path),
+            rig_fuser,
         };
         run_daemon(&config, parts, shutdown_signal(), None).await
     })?;

@@ -20,11 +20,17 @@ pub fn run(config_path: Option<&Path>, args: &SearchArgs) -> anyhow::Result<Exit
         q: args.text.clone(),
         min_score: args.min_score,
         top: Some(args.top),
+        rig: args.rig.clone(),
+        views: (!args.views.is_empty()).then(|| args.views.join(",")),
         ..args.filter.to_request()
     };
     req.filter().map_err(|e| anyhow::anyhow!("{e}"))?; // bad flags fail before any I/O
 
     let auth = client::authorization(&config)?;
+    if req.rig.is_some() {
+        req.rig_filter().map_err(|e| anyhow::anyhow!("{e}"))?;
+        return super::search_rig::run(&config, args, &req, auth.as_deref());
+    }
     let hits = match via_api(
         &config.api.listen,
         auth.as_deref(),

@@ -65,7 +65,8 @@ pub fn run(
             camera: args.range.camera.first().cloned(),
             fps: args.fps,
             decode: None,
-            start: None,
+            start: Vec::new(),
+            rig: None,
             store: args.store.clone(),
         };
         let (report, store) = super::replay::replay_clips(&config, &replay_args)?;

@@ -46,7 +46,16 @@ pub fn run(config_path: Option<&Path>, args: &TagArgs) -> anyhow::Result<ExitCod
 
     let mut failed = 0usize;
     let mut results = Vec::new();
-    for chunk in args.images.chunks(config.batcher.max_frames) {
+    let rig_views = args
+        .rig
+        .then(|| super::rig::still_views(&args.images))
+        .transpose()?;
+    let paths: Vec<PathBuf> = match &rig_views {
+        Some(v) => v.iter().map(|v| v.path.clone()).collect(),
+        None => args.images.clone(),
+    };
+    let mut embedded: Vec<(PathBuf, Vec<f32>)> = Vec::new();
+    for chunk in paths.chunks(config.batcher.max_frames) {
         // Decode the chunk; a bad file is reported and skipped.
         let mut decoded = Vec::with_capacity(chunk.len());
         for path in chunk {
@@ -68,6 +77,11 @@ pub fn run(config_path: Option<&Path>, args: &TagArgs) -> anyhow::Result<ExitCod
         let embeds = model.embed_frames(&frames).context("embedding images")?;
         for ((path, img), embed) in decoded.iter().zip(embeds.rows()) {
             let scores = tagger.tag(embed);
+            if args.rig {
+                let e = roadrep::tagging::score::l2_normalize(embed);
+                embedded.push((path.to_path_buf(), e.to_vec()));
+                continue;
+            }
             if args.json {
                 results.push(to_json(path, img, &scores));
             } else {
@@ -75,7 +89,11 @@ pub fn run(config_path: Option<&Path>, args: &TagArgs) -> anyhow::Result<ExitCod
             }
         }
     }
-    if args.json {
+    if let Some(views) = rig_views {
+        let fuser = super::load_fuser_for(&config, &model_dir, &model)?;
+        let rig = super::tag_rig::StillRig::assemble(&config, &views, &embedded, &fuser, &tagger)?;
+        rig.print(args.json)?;
+    } else if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
     Ok(if failed > 0 {

@@ -64,6 +64,9 @@ pub struct RoadrepConfig {
     /// Cameras the daemon runs.
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
+    /// Multi-camera rigs (`[[rigs]]`); the streams name their rig and role.
+    #[serde(default)]
+    pub rigs: Vec<crate::fuse::config::RigConfig>,
 }
 
 /// `[store]`
@@ -173,6 +176,11 @@ pub struct ModelsConfig {
     /// ONNX Runtime threads per model; 0 = all cores.
     #[serde(default)]
     pub intra_threads: usize,
+    /// Rig fusion model directory (`models/export.py --fusion`), made for
+    /// the CLIP model above. Unset: `models/fusion-tiny` when it belongs to
+    /// that CLIP model, else rigs fuse to the mean of their views.
+    #[serde(default)]
+    pub fusion: Option<PathBuf>,
 }
 
 /// `[tagging]`
@@ -201,6 +209,7 @@ impl Default for ModelsConfig {
             ort_library: None,
             precision: ImagePrecision::Fp32,
             intra_threads: 0,
+            fusion: None,
         }
     }
 }
@@ -316,7 +325,13 @@ impl RoadrepConfig {
                 )));
             }
         }
+        config.rig_layouts().map_err(&invalid)?;
         Ok(config)
+    }
+
+    /// The rigs the streams form (`[[rigs]]` plus the streams' rig and role).
+    pub fn rig_layouts(&self) -> Result<Vec<crate::fuse::config::RigLayout>, String> {
+        crate::fuse::config::resolve_rigs(&self.rigs, &self.streams, self.ingest.sample_fps)
     }
 
     /// `-c PATH`, else `$ROADREP_CONFIG`, else `config/roadrep.toml` if
@@ -348,6 +363,9 @@ impl RoadrepConfig {
             }
         };
         fix(&mut self.models.clip);
+        if let Some(p) = self.models.fusion.as_mut() {
+            fix(p);
+        }
         if let Some(p) = self.api.token_file.as_mut() {
             fix(p);
         }

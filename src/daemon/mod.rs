@@ -92,6 +92,8 @@ pub struct DaemonParts {
     pub caption_preprocess: Option<ImagePreprocessor>,
     /// The captioner (its worker drains the store's caption backlog).
     pub captioner: Option<Arc<dyn crate::caption::Captioner>>,
+    /// What fuses rig records; `None`: the mean of the views.
+    pub rig_fuser: Option<crate::fuse::fuser::RigFuser>,
     /// The config file `SIGHUP` and `POST /api/reload` re-read.
     pub config_path: Option<PathBuf>,
 }
@@ -127,6 +129,7 @@ impl DaemonSettings {
                 max_caption_backlog: config.captions.max_backlog,
                 thumbnail_width: config.store.thumbnail_width,
                 keyframe_width: config.store.keyframe_width,
+                rigs: None,
             },
             sample_fps: config.ingest.sample_fps,
             decode: config.ingest.decode,
@@ -186,7 +189,18 @@ pub async fn run(
     })?;
     // Every stream is checked before any thread starts.
     let mut plans = plan_streams(&config.streams)?;
-    let settings = DaemonSettings::of(config, parts.caption_preprocess.clone());
+    let mut settings = DaemonSettings::of(config, parts.caption_preprocess.clone());
+    let layouts = config.rig_layouts().map_err(DaemonError::Config)?;
+    if !layouts.is_empty() {
+        let fuser = parts.rig_fuser.clone().unwrap_or_else(|| {
+            crate::fuse::fuser::RigFuser::mean_of_views(parts.model.fingerprint())
+        });
+        for layout in &layouts {
+            fuser.check_roles(layout).map_err(DaemonError::Config)?;
+        }
+        tracing::info!(rigs = layouts.len(), fuser = %fuser.describe(), "Rigs assembled.");
+        settings.pipeline.rigs = Some(crate::pipeline::RigSetup { layouts, fuser });
+    }
     let DaemonParts {
         model,
         tagger,

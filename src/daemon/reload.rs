@@ -104,6 +104,7 @@ fn changed_sections(running: &RoadrepConfig, new: &RoadrepConfig) -> Vec<String>
             ("captions", format!("{:?}", c.captions)),
             ("store", format!("{:?}", c.store)),
             ("api", format!("{:?}", c.api)),
+            ("rigs", format!("{:?}", c.rig_layouts())),
         ]
     };
     section(running)

@@ -34,6 +34,12 @@ pub struct StreamConfig {
     /// Which frames are decoded; unset: `[ingest] decode`.
     #[serde(default)]
     pub decode: Option<DecodeMode>,
+    /// The multi-camera rig this camera belongs to (see `fuse::config`).
+    #[serde(default)]
+    pub rig: Option<String>,
+    /// Its role in the rig (`front`, `back`, ...).
+    #[serde(default)]
+    pub role: Option<String>,
 }
 
 /// Which frames the decoder decodes (`[ingest] decode`). Sampling keeps

@@ -37,3 +37,20 @@ pub const STREAM_UP: &str = "roadrep_stream_up";
 pub const STORE_FAILURES: &str = "roadrep_store_failures_total";
 /// 1 while the store takes writes, 0 while it is closed after a failure.
 pub const STORE_WRITABLE: &str = "roadrep_store_writable";
+
+/// Counter: rig records written, label `rig`.
+pub const RIG_RECORDS: &str = "roadrep_rig_records_total";
+/// Counter: rig records written with a view missing, label `rig`.
+pub const RIG_PARTIAL_RECORDS: &str = "roadrep_rig_partial_records_total";
+/// Counter: views missing from rig records, labels `rig`, `role`.
+pub const RIG_VIEWS_MISSING: &str = "roadrep_rig_views_missing_total";
+/// Counter: frames that came after the rig record they would have joined,
+/// labels `rig`, `role`.
+pub const RIG_LATE_FRAMES: &str = "roadrep_rig_late_frames_total";
+/// Histogram: |time offset| of a present view to its anchor frame, seconds.
+pub const RIG_VIEW_SKEW: &str = "roadrep_rig_view_skew_seconds";
+/// Histogram: how long a rig record waited for its views after its anchor
+/// frame was stored, seconds.
+pub const RIG_ASSEMBLY_SECONDS: &str = "roadrep_rig_assembly_seconds";
+/// Counter: rig records lost to a fusion model error, label `rig`.
+pub const RIG_RECORDS_FAILED: &str = "roadrep_rig_records_failed_total";

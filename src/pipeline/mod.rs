@@ -8,6 +8,7 @@
 //!                        |- FrameEmbedder    embed.rs (CLIP + tags)
 //!                        |- SourceTracker    sources.rs (checkpoints, resume)
 //!                        |- SegmentTracker   segments.rs
+//!                        |- RigTracker       rigs.rs (rig records, fusion)
 //!                        '- Store::write     one transaction per batch
 //! PipelineLoad (load.rs): queued frames, running batch, heartbeat, stored
 //!   frames, shared by handle with ingest, the caption worker and the daemon.
@@ -24,6 +25,7 @@ pub mod embed;
 pub mod frame;
 pub mod load;
 pub mod metrics;
+pub mod rigs;
 pub mod segments;
 pub mod sources;
 mod worker;
@@ -73,6 +75,17 @@ pub struct PipelineSettings {
     pub thumbnail_width: u32,
     /// Width of the picture kept of each segment's keyframe; 0: none.
     pub keyframe_width: u32,
+    /// Multi-camera rigs and their fuser; `None`: no rigs.
+    pub rigs: Option<RigSetup>,
+}
+
+/// The rigs a pipeline assembles, and what fuses their views.
+#[derive(Debug, Clone)]
+pub struct RigSetup {
+    /// The rigs.
+    pub layouts: Vec<crate::fuse::config::RigLayout>,
+    /// Fusion model or mean of the views.
+    pub fuser: crate::fuse::fuser::RigFuser,
 }
 
 /// A running pipeline.
@@ -111,7 +124,32 @@ impl Pipeline {
             }),
         };
         let store = parts.store.clone();
+        let rigs = settings.rigs.clone().and_then(|setup| {
+            let mut seeded = Vec::new();
+            let started = rigs::RigTracker::start(
+                setup.layouts,
+                setup.fuser,
+                parts.tagger.clone(),
+                &parts.store,
+                &mut seeded,
+            )
+            .and_then(|tracker| {
+                // Records a restart completes from stored frames.
+                if !seeded.is_empty() {
+                    parts.store.write(&[], &[], &Default::default(), &seeded)?;
+                }
+                Ok(tracker)
+            });
+            match started {
+                Ok(t) => Some(t),
+                Err(error) => {
+                    tracing::error!(%error, "Cannot start the rig assemblers; rig records are not written.");
+                    None
+                }
+            }
+        });
         let worker = worker::Worker {
+            rigs,
             embedder: embed::FrameEmbedder::new(parts.model, parts.tagger),
             sources: SourceTracker::new(parts.store.clone()),
             segments: settings

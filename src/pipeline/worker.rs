@@ -15,9 +15,11 @@ use super::embed::FrameEmbedder;
 use super::frame::{Frame, IngestEvent, SourceKey};
 use super::load::{FrameReceiver, PipelineLoad};
 use super::metrics;
+use super::rigs::RigTracker;
 use super::segments::SegmentTracker;
 use super::sources::{SourceEnding, SourceTracker};
-use crate::store::{SegmentWrites, Store, StoreError};
+use crate::fuse::assembler::ViewFrame;
+use crate::store::{RigWrite, SegmentWrites, Store, StoreError};
 
 /// Totals of a pipeline run.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -82,6 +84,7 @@ pub(super) struct Worker {
     pub(super) store: Store,
     pub(super) sources: SourceTracker,
     pub(super) segments: Option<SegmentTracker>,
+    pub(super) rigs: Option<RigTracker>,
     pub(super) load: Arc<PipelineLoad>,
     pub(super) max_caption_backlog: usize,
     pub(super) totals: PipelineTotals,
@@ -95,11 +98,13 @@ impl Worker {
         mut assembler: BatchAssembler<Frame>,
     ) -> PipelineTotals {
         loop {
-            let timeout = assembler
-                .deadline()
-                .map_or(Duration::from_millis(500), |d| {
-                    d.saturating_duration_since(Instant::now())
-                });
+            let deadline = match (assembler.deadline(), self.rig_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = deadline.map_or(Duration::from_millis(500), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             match rx.recv_timeout(timeout) {
                 Ok(IngestEvent::Frame(frame)) => {
                     if let Some(batch) = assembler.push(frame, Instant::now()) {
@@ -112,12 +117,14 @@ impl Worker {
                         self.process(batch);
                     }
                     self.end_source(&key, complete);
+                    self.rig_event(|rigs, out| rigs.source_ended(&key.stream, Instant::now(), out));
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     self.load.beat();
                     if let Some(batch) = assembler.poll(Instant::now()) {
                         self.process(batch);
                     }
+                    self.rig_event(|rigs, out| rigs.poll(Instant::now(), out));
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -128,6 +135,7 @@ impl Worker {
         if let Some(batch) = assembler.drain() {
             self.process(batch);
         }
+        self.rig_event(|rigs, out| rigs.finish(out));
         // Live sources close their segments; files keep theirs open in the
         // store, to go on when replayed again.
         if let Some(segments) = &self.segments {
@@ -141,6 +149,32 @@ impl Worker {
         }
         self.load.worker_finished();
         self.totals
+    }
+
+    /// When a live rig record is due.
+    fn rig_deadline(&self) -> Option<Instant> {
+        self.rigs.as_ref().and_then(RigTracker::next_deadline)
+    }
+
+    /// Rig records emitted outside a batch (a source ended, a deadline,
+    /// the end), written on their own.
+    fn rig_event(&mut self, event: impl FnOnce(&mut RigTracker, &mut Vec<super::rigs::Emitted>)) {
+        let Some(rigs) = &mut self.rigs else {
+            return;
+        };
+        let mut emitted = Vec::new();
+        event(rigs, &mut emitted);
+        if emitted.is_empty() {
+            return;
+        }
+        let writes: Vec<RigWrite> = rigs.writes(emitted);
+        if let Err(error) = self
+            .store
+            .write(&[], &[], &SegmentWrites::default(), &writes)
+        {
+            tracing::error!(%error, records = writes.len(), "Cannot store rig records.");
+            self.store_failed(&error);
+        }
     }
 
     /// The store refused a write: sled keeps failing until it is reopened,
@@ -197,6 +231,7 @@ impl Worker {
         let mut stored = Vec::with_capacity(n);
         let mut segment_input = Vec::new();
         let mut touched: Vec<(SourceKey, u32)> = Vec::new();
+        let mut rig_records = Vec::new();
         for (frame, embedded) in batch.items.iter().zip(embedded) {
             let stream_id = match self.sources.record(frame) {
                 Ok(id) => id,
@@ -212,8 +247,24 @@ impl Worker {
             if self.segments.is_some() && !self.sources.is_damaged(&key) {
                 segment_input.push((key, frame, embedded.segment_input(frame)));
             }
-            stored.push(embedded.into_stored(frame, stream_id));
+            let stored_frame = embedded.into_stored(frame, stream_id);
+            if let Some(rigs) = &mut self.rigs
+                && rigs.has_camera(&frame.stream)
+            {
+                let view = ViewFrame {
+                    stream_id,
+                    ts_ns: frame.ts_ns,
+                    pts_ns: frame.pts_ns,
+                    embedding: stored_frame.embedding.clone().into(),
+                };
+                rigs.push(&frame.stream, view, Instant::now(), &mut rig_records);
+            }
+            stored.push(stored_frame);
         }
+        let rig_writes = self
+            .rigs
+            .as_ref()
+            .map_or_else(Vec::new, |r| r.writes(rig_records));
         let checkpoints = self.sources.updates(touched.iter().map(|(k, _)| k));
         let mut writes = SegmentWrites::default();
         if let Some(segments) = &mut self.segments {
@@ -226,7 +277,10 @@ impl Worker {
             }
             segments.finish_writes(&touched, &mut writes);
         }
-        match self.store.write(&stored, &checkpoints, &writes) {
+        match self
+            .store
+            .write(&stored, &checkpoints, &writes, &rig_writes)
+        {
             Ok(new) => {
                 self.totals.segments += writes.closed.len() as u64;
                 ::metrics::counter!(metrics::SEGMENTS).increment(writes.closed.len() as u64);
@@ -323,7 +377,7 @@ impl Worker {
         if updates.is_empty() && writes.is_empty() {
             return;
         }
-        match self.store.write(&[], &updates, &writes) {
+        match self.store.write(&[], &updates, &writes, &[]) {
             Ok(_) => {
                 self.totals.segments += writes.closed.len() as u64;
                 if writes.closed.iter().any(|s| s.caption_image.is_some()) {

@@ -24,6 +24,8 @@ use crate::pipeline::{
 };
 use crate::store::StoreError;
 
+pub mod rig;
+
 /// What to replay.
 #[derive(Debug, Clone)]
 pub struct ReplaySettings {
@@ -118,96 +120,24 @@ pub fn replay(
         if stop.load(Ordering::Relaxed) || load.store_failure().is_some() {
             break;
         }
-        let camera = settings
-            .camera
-            .clone()
-            .unwrap_or_else(|| default_camera(file));
-        let kind = SourceKind::File(file.clone());
-        let source_id = SourceId::of(&kind);
-        let resume = ResumePoint::of(&store, &camera, &source_id, settings.sample_fps)?;
-        let mut report = FileReport {
+        let job = FileJob {
             file: file.clone(),
-            camera: camera.clone(),
-            frames: 0,
-            resumed_after_pts_ns: resume.after_pts(),
-            already_complete: resume == ResumePoint::Complete,
-            error: None,
-        };
-        if let ResumePoint::OtherRate { stored_interval_ns } = resume {
-            let fps = 1e9 / stored_interval_ns as f64;
-            report.error = Some(IngestError::Checkpoint {
-                stream: camera.clone(),
-                message: format!(
-                    "already replayed at {fps} fps; replay it with --fps {fps}, or under another --camera to sample it at {} fps",
-                    settings.sample_fps
-                ),
-            });
-        }
-        if report.already_complete || report.error.is_some() {
-            progress.file_finished(&report);
-            reports.push(report);
-            continue;
-        }
-        progress.file_started(file, &camera, report.resumed_after_pts_ns);
-        let spec = SourceSpec {
-            stream: camera.as_str().into(),
-            kind,
+            camera: settings
+                .camera
+                .clone()
+                .unwrap_or_else(|| default_camera(file)),
             sample_fps: settings.sample_fps,
-            rtsp_transport: RtspTransport::Tcp,
-            latency_ms: 0,
-            file_start_ns: settings.file_start_ns,
             decode: settings.decode,
+            file_start_ns: settings.file_start_ns,
         };
-        let counters = Arc::new(SourceCounters::default());
-        let result: Mutex<Option<Result<SourceEnd, IngestError>>> = Mutex::new(None);
-        std::thread::scope(|scope| {
-            let ingest = scope.spawn(|| {
-                let r = run_source(
-                    &spec,
-                    pipeline.preprocessing(),
-                    &tx,
-                    &stop,
-                    report.resumed_after_pts_ns,
-                    &counters,
-                );
-                *result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-            });
-            // Short polls: the end of a file should not wait for a tick.
-            let mut ticks = 0u32;
-            while !ingest.is_finished() {
-                std::thread::sleep(Duration::from_millis(20));
-                ticks += 1;
-                if !ticks.is_multiple_of(10) {
-                    continue;
-                }
-                progress.tick(
-                    counters.delivered.load(Ordering::Relaxed),
-                    counters.last_pts_ns.load(Ordering::Relaxed),
-                    load.stored_frames(),
-                );
-            }
-        });
-        report.frames = counters.delivered.load(Ordering::Relaxed);
-        let outcome = result.into_inner().unwrap_or_else(|p| p.into_inner());
-        // A truncated file is done too: reading it again gives nothing
-        // more; the report says what is missing.
-        let complete = matches!(outcome, Some(Ok(end)) if end.is_end_of_data());
-        match outcome {
-            Some(Err(e)) => report.error = Some(e),
-            Some(Ok(end)) => report.error = end.truncation_error(&camera),
-            None => {}
-        }
-        let _ = tx.send(IngestEvent::SourceEnded {
-            key: SourceKey {
-                stream: spec.stream.clone(),
-                source_id,
-            },
-            complete,
-        });
-        progress.file_finished(&report);
-        reports.push(report);
+        reports.push(replay_file(&pipeline, &tx, &job, progress)?);
     }
     drop(tx);
+    Ok(finish(pipeline, reports))
+}
+
+/// Waits for the worker to store what it holds; the report.
+pub(crate) fn finish(pipeline: Pipeline, files: Vec<FileReport>) -> ReplayReport {
     let totals = pipeline.finish().unwrap_or_else(|WorkerDied| {
         tracing::error!("The inference thread panicked.");
         PipelineTotals {
@@ -215,8 +145,113 @@ pub fn replay(
             ..Default::default()
         }
     });
-    Ok(ReplayReport {
-        files: reports,
-        totals,
-    })
+    ReplayReport { files, totals }
+}
+
+/// One file to replay as one camera.
+#[derive(Debug, Clone)]
+pub(crate) struct FileJob {
+    pub file: PathBuf,
+    pub camera: String,
+    pub sample_fps: f64,
+    pub decode: crate::ingest::config::DecodeMode,
+    /// Time of pts 0; unset: the file's modification time minus duration.
+    pub file_start_ns: Option<i64>,
+}
+
+/// Replays one file into the pipeline (resuming after its checkpoint),
+/// then tells the worker it ended.
+pub(crate) fn replay_file(
+    pipeline: &Pipeline,
+    tx: &crate::pipeline::FrameSender,
+    job: &FileJob,
+    progress: &dyn ReplayProgress,
+) -> Result<FileReport, StoreError> {
+    let store = pipeline.store();
+    let stop = pipeline.shutdown();
+    let load = pipeline.load();
+    let (file, camera) = (&job.file, &job.camera);
+    let kind = SourceKind::File(file.clone());
+    let source_id = SourceId::of(&kind);
+    let resume = ResumePoint::of(store, camera, &source_id, job.sample_fps)?;
+    let mut report = FileReport {
+        file: file.clone(),
+        camera: camera.clone(),
+        frames: 0,
+        resumed_after_pts_ns: resume.after_pts(),
+        already_complete: resume == ResumePoint::Complete,
+        error: None,
+    };
+    if let ResumePoint::OtherRate { stored_interval_ns } = resume {
+        let fps = 1e9 / stored_interval_ns as f64;
+        report.error = Some(IngestError::Checkpoint {
+            stream: camera.clone(),
+            message: format!(
+                "already replayed at {fps} fps; replay it with --fps {fps}, or under another --camera to sample it at {} fps",
+                job.sample_fps
+            ),
+        });
+    }
+    if report.already_complete || report.error.is_some() {
+        progress.file_finished(&report);
+        return Ok(report);
+    }
+    progress.file_started(file, camera, report.resumed_after_pts_ns);
+    let spec = SourceSpec {
+        stream: camera.as_str().into(),
+        kind,
+        sample_fps: job.sample_fps,
+        rtsp_transport: RtspTransport::Tcp,
+        latency_ms: 0,
+        file_start_ns: job.file_start_ns,
+        decode: job.decode,
+    };
+    let counters = Arc::new(SourceCounters::default());
+    let result: Mutex<Option<Result<SourceEnd, IngestError>>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        let ingest = scope.spawn(|| {
+            let r = run_source(
+                &spec,
+                pipeline.preprocessing(),
+                tx,
+                stop,
+                report.resumed_after_pts_ns,
+                &counters,
+            );
+            *result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        });
+        // Short polls: the end of a file should not wait for a tick.
+        let mut ticks = 0u32;
+        while !ingest.is_finished() {
+            std::thread::sleep(Duration::from_millis(20));
+            ticks += 1;
+            if !ticks.is_multiple_of(10) {
+                continue;
+            }
+            progress.tick(
+                counters.delivered.load(Ordering::Relaxed),
+                counters.last_pts_ns.load(Ordering::Relaxed),
+                load.stored_frames(),
+            );
+        }
+    });
+    report.frames = counters.delivered.load(Ordering::Relaxed);
+    let outcome = result.into_inner().unwrap_or_else(|p| p.into_inner());
+    // A truncated file is done too: reading it again gives nothing
+    // more; the report says what is missing.
+    let complete = matches!(outcome, Some(Ok(end)) if end.is_end_of_data());
+    match outcome {
+        Some(Err(e)) => report.error = Some(e),
+        Some(Ok(end)) => report.error = end.truncation_error(camera),
+        None => {}
+    }
+    let _ = tx.send(IngestEvent::SourceEnded {
+        key: SourceKey {
+            stream: spec.stream.clone(),
+            source_id,
+        },
+        complete,
+    });
+    progress.file_finished(&report);
+    Ok(report)
 }

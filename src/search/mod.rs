@@ -6,9 +6,11 @@
 //! embedding tree, so a query is never compared across embedding spaces.
 //!
 //! - [`summary`]: segments as summary lines (API and CLI).
+//! - [`rigs`]: rig records ranked by their fused embedding (`rig=`).
 //! - [`export`]: stored frames -> image-caption dataset (trainer input).
 
 pub mod export;
+pub mod rigs;
 pub mod summary;
 
 use serde::{Deserialize, Serialize};
@@ -59,6 +61,12 @@ pub struct SearchRequest {
     /// Results wanted (search) or frames listed (listing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top: Option<usize>,
+    /// Rank the records of this rig instead of frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rig: Option<String>,
+    /// With `rig`: roles that must be present, comma-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views: Option<String>,
 }
 
 /// Most results one request may ask for.
@@ -212,6 +220,11 @@ pub fn image_search(
     image: &RgbFrame<'_>,
     req: &SearchRequest,
 ) -> Result<Vec<SearchHit>, SearchError> {
+    if req.rig.is_some() {
+        return Err(SearchError::BadRequest(
+            "rig: rig records are searched by text".into(),
+        ));
+    }
     let (filter, top) = (req.filter()?, req.top()?);
     let embed = model.embed_frames(std::slice::from_ref(image))?;
     let query = l2_normalize(embed.row(0));

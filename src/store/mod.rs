@@ -33,6 +33,8 @@
 //!   each embedding written, until the search index file has it (see
 //!   [`index`]; the file lives in `search-index/` inside the store's
 //!   directory)
+//! - `rigs`: rig registry, rig records and their fused embeddings (see
+//!   [`rigs`])
 //!
 //! A batch of frames and the checkpoint that covers them are written in one
 //! transaction, so after a crash the checkpoint never claims frames that are
@@ -46,6 +48,7 @@ pub mod index;
 mod keyframes;
 pub mod keys;
 mod query;
+pub mod rigs;
 pub mod schema;
 mod segments;
 mod thumbnails;
@@ -61,6 +64,7 @@ pub use keys::FrameKey;
 pub use query::{
     FrameEntry, FrameFilter, SearchHit, SearchMethod, SearchOutcome, SearchPath, StoreStats,
 };
+pub use rigs::{RigFilter, RigHit, RigRecord, RigView, RigWrite};
 pub use schema::{
     CaptionJob, CaptionState, Checkpoint, FrameRecord, KeyframeCandidateImages, KeyframeImage,
     OpenSegmentRecord, SegmentRecord, SetTag, StreamRecord, TagRecord,
@@ -138,6 +142,9 @@ pub enum StoreError {
         fingerprint: String,
         held: String,
     },
+    /// A query named a rig the store has never seen.
+    #[error("unknown rig '{name}' (rigs in the store: {known})")]
+    UnknownRig { name: String, known: String },
     /// A keyframe image that cannot be stored.
     #[error("keyframe image: {0}")]
     KeyframeImage(String),
@@ -190,6 +197,7 @@ pub struct Store {
     caption_queue: sled::Tree,
     caption_index: sled::Tree,
     embedding_log: sled::Tree,
+    rigs: sled::Tree,
     /// The approximate search index of `embeddings`.
     index: std::sync::Arc<index::SearchIndex>,
     /// Wakes the captioner when a job is queued.
@@ -295,6 +303,7 @@ impl Store {
             caption_queue: tree(CAPTION_QUEUE_TREE)?,
             caption_index: tree(CAPTION_INDEX_TREE)?,
             embedding_log,
+            rigs: tree(rigs::RIGS_TREE)?,
             index,
             caption_signal: Default::default(),
             caption_backlog: Default::default(),
@@ -416,16 +425,18 @@ impl Store {
         frames: &[StoredFrame],
         checkpoints: &[CheckpointUpdate],
     ) -> Result<usize, StoreError> {
-        self.write(frames, checkpoints, &SegmentWrites::default())
+        self.write(frames, checkpoints, &SegmentWrites::default(), &[])
     }
 
-    /// [`Store::write_batch`] plus the segments the batch closed and the
-    /// open-segment markers, all in one transaction.
+    /// [`Store::write_batch`] plus the segments the batch closed, the
+    /// open-segment markers and the rig records it completed, all in one
+    /// transaction.
     pub fn write(
         &self,
         frames: &[StoredFrame],
         checkpoints: &[CheckpointUpdate],
         segments: &SegmentWrites,
+        rigs: &[RigWrite],
     ) -> Result<usize, StoreError> {
         for f in frames {
             if f.embedding.len() != self.embed_dim {
@@ -454,6 +465,7 @@ impl Store {
             &self.thumbnails,
             &self.keyframes,
             &self.embedding_log,
+            &self.rigs,
         )
             .transaction(
                 |(
@@ -470,6 +482,7 @@ impl Store {
                     thumbs_t,
                     pictures_t,
                     log_t,
+                    rigs_t,
                 )| {
                     let mut new = 0;
                     for (seq, f) in (first_seq..).zip(frames) {
@@ -510,6 +523,7 @@ impl Store {
                         segments, seg_t, open_t, queue_t, words_t, pictures_t,
                     )?;
                     keyframes::write(&segments.keyframes, kf_t)?;
+                    rigs::write(rigs, rigs_t)?;
                     Ok((new, queued))
                 },
             );

@@ -272,6 +272,7 @@ fn captions_apply_only_to_the_keyframe_they_were_made_for_and_stale_words_go() {
                 closed: vec![seg],
                 ..Default::default()
             },
+            &[],
         )
         .unwrap()
     };
@@ -325,6 +326,7 @@ fn the_caption_backlog_is_counted_without_a_scan_and_trimmed_oldest_first() {
                 &[],
                 &[],
                 &closed(vec![segment(id, start, start + 1, CaptionState::Pending)]),
+                &[],
             )
             .unwrap();
         }
@@ -333,6 +335,7 @@ fn the_caption_backlog_is_counted_without_a_scan_and_trimmed_oldest_first() {
             &[],
             &[],
             &closed(vec![segment(id, 200, 202, CaptionState::Pending)]),
+            &[],
         )
         .unwrap();
         assert_eq!(s.caption_backlog(), 3);
@@ -369,7 +372,9 @@ fn keyframe_candidate_images_come_back_bit_exact_until_removed() {
         keyframes: vec![KeyframeImageWrite::store(f.key, &images).unwrap()],
         ..Default::default()
     };
-    store.write(std::slice::from_ref(&f), &[], &writes).unwrap();
+    store
+        .write(std::slice::from_ref(&f), &[], &writes, &[])
+        .unwrap();
     let back = store.keyframe_images([f.key]).unwrap();
     assert_eq!(back.get(&f.key), Some(&images));
     let odd = KeyframeImages {
@@ -382,7 +387,7 @@ fn keyframe_candidate_images_come_back_bit_exact_until_removed() {
         keyframes: vec![KeyframeImageWrite::remove(f.key)],
         ..Default::default()
     };
-    store.write(&[], &[], &writes).unwrap();
+    store.write(&[], &[], &writes, &[]).unwrap();
     assert!(store.keyframe_images([f.key]).unwrap().is_empty());
 }
 
@@ -427,17 +432,19 @@ fn a_closed_segment_keeps_its_keyframe_picture_and_a_replaced_one_drops_it() {
         }],
         ..Default::default()
     };
-    s.write(&[], &[], &with_picture(105, Some(b"one"))).unwrap();
+    s.write(&[], &[], &with_picture(105, Some(b"one")), &[])
+        .unwrap();
     assert_eq!(
         s.keyframe_picture(&key(105)).unwrap().as_deref(),
         Some(&b"one"[..])
     );
     assert!(s.has_keyframe_picture(&key(105)).unwrap());
     // Closed again without pictures (keyframe_width = 0): the picture stays.
-    s.write(&[], &[], &with_picture(105, None)).unwrap();
+    s.write(&[], &[], &with_picture(105, None), &[]).unwrap();
     assert!(s.has_keyframe_picture(&key(105)).unwrap());
     // Closed again with another keyframe: the old picture goes.
-    s.write(&[], &[], &with_picture(107, Some(b"two"))).unwrap();
+    s.write(&[], &[], &with_picture(107, Some(b"two")), &[])
+        .unwrap();
     assert!(!s.has_keyframe_picture(&key(105)).unwrap());
     assert_eq!(
         s.keyframe_picture(&key(107)).unwrap().as_deref(),

@@ -1,0 +1,251 @@
+//! Multi-camera rigs end to end: still images (nuScenes), `replay --rig`
+//! of generated clips (exact record counts, offsets, a missing camera),
+//! and a rig replay killed with SIGKILL and resumed.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+/// 2024-05-01T10:00:00Z.
+const T0: &str = "1714557600";
+
+fn ok(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Every rig record of `rig`, as `roadrep search --rig` lists them, by time:
+/// (anchor ns, per role (role, present, offset ms)).
+/// (role, present, offset ms) of one view.
+type ViewSummary = (String, bool, Option<f64>);
+
+fn records(store: &Path, rig: &str, cache: &Path) -> Vec<(i64, Vec<ViewSummary>)> {
+    let out = common::roadrep(
+        &[
+            "search",
+            "--rig",
+            rig,
+            "a road",
+            "--top",
+            "10000",
+            "--json",
+            "--store",
+            store.to_str().unwrap(),
+        ],
+        cache,
+    );
+    let v: Value = serde_json::from_str(&ok(&out)).unwrap();
+    let mut recs: Vec<_> = v["rig_hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            let views = h["views"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    (
+                        v["role"].as_str().unwrap().to_string(),
+                        v["present"].as_bool().unwrap(),
+                        v["offset_ms"].as_f64(),
+                    )
+                })
+                .collect();
+            (h["ts_ns"].as_i64().unwrap(), views)
+        })
+        .collect();
+    recs.sort_by_key(|r| r.0);
+    recs
+}
+
+#[test]
+fn nuscenes_keyframe_is_one_record_of_six_views() {
+    let Some(real) = common::realdata() else {
+        eprintln!("skipped: ../shared/realdata is absent");
+        return;
+    };
+    let dir = real.join("nuscenes_6cam_mmdet3d");
+    let mut images: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".jpg"))
+        .collect();
+    images.sort();
+    assert_eq!(images.len(), 7);
+    let cache = tempfile::tempdir().unwrap();
+    let mut args = vec!["tag", "--rig", "--json"];
+    args.extend(images.iter().map(String::as_str));
+    let v: Value = serde_json::from_str(&ok(&common::roadrep(&args, cache.path()))).unwrap();
+    let records = v["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{v:#}");
+    let r = &records[0];
+    assert_eq!(r["anchor"], "front");
+    assert_eq!(r["anchor_ns"], 1_532_402_927_612_460_000i64);
+    assert_eq!(r["views_present"], 6);
+    let offset = |role: &str| {
+        r["views"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["role"] == role)
+            .and_then(|v| v["offset_ms"].as_f64())
+            .unwrap()
+    };
+    // From the names' microseconds.
+    assert!((offset("back_left") - 34.963).abs() < 1e-6);
+    assert!((offset("front_left") + 7.616).abs() < 1e-6);
+    assert_eq!(offset("front"), 0.0);
+    // The CAM_BACK_LEFT frame of another log is not in the record.
+    let not_matched = v["not_matched"].as_array().unwrap();
+    assert_eq!(not_matched.len(), 1);
+    assert!(
+        not_matched[0][0]
+            .as_str()
+            .unwrap()
+            .contains("tests__n015-2018-07-18")
+    );
+    assert!(r["fused_tags"].as_array().unwrap().len() >= 4);
+    assert!(
+        r["fusion"].as_str().unwrap().contains("fusion-tiny"),
+        "{r:#}"
+    );
+}
+
+#[test]
+fn replayed_rig_gives_one_record_per_anchor_sample_and_a_missing_camera_is_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (front, back) = (dir.path().join("front.mp4"), dir.path().join("back.mp4"));
+    // 4 s each at 25 fps: 8 samples at 2 fps.
+    common::make_clip(&front, 100, 25, 320, 240, "smpte");
+    common::make_clip(&back, 100, 25, 320, 240, "ball");
+    let store = dir.path().join("store");
+    let back_start = "1714557600.1"; // 100 ms after the front camera
+    let missing = dir.path().join("left.mp4");
+    let out = common::roadrep(
+        &[
+            "replay",
+            "--rig",
+            "car1",
+            &format!("front={}", front.display()),
+            &format!("back={}", back.display()),
+            &format!("front_left={}", missing.display()),
+            "--start",
+            &format!("front={T0}"),
+            "--start",
+            &format!("back={back_start}"),
+            "--start",
+            &format!("front_left={T0}"),
+            "--store",
+            store.to_str().unwrap(),
+        ],
+        &cache,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a missing file fails the replay");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("left.mp4"), "{stderr}");
+    let recs = records(&store, "car1", &cache);
+    assert_eq!(recs.len(), 8, "{recs:?}");
+    for (i, (ts, views)) in recs.iter().enumerate() {
+        // Each 500 ms step takes the first 25 fps frame at or after it.
+        let step_ns = i as i64 * 500_000_000;
+        let sampled_ns = (step_ns + 39_999_999) / 40_000_000 * 40_000_000;
+        assert_eq!(*ts, 1_714_557_600_000_000_000 + sampled_ns);
+        assert_eq!(views[0], ("front".into(), true, Some(0.0)));
+        assert_eq!(views[1], ("back".into(), true, Some(100.0)));
+        assert_eq!(views[2], ("front_left".into(), false, None));
+    }
+    // Replaying again changes nothing.
+    let again = common::roadrep(
+        &[
+            "replay",
+            "--rig",
+            "car1",
+            &format!("front={}", front.display()),
+            &format!("back={}", back.display()),
+            "--start",
+            &format!("front={T0}"),
+            "--start",
+            &format!("back={back_start}"),
+            "--store",
+            store.to_str().unwrap(),
+        ],
+        &cache,
+    );
+    ok(&again);
+    assert_eq!(records(&store, "car1", &cache), recs);
+}
+
+#[test]
+fn a_killed_rig_replay_resumes_to_the_same_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (front, back) = (dir.path().join("front.mp4"), dir.path().join("back.mp4"));
+    // 40 s each: 80 samples per camera, long enough to kill mid-way.
+    common::make_clip(&front, 1000, 25, 320, 240, "smpte");
+    common::make_clip(&back, 1000, 25, 320, 240, "ball");
+    let args = |store: &Path| -> Vec<String> {
+        vec![
+            "replay".into(),
+            "--rig".into(),
+            "car1".into(),
+            format!("front={}", front.display()),
+            format!("back={}", back.display()),
+            "--start".into(),
+            format!("front={T0}"),
+            "--start".into(),
+            "back=1714557600.13".into(),
+            "--store".into(),
+            store.display().to_string(),
+        ]
+    };
+    let reference = dir.path().join("reference");
+    let a: Vec<String> = args(&reference);
+    ok(&common::roadrep(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &cache,
+    ));
+    let expected = records(&reference, "car1", &cache);
+    assert_eq!(expected.len(), 80);
+
+    let store = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roadrep"))
+        .args(args(&store))
+        .current_dir(common::root())
+        .env("XDG_CACHE_HOME", &cache)
+        .env_remove("ROADREP_CONFIG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut killed = false;
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        // "replay: 12.0 s of video, 300 frames decoded, 40 stored"
+        let stored: Option<u64> = line
+            .strip_suffix(" stored")
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok());
+        if stored.is_some_and(|n| n >= 40) {
+            child.kill().unwrap();
+            killed = true;
+            break;
+        }
+    }
+    child.wait().unwrap();
+    assert!(killed, "the replay ended before it could be killed");
+    let resumed: Vec<String> = args(&store);
+    ok(&common::roadrep(
+        &resumed.iter().map(String::as_str).collect::<Vec<_>>(),
+        &cache,
+    ));
+    assert_eq!(records(&store, "car1", &cache), expected);
+}
