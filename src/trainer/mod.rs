@@ -25,6 +25,7 @@ pub mod config;
 pub mod dataset;
 pub mod eval;
 pub mod external;
+pub mod fusion;
 pub mod lora;
 pub mod merge;
 pub mod optim;
