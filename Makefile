@@ -39,6 +39,7 @@ export-env:
 fixtures: export-env
 	.venv-export/bin/python models/export.py --tiny --out models/clip-tiny --reference-out tests/fixtures/clip-tiny
 	.venv-export/bin/python models/export.py --blip --tiny --out models/blip-tiny --reference-out tests/fixtures/blip-tiny
+	.venv-export/bin/python models/export.py --fusion --tiny --clip models/clip-tiny --out models/fusion-tiny --reference-out tests/fixtures/fusion-tiny
 
 # Full-size ViT-B/32 with random weights, for benchmarks (~600 MB, not committed).
 models/clip-random-full/manifest.toml:
@@ -50,7 +51,12 @@ models/blip-random-full/manifest.toml:
 	$(MAKE) export-env
 	.venv-export/bin/python models/export.py --blip --random-full --out models/blip-random-full
 
-random-full: models/clip-random-full/manifest.toml models/blip-random-full/manifest.toml
+# Rig fusion model (D=512, 2 layers) with random weights for that CLIP, for benchmarks (~18 MB, not committed).
+models/fusion-random-full/manifest.toml: models/clip-random-full/manifest.toml
+	$(MAKE) export-env
+	.venv-export/bin/python models/export.py --fusion --random-full --clip models/clip-random-full --out models/fusion-random-full
+
+random-full: models/clip-random-full/manifest.toml models/blip-random-full/manifest.toml models/fusion-random-full/manifest.toml
 
 bench: build random-full
 	target/release/roadrep bench clip --model models/clip-random-full

@@ -25,6 +25,9 @@ Sources:
     --tiny                    tiny random weights (committed test fixture, demo default)
     --random-full             ViT-B/32 architecture, random weights (benchmarks)
 
+With --fusion, --tiny and --random-full give a rig fusion directory for the
+CLIP directory --clip (models/fusion.py: fusion.onnx, config.json).
+
 With --blip the same sources give a BLIP captioning directory instead
 (models/blip.py: vision_encoder.onnx, text_decoder.onnx with a KV cache,
 BERT tokenizer; Salesforce/blip-image-captioning-base, BLIP-base).
@@ -585,6 +588,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     ap.add_argument("--blip", action="store_true", help="export BLIP captioning (models/blip.py) instead of CLIP")
+    ap.add_argument("--fusion", action="store_true",
+                    help="export a rig fusion model (models/fusion.py) for the CLIP directory --clip")
+    ap.add_argument("--clip", help="fusion: the CLIP model directory whose embeddings it fuses")
+    ap.add_argument("--roles", help="fusion: comma-separated camera roles in slot order "
+                                    "(default front,front_left,front_right,back,back_left,back_right)")
     src.add_argument("--checkpoint", help="Hugging Face CLIP (or, with --blip, BLIP) checkpoint name or local directory")
     src.add_argument("--tiny", action="store_true", help="tiny random-weight model (test fixture)")
     src.add_argument("--random-full", action="store_true", help="ViT-B/32 (with --blip: BLIP-base) architecture, random weights (benchmarks)")
@@ -602,6 +610,12 @@ def main() -> None:
     ap.add_argument("--save-checkpoint", metavar="DIR", help="BLIP: also save the model as a HF checkpoint (tests --checkpoint)")
     args = ap.parse_args()
 
+    if args.fusion:
+        import fusion
+
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        fusion.main(args)
+        return
     if args.blip:
         import blip
 

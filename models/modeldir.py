@@ -81,17 +81,21 @@ def fingerprint(shas: dict[str, str], roles: list[str], preprocess: dict) -> str
 
 
 def write_manifest(out_dir: Path, kind: str, name: str, source: str, section: dict,
-                   preprocess: dict, files: dict[str, str], fingerprint_roles: list[str]) -> str:
+                   preprocess: dict | None, files: dict[str, str], fingerprint_roles: list[str]) -> str:
     """Writes out_dir/manifest.toml (files by role: sha256, ONNX inputs and
-    outputs); returns the fingerprint."""
+    outputs); returns the fingerprint. `preprocess` None: a model that takes
+    no images (fusion) has no [preprocess] section, nor lines in its
+    fingerprint."""
     entries = {}
     for role, f in files.items():
         entries[role] = {"path": f, "sha256": sha256_file(out_dir / f)}
         if f.endswith(".onnx"):
             entries[role]["inputs"], entries[role]["outputs"] = onnx_io(out_dir / f)
-    fp = fingerprint({r: e["sha256"] for r, e in entries.items()}, fingerprint_roles, preprocess)
+    fp = fingerprint({r: e["sha256"] for r, e in entries.items()}, fingerprint_roles, preprocess or {})
     manifest = {"format_version": 1, "kind": kind, "name": name, "source": source, "fingerprint": fp,
                 kind: section, "preprocess": preprocess, "files": entries}
+    if preprocess is None:
+        del manifest["preprocess"]
     (out_dir / "manifest.toml").write_text(dump_manifest(manifest, writer="models/export.py"))
     return fp
 
