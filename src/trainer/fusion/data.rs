@@ -480,3 +480,17 @@ fn embed_texts(
         })
         .collect()
 }
+
+/// The default embedding cache: `$XDG_CACHE_HOME/roadrep/fusion-embeddings`,
+/// else `~/.cache/roadrep/fusion-embeddings`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("roadrep").join("fusion-embeddings"))
+}

@@ -252,3 +252,54 @@ pub fn write_manifest(
     std::fs::write(&out_path, text).map_err(|e| TrainerError::io(&out_path, e))?;
     Ok(fingerprint)
 }
+
+/// What [`write_dir`] wrote.
+#[derive(Debug, Clone)]
+pub struct WrittenDir {
+    /// The new fusion directory.
+    pub dir: PathBuf,
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// Initializers that changed.
+    pub changed: Vec<String>,
+}
+
+/// Writes a fusion directory with `model`'s weights: `base`'s `fusion.onnx`
+/// with new initializers, its other files copied, a manifest with the new
+/// sha256s and fingerprint (the same `clip_fingerprint`). Checked by
+/// reading it back.
+pub fn write_dir(
+    base: &FusionDir,
+    model: &super::RigFusion,
+    out_dir: &Path,
+    name: &str,
+    source: &str,
+) -> Result<WrittenDir, TrainerError> {
+    if let (Ok(a), Ok(b)) = (base.dir.canonicalize(), out_dir.canonicalize())
+        && a == b
+    {
+        return Err(TrainerError::Config(format!(
+            "output '{}' is the base fusion directory",
+            out_dir.display()
+        )));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| TrainerError::io(out_dir, e))?;
+    let files = files_of(&base.dir, &base.table)?;
+    let mut changed = Vec::new();
+    for (role, entry) in &files {
+        let src = base.dir.join(&entry.path);
+        let dst = out_dir.join(&entry.path);
+        if role == FUSION_ROLE {
+            changed = super::model::write_weights(model, &src, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst).map_err(|e| TrainerError::io(&src, e))?;
+        }
+    }
+    let fingerprint = write_manifest(base, out_dir, name, source)?;
+    FusionDir::open(out_dir)?;
+    Ok(WrittenDir {
+        dir: out_dir.to_path_buf(),
+        fingerprint,
+        changed,
+    })
+}

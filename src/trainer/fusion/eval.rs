@@ -131,7 +131,7 @@ pub fn evaluate(
 /// The metrics as a table.
 pub fn table(m: &FusionMetrics) -> String {
     let mut s = format!(
-        "text -> rig, {} rigs, {} captions\n{:<10} {:>6} {:>6} {:>6}\n",
+        "text -> rig, {} rigs, {} captions\n{:<24} {:>6} {:>6} {:>6}\n",
         m.samples, m.captions, "embedding", "R@1", "R@5", "R@10"
     );
     let anchor = format!(
@@ -144,7 +144,7 @@ pub fn table(m: &FusionMetrics) -> String {
         (anchor.as_str(), &m.anchor),
     ] {
         s.push_str(&format!(
-            "{name:<10} {:>6.3} {:>6.3} {:>6.3}\n",
+            "{name:<24} {:>6.3} {:>6.3} {:>6.3}\n",
             r.r1, r.r5, r.r10
         ));
     }
