@@ -352,3 +352,83 @@ fn bad_lines_and_images_are_named() {
     assert_eq!(data.skipped.len(), 2);
     assert!(data.skipped[1].contains("line 3") && data.skipped[1].contains("missing.png"));
 }
+
+/// `train-fusion` then `eval-fusion` on the written model, as a user runs them.
+#[test]
+fn cli_trains_then_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_task(dir.path());
+    let out = dir.path().join("run");
+    let cache = dir.path().join("cache");
+    let trainer = env!("CARGO_BIN_EXE_trainer");
+    let run = |args: &[String]| {
+        let o = std::process::Command::new(trainer)
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            o.status.success(),
+            "{args:?}: {stdout}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        stdout
+    };
+    let clip = common::tiny_model_dir();
+    let (clip, fusion) = (clip.to_str().unwrap(), fusion_tiny());
+    let common_args = |cmd: &'static str, fusion: &Path| -> Vec<String> {
+        [
+            cmd,
+            "--log",
+            "warn",
+            "--clip",
+            clip,
+            "--fusion",
+            fusion.to_str().unwrap(),
+            "--data",
+            manifest.to_str().unwrap(),
+            "--cache",
+            cache.to_str().unwrap(),
+            "--val-fraction",
+            "0.25",
+            "--seed",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut train_args = common_args("train-fusion", &fusion);
+    train_args.extend(
+        [
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "40",
+            "--batch-size",
+            "16",
+            "--lr",
+            "3e-3",
+            "--patience",
+            "0",
+            "--quiet",
+        ]
+        .map(String::from),
+    );
+    let printed = run(&train_args);
+    assert!(printed.contains("model in"), "{printed}");
+    let report = dir.path().join("eval.json");
+    let mut eval_args = common_args("eval-fusion", &out.join("model"));
+    eval_args.extend(["--report", report.to_str().unwrap()].map(String::from));
+    let table = run(&eval_args);
+    eprintln!("{table}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r1 = |k: &str| r["metrics"][k]["r1"].as_f64().unwrap();
+    assert!(r1("fused") >= r1("mean") + 0.2, "{table}");
+    assert!(r1("fused") >= r1("anchor") + 0.2, "{table}");
+    let written = FusionDir::open(&out.join("model")).unwrap();
+    assert_eq!(
+        written.clip_fingerprint,
+        FusionDir::open(&fusion).unwrap().clip_fingerprint
+    );
+}

@@ -19,6 +19,9 @@ use roadrep::trainer::tokens::ClipTokenizer;
 use roadrep::trainer::train::{self, Batcher, RunOptions};
 use roadrep::trainer::{eval, merge};
 
+#[path = "trainer/fusion.rs"]
+mod fusion;
+
 #[derive(Parser)]
 #[command(
     name = "trainer",
@@ -81,6 +84,11 @@ enum Command {
         #[arg(long)]
         int8: bool,
     },
+    /// Train a rig fusion model on captioned multi-camera rigs (CLIP frozen).
+    TrainFusion(fusion::TrainFusionArgs),
+    /// Text-to-rig recall of a fusion model against the mean of the views
+    /// and the anchor view alone.
+    EvalFusion(fusion::EvalFusionArgs),
     /// Training steps per second on synthetic batches (no data needed).
     Bench {
         /// Model directory.
@@ -264,6 +272,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::TrainFusion(args) => fusion::run_train(args, &device),
+        Command::EvalFusion(args) => fusion::run_eval(args, &device),
         Command::Bench {
             model,
             steps,
