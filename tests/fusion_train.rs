@@ -58,10 +58,10 @@ fn noisy(rgb: [u8; 3], rng: &mut SplitMix64) -> image::RgbImage {
 fn write_task(dir: &Path) -> PathBuf {
     let mut rng = SplitMix64::new(11);
     let mut lines = String::new();
-    for a in 0..4 {
-        for b in 0..4 {
+    let (fronts, backs) = COLOURS.split_at(4);
+    for (a, front) in fronts.iter().enumerate() {
+        for (b, back) in backs.iter().enumerate() {
             for k in 0..PER_PAIR {
-                let (front, back) = (COLOURS[a], COLOURS[4 + b]);
                 let name = format!("r{a}{b}{k}");
                 noisy(front.1, &mut rng)
                     .save(dir.join(format!("{name}_f.png")))

@@ -68,7 +68,7 @@ impl FusionConfig {
 
     /// Refuses sizes the forward pass cannot run with.
     pub fn validate(&self) -> Result<(), String> {
-        if self.d == 0 || self.h == 0 || self.d % self.h != 0 {
+        if self.d == 0 || self.h == 0 || !self.d.is_multiple_of(self.h) {
             return Err(format!(
                 "D={} must be a positive multiple of H={}",
                 self.d, self.h

@@ -93,7 +93,7 @@ impl FusionTrainConfig {
         if self.batch_size < 2 {
             return bad("batch_size must be at least 2 (the negatives come from the batch)");
         }
-        if !(self.learning_rate > 0.0) {
+        if self.learning_rate.is_nan() || self.learning_rate <= 0.0 {
             return bad("learning_rate must be positive");
         }
         if !(0.0..1.0).contains(&self.view_dropout) {
@@ -102,7 +102,7 @@ impl FusionTrainConfig {
         if !(0.0..1.0).contains(&self.val_fraction) {
             return bad("val_fraction must be in [0, 1)");
         }
-        if self.logit_scale.is_some_and(|s| !(s > 0.0)) {
+        if self.logit_scale.is_some_and(|s| s.is_nan() || s <= 0.0) {
             return bad("logit_scale must be positive");
         }
         Ok(())
