@@ -89,6 +89,8 @@ enum Command {
     /// Text-to-rig recall of a fusion model against the mean of the views
     /// and the anchor view alone.
     EvalFusion(fusion::EvalFusionArgs),
+    /// Fusion training steps per second on random rigs (full size by default).
+    BenchFusion(fusion::BenchFusionArgs),
     /// Training steps per second on synthetic batches (no data needed).
     Bench {
         /// Model directory.
@@ -274,6 +276,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::TrainFusion(args) => fusion::run_train(args, &device),
         Command::EvalFusion(args) => fusion::run_eval(args, &device),
+        Command::BenchFusion(args) => fusion::run_bench(args, &device),
         Command::Bench {
             model,
             steps,

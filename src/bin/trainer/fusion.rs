@@ -281,3 +281,52 @@ pub fn run_eval(a: EvalFusionArgs, device: &Device) -> Result<()> {
     }
     Ok(())
 }
+
+/// `trainer bench-fusion`: sizes default to the full model.
+#[derive(Args)]
+pub struct BenchFusionArgs {
+    /// Embedding width D.
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    /// Transformer layers L.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Attention heads H.
+    #[arg(long, default_value_t = 8)]
+    heads: usize,
+    /// Feed-forward width F.
+    #[arg(long, default_value_t = 1024)]
+    ff: usize,
+    /// Rigs per batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+}
+
+/// `trainer bench-fusion`.
+pub fn run_bench(a: BenchFusionArgs, device: &Device) -> Result<()> {
+    let config = roadrep::trainer::fusion::FusionConfig {
+        d: a.dim,
+        l: a.layers,
+        h: a.heads,
+        f: a.ff,
+        ..roadrep::trainer::fusion::FusionConfig::tiny()
+    };
+    config.validate().map_err(anyhow::Error::msg)?;
+    let s = fusion_train::seconds_per_step(&config, a.batch_size, a.steps, device)?;
+    println!(
+        "fusion D={} V={} L={} H={} F={}, batch {}: {:.2} ms/step, {:.1} steps/s, {:.0} rigs/s",
+        config.d,
+        config.v,
+        config.l,
+        config.h,
+        config.f,
+        a.batch_size,
+        s * 1e3,
+        1.0 / s,
+        a.batch_size as f64 / s
+    );
+    Ok(())
+}

@@ -494,3 +494,35 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         })?;
     Some(base.join("roadrep").join("fusion-embeddings"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_survives_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = EmbeddingCache::open(Some(dir.path()), "fp", 3).unwrap();
+        c.put("a".into(), vec![1.0, 2.0, 3.0]).unwrap();
+        c.put("b".into(), vec![4.0, 5.0, 6.0]).unwrap();
+        drop(c);
+        let path = dir.path().join("fp.bin");
+        let len = std::fs::metadata(&path).unwrap().len();
+        // A run killed while writing "b".
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 5).unwrap();
+        drop(f);
+        let mut c = EmbeddingCache::open(Some(dir.path()), "fp", 3).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.get("a"), Some(&vec![1.0, 2.0, 3.0]));
+        c.put("c".into(), vec![7.0, 8.0, 9.0]).unwrap();
+        drop(c);
+        let c = EmbeddingCache::open(Some(dir.path()), "fp", 3).unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.get("c"), Some(&vec![7.0, 8.0, 9.0]));
+        // Another width starts afresh rather than misreading.
+        let c = EmbeddingCache::open(Some(dir.path()), "fp", 4).unwrap();
+        assert!(c.is_empty());
+        assert!(c.get("a").is_none());
+    }
+}

@@ -441,3 +441,84 @@ pub fn load_best(model: &RigFusion, path: &Path) -> Result<(), TrainerError> {
     }
     Ok(())
 }
+
+/// Seconds per optimizer step (forward, backward, AdamW) of a freshly
+/// initialised model of `config`'s size on random rigs, `batch` per step,
+/// after one untimed step; view dropout as in training.
+pub fn seconds_per_step(
+    config: &super::FusionConfig,
+    batch: usize,
+    steps: usize,
+    device: &candle_core::Device,
+) -> Result<f64, TrainerError> {
+    let model = RigFusion::init(config.clone(), 0, device)?;
+    let mut rng = SplitMix64::new(1);
+    let mut random = |n: usize| (0..n).map(|_| rng.next_f32() - 0.5).collect::<Vec<f32>>();
+    let samples = (0..batch)
+        .map(|i| {
+            let views = (0..config.v).map(|_| Some(random(config.d))).collect();
+            (views, format!("rig {i}"))
+        })
+        .collect();
+    let texts: Vec<Vec<f32>> = (0..batch).map(|_| random(config.d)).collect();
+    let data = RigEmbeddings::from_parts(config.roles.clone(), config.d, samples, |_| {
+        Ok(texts.clone())
+    })?;
+    let named = model.named_vars();
+    let vars: Vec<_> = named.iter().map(|(_, v)| *v).collect();
+    let mut opt = AdamW::new(&vars, vec![true; vars.len()], AdamWParams::default())?;
+    let idx: Vec<usize> = (0..batch).collect();
+    let mut dropout = SplitMix64::new(2);
+    let mut started = Instant::now();
+    for step in 0..=steps {
+        if step == 1 {
+            started = Instant::now();
+        }
+        let present = drop_views(&data, &idx, 0.3, &mut dropout);
+        let loss = batch_loss(&model, &data, &idx, 14.0, Some(present))?;
+        let grads = loss.backward()?;
+        let grads: Vec<Option<Tensor>> = vars
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).cloned())
+            .collect();
+        opt.step(&vars, &grads, 1e-4)?;
+    }
+    Ok(started.elapsed().as_secs_f64() / steps.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_dropout_keeps_a_view_of_every_rig() {
+        let roles: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let samples = (0..50)
+            .map(|i| {
+                let views = (0..3)
+                    .map(|r| (r <= i % 3).then(|| vec![1.0, 0.0]))
+                    .collect();
+                (views, format!("{i}"))
+            })
+            .collect();
+        let data =
+            RigEmbeddings::from_parts(roles, 2, samples, |c| Ok(vec![vec![1.0, 0.0]; c.len()]))
+                .unwrap();
+        let idx: Vec<usize> = (0..50).collect();
+        let mut rng = SplitMix64::new(3);
+        let (mut kept, mut had) = (0.0, 0.0);
+        for _ in 0..20 {
+            let m = drop_views(&data, &idx, 0.9, &mut rng);
+            for (i, row) in m.chunks(3).enumerate() {
+                assert!(row.iter().any(|&x| x > 0.0), "rig {i} lost every view");
+                for (r, &x) in row.iter().enumerate() {
+                    assert!(x <= data.present[i * 3 + r], "an absent view came back");
+                }
+                kept += row.iter().sum::<f32>();
+            }
+            had += data.present.iter().sum::<f32>();
+        }
+        // Mostly dropped, but never below one per rig.
+        assert!(kept < 0.7 * had && kept >= 50.0 * 20.0, "{kept} of {had}");
+    }
+}
