@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from modeldir import write_manifest  # noqa: E402
+from modeldir import set_output_shapes, write_manifest  # noqa: E402
 
 OPSET = 17
 LAYER_NORM_EPS = 1e-5
@@ -183,8 +183,6 @@ def export_onnx(model: RigFusion, path: Path, roles: int, dim: int) -> None:
         )
     import onnx
 
-    from modeldir import set_output_shapes
-
     set_output_shapes(path, {OUTPUT: ["batch", dim]})
     names = {i.name for i in onnx.load(str(path)).graph.initializer}
     missing = [n for n, _ in model.named_parameters() if n not in names]
@@ -321,6 +319,8 @@ def main(args) -> None:
     roles = [r.strip() for r in args.roles.split(",")] if args.roles else DEFAULT_ROLES
     if len(set(roles)) != len(roles) or not all(roles):
         sys.exit(f"export.py: --roles {args.roles!r}: roles must be distinct and non-empty")
+    if args.reference_out and roles != DEFAULT_ROLES:
+        sys.exit("export.py: --reference-out needs the default roles (its cases name them)")
     clip_fp, clip_dim = clip_identity(Path(args.clip))
     sizes = dict(TINY if args.tiny else RANDOM_FULL)
     if sizes["hidden_size"] != clip_dim:
@@ -329,7 +329,8 @@ def main(args) -> None:
     kind = "tiny" if args.tiny else "random-full"
     model = build(config, seed, noise=0.02 if args.tiny else 0.01)
     out = Path(args.out)
-    fp = write_dir(model, config, out, f"fusion-{kind}", f"random {kind} rig fusion (seed {seed}), gate 0", clip_fp)
+    size = "tiny" if args.tiny else "full-size"
+    fp = write_dir(model, config, out, f"fusion-{kind}", f"random {size} rig fusion (seed {seed}), gate 0", clip_fp)
     diff = check_onnx_matches(model, out / "fusion.onnx", len(roles), sizes["hidden_size"], seed)
     print(f"model: {out}, fingerprint {fp[:16]}, for CLIP {clip_fp[:16]}; ORT vs PyTorch max diff {diff:.2e}")
     if args.reference_out:

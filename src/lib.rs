@@ -20,6 +20,8 @@
 //! - [`models`]: ONNX Runtime setup, model directories and their manifests,
 //!   reference-exact image preprocessing, the CLIP image/text encoders and
 //!   the BLIP captioner.
+//! - [`fuse`]: rigs: the fusion model that joins a multi-camera record's
+//!   per-view CLIP embeddings into one.
 //! - [`tagging`]: label sets, prompt ensembles, zero-shot scores (pure), and
 //!   the on-disk cache of class text embeddings.
 //! - [`segment`]: scene segmentation of a camera's embedding stream (pure):
@@ -44,6 +46,7 @@ pub mod bench;
 pub mod caption;
 pub mod config;
 pub mod daemon;
+pub mod fuse;
 pub mod ingest;
 pub mod models;
 pub mod pipeline;

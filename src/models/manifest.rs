@@ -341,8 +341,18 @@ pub(crate) fn check_fingerprint(
 
 /// Checks that every listed file is present and matches its sha256.
 pub fn verify_files(dir: &Path, files: &BTreeMap<String, FileEntry>) -> Result<(), ModelError> {
+    verify_files_with(dir, files, None)
+}
+
+/// As [`verify_files`]; files in `verified` unchanged since they were
+/// hashed are not hashed again.
+pub fn verify_files_with(
+    dir: &Path,
+    files: &BTreeMap<String, FileEntry>,
+    verified: Option<&VerifiedFiles>,
+) -> Result<(), ModelError> {
     for (role, entry) in files {
-        verify_file(dir, role, entry, None)?;
+        verify_file(dir, role, entry, verified)?;
     }
     Ok(())
 }

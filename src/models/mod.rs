@@ -73,6 +73,20 @@ pub enum ModelError {
     /// ONNX Runtime refused to load or run a model.
     #[error("'{path}': onnxruntime: {message}")]
     Ort { path: PathBuf, message: String },
+    /// A rig fusion model made for another CLIP model than the one in use:
+    /// its output would lie in another embedding space.
+    #[error(
+        "fusion model '{dir}' was made for CLIP {expected}, not for the CLIP model in use ({actual}): \
+         export or train a fusion model for this CLIP"
+    )]
+    ClipMismatch {
+        dir: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    /// Input a model cannot run on (wrong dimension, no view present, ...).
+    #[error("'{path}': {message}")]
+    Input { path: PathBuf, message: String },
     /// The tokenizer could not be loaded or failed on a text.
     #[error("'{path}': tokenizer: {message}")]
     Tokenizer { path: PathBuf, message: String },
