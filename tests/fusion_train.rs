@@ -20,8 +20,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use ndarray::{Array2, Array3};
-use ort::value::TensorRef;
+use roadrep::fuse::{FusionModel, FusionOptions};
 use roadrep::models::{ClipModel, ClipOptions, ImagePrecision};
 use roadrep::trainer::bench::COLOURS;
 use roadrep::trainer::dataset::{OnBadRecord, split};
@@ -190,44 +189,38 @@ fn written_model_runs_in_onnx_runtime_like_candle() {
     let written = write_dir(&base, &model, out.path(), "fusion-test", "test").unwrap();
     assert_eq!(written.changed.len(), model.named_vars().len());
     let reopened = FusionDir::open(out.path()).unwrap();
-    assert_eq!(reopened.clip_fingerprint, base.clip_fingerprint);
-    assert_eq!(reopened.fingerprint, written.fingerprint);
-    assert_ne!(reopened.fingerprint, base.fingerprint);
+    assert_eq!(reopened.clip_fingerprint(), base.clip_fingerprint());
+    assert_eq!(reopened.manifest.fingerprint, written.fingerprint);
+    assert_ne!(reopened.manifest.fingerprint, base.manifest.fingerprint);
 
+    // The daemon's runner on the written directory, records with views missing.
+    let daemon = FusionModel::open(out.path(), &FusionOptions::default()).unwrap();
+    daemon.check_clip(base.clip_fingerprint()).unwrap();
     let c = &base.config;
     let b = 7;
-    let x = Array3::from_shape_fn((b, c.v, c.d), |_| rng.next_f32() - 0.5);
-    let m = Array2::from_shape_fn((b, c.v), |(i, r)| {
-        f32::from(i == 0 || (i + r) % 3 != 0 || r == i % c.v)
-    });
-    let xt = Tensor::from_vec(
-        x.iter().copied().collect::<Vec<_>>(),
-        (b, c.v, c.d),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let mt = Tensor::from_vec(
-        m.iter().copied().collect::<Vec<_>>(),
-        (b, c.v),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let candle = model.forward(&xt, &mt).unwrap().to_vec2::<f32>().unwrap();
-    let mut session = common::runtime().session(&reopened.onnx, 1).unwrap();
-    let outputs = session
-        .run(ort::inputs![
-            "view_embeddings" => TensorRef::from_array_view(x.view()).unwrap(),
-            "view_present" => TensorRef::from_array_view(m.view()).unwrap()
-        ])
-        .unwrap();
-    let ort_rows: Vec<Vec<f32>> = outputs["fused_embedding"]
-        .try_extract_array::<f32>()
-        .unwrap()
-        .outer_iter()
-        .map(|r| r.iter().copied().collect())
+    let x: Vec<f32> = (0..b * c.v * c.d).map(|_| rng.next_f32() - 0.5).collect();
+    let m: Vec<f32> = (0..b * c.v)
+        .map(|k| {
+            let (i, r) = (k / c.v, k % c.v);
+            f32::from(i == 0 || (i + r) % 3 != 0 || r == i % c.v)
+        })
         .collect();
+    let records: Vec<Vec<Option<&[f32]>>> = (0..b)
+        .map(|i| {
+            (0..c.v)
+                .map(|r| {
+                    let k = i * c.v + r;
+                    (m[k] > 0.0).then(|| &x[k * c.d..(k + 1) * c.d])
+                })
+                .collect()
+        })
+        .collect();
+    let ort_rows = daemon.fuse(&records).unwrap();
+    let xt = Tensor::from_vec(x.clone(), (b, c.v, c.d), &Device::Cpu).unwrap();
+    let mt = Tensor::from_vec(m.clone(), (b, c.v), &Device::Cpu).unwrap();
+    let candle = model.forward(&xt, &mt).unwrap().to_vec2::<f32>().unwrap();
     let diff = max_diff(&candle, &ort_rows);
-    eprintln!("ORT on the written fusion.onnx vs candle: max diff {diff:.2e}");
+    eprintln!("FusionModel (ORT) on the written directory vs candle: max diff {diff:.2e}");
     assert!(diff < 1e-4, "{diff}");
 }
 
@@ -427,8 +420,8 @@ fn cli_trains_then_evaluates() {
     assert!(r1("fused") >= r1("mean") + 0.2, "{table}");
     assert!(r1("fused") >= r1("anchor") + 0.2, "{table}");
     let written = FusionDir::open(&out.join("model")).unwrap();
-    assert_eq!(
-        written.clip_fingerprint,
-        FusionDir::open(&fusion).unwrap().clip_fingerprint
-    );
+    let base = FusionDir::open(&fusion).unwrap();
+    assert_eq!(written.clip_fingerprint(), base.clip_fingerprint());
+    // The daemon opens what the trainer wrote.
+    FusionModel::open(&out.join("model"), &FusionOptions::default()).unwrap();
 }

@@ -215,17 +215,11 @@ pub fn run_train(a: TrainFusionArgs, device: &Device) -> Result<()> {
         &a.out.join("loss.svg"),
         &report::loss_curve_svg(&outcome.history),
     )?;
-    let base_name = l
-        .dir
-        .table
-        .get("name")
-        .and_then(|n| n.as_str())
-        .unwrap_or("fusion")
-        .to_string();
+    let base_name = l.dir.manifest.name.clone();
     let name = a.name.unwrap_or_else(|| format!("{base_name}-trained"));
     let source = format!(
         "{base_name} ({}) trained by `trainer train-fusion` on {} ({} rigs, {} steps)",
-        &l.dir.fingerprint[..l.dir.fingerprint.len().min(12)],
+        &l.dir.manifest.fingerprint[..l.dir.manifest.fingerprint.len().min(12)],
         a.inputs.data.display(),
         outcome.split.0,
         outcome.steps
@@ -271,7 +265,7 @@ pub fn run_eval(a: EvalFusionArgs, device: &Device) -> Result<()> {
         let report = serde_json::json!({
             "clip": a.inputs.clip.display().to_string(),
             "fusion": a.inputs.fusion.display().to_string(),
-            "fusion_fingerprint": l.dir.fingerprint,
+            "fusion_fingerprint": l.dir.manifest.fingerprint,
             "data": a.inputs.data.display().to_string(),
             "split": if a.all { "all".to_string() } else { format!("val {} seed {}", a.val_fraction, a.seed) },
             "skipped": l.data.skipped,

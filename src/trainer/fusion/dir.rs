@@ -1,47 +1,49 @@
 //! A fusion model directory (`models/export.py --fusion`): `fusion.onnx`,
-//! `config.json` (sizes and roles) and `manifest.toml` (`kind = "fusion"`,
-//! `[fusion]` with `embed_dim`, `roles`, `clip_fingerprint`, `layers`,
-//! `heads`; `[files.fusion]`, `[files.config]`).
-//!
-//! The manifest is read as a TOML table, not a typed struct, so fields the
-//! trainer does not use pass through a rewrite unchanged.
+//! `config.json` and `manifest.toml` (`kind = "fusion"`). Read and
+//! fingerprinted with the daemon's [`FusionManifest`]; rewritten as a TOML
+//! table (as `trainer merge` rewrites a CLIP manifest), so fields the
+//! trainer does not use pass through unchanged.
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::super::TrainerError;
+use crate::fuse::FusionManifest;
+use crate::fuse::manifest::roles;
 use crate::models::ModelError;
-use crate::models::manifest::{FileEntry, MANIFEST_FILE, sha256_file, verify_files};
+use crate::models::manifest::{MANIFEST_FILE, sha256_file};
 
-/// Manifest role of `fusion.onnx`.
-pub const FUSION_ROLE: &str = "fusion";
-/// Manifest role of `config.json`.
-pub const CONFIG_ROLE: &str = "config";
-/// The roles a fusion fingerprint covers, in order.
-const FINGERPRINT_ROLES: [&str; 2] = [FUSION_ROLE, CONFIG_ROLE];
-
-/// `config.json` of a fusion directory, in `models/fusion.py`'s names
-/// (`D, V, L, H, F` are accepted too).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The sizes the candle model is built with (`config.json`'s
+/// `hidden_size`, `num_roles`, `num_hidden_layers`, `num_attention_heads`,
+/// `intermediate_size`, `roles`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FusionConfig {
-    /// Embedding width (CLIP's joint space).
-    #[serde(rename = "hidden_size", alias = "D")]
+    /// Embedding width D (CLIP's joint space).
     pub d: usize,
-    /// Number of view roles.
-    #[serde(rename = "num_roles", alias = "V")]
+    /// Number of view roles V.
     pub v: usize,
-    /// Transformer layers.
-    #[serde(rename = "num_hidden_layers", alias = "L")]
+    /// Transformer layers L.
     pub l: usize,
-    /// Attention heads.
-    #[serde(rename = "num_attention_heads", alias = "H")]
+    /// Attention heads H.
     pub h: usize,
-    /// Feed-forward width.
-    #[serde(rename = "intermediate_size", alias = "F")]
+    /// Feed-forward width F.
     pub f: usize,
     /// View roles in model order (`front`, `front_left`, ...).
     pub roles: Vec<String>,
+}
+
+impl From<&crate::fuse::manifest::FusionConfig> for FusionConfig {
+    fn from(c: &crate::fuse::manifest::FusionConfig) -> Self {
+        Self {
+            d: c.hidden_size,
+            v: c.num_roles,
+            l: c.num_hidden_layers,
+            h: c.num_attention_heads,
+            f: c.intermediate_size,
+            roles: c.roles.clone(),
+        }
+    }
 }
 
 impl FusionConfig {
@@ -91,16 +93,14 @@ impl FusionConfig {
 pub struct FusionDir {
     /// The directory.
     pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: FusionManifest,
     /// Its manifest as written.
     pub table: toml::Table,
     /// Sizes and roles.
     pub config: FusionConfig,
     /// `fusion.onnx`.
     pub onnx: PathBuf,
-    /// `[fusion] clip_fingerprint`: the CLIP space it was built for.
-    pub clip_fingerprint: String,
-    /// `fingerprint` of the manifest.
-    pub fingerprint: String,
 }
 
 fn manifest_error(dir: &Path, message: String) -> TrainerError {
@@ -110,109 +110,56 @@ fn manifest_error(dir: &Path, message: String) -> TrainerError {
     })
 }
 
-fn files_of(
-    dir: &Path,
-    table: &toml::Table,
-) -> Result<std::collections::BTreeMap<String, FileEntry>, TrainerError> {
-    let files = table
-        .get("files")
-        .cloned()
-        .ok_or_else(|| manifest_error(dir, "no [files] table".into()))?;
-    files
+/// The fingerprint of a manifest table, by the daemon's rule
+/// ([`FusionManifest::compute_fingerprint`]).
+fn compute_fingerprint(dir: &Path, table: &toml::Table) -> Result<String, TrainerError> {
+    let m: FusionManifest = table
+        .clone()
         .try_into()
-        .map_err(|e: toml::de::Error| manifest_error(dir, format!("[files]: {e}")))
-}
-
-/// The fingerprint of a fusion manifest: sha256 over the `role=sha256`
-/// lines of `fusion` and `config` (`models/modeldir.py`'s scheme; a model
-/// that takes no images has no preprocessing lines).
-pub fn compute_fingerprint(dir: &Path, table: &toml::Table) -> Result<String, TrainerError> {
-    use sha2::{Digest, Sha256};
-    let files = files_of(dir, table)?;
-    let mut h = Sha256::new();
-    for role in FINGERPRINT_ROLES {
-        let entry = files
-            .get(role)
-            .ok_or_else(|| manifest_error(dir, format!("no [files.{role}] entry")))?;
-        h.update(format!("{role}={}\n", entry.sha256.to_ascii_lowercase()));
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
-fn clip_fingerprint(dir: &Path, table: &toml::Table) -> Result<String, TrainerError> {
-    table
-        .get("fusion")
-        .and_then(|f| f.get("clip_fingerprint"))
-        .and_then(|v| v.as_str())
-        .map(str::to_string)
-        .ok_or_else(|| manifest_error(dir, "no [fusion] clip_fingerprint".into()))
+        .map_err(|e: toml::de::Error| manifest_error(dir, e.to_string()))?;
+    Ok(m.compute_fingerprint()?)
 }
 
 impl FusionDir {
-    /// Reads `dir/manifest.toml`, checks every file's sha256 and the
-    /// fingerprint, and reads `config.json`.
+    /// Reads and verifies `dir` as the daemon does (files, fingerprint,
+    /// `config.json` against the manifest).
     pub fn open(dir: &Path) -> Result<Self, TrainerError> {
+        let (manifest, config) = FusionManifest::read_verified(dir, None)?;
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| TrainerError::io(&path, e))?;
         let table: toml::Table =
             toml::from_str(&text).map_err(|e| manifest_error(dir, e.to_string()))?;
-        let kind = table.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-        if kind != "fusion" {
-            return Err(manifest_error(
-                dir,
-                format!("kind '{kind}' is not a fusion model"),
-            ));
-        }
-        let files = files_of(dir, &table)?;
-        verify_files(dir, &files)?;
-        let recorded = table
-            .get("fingerprint")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string();
-        let computed = compute_fingerprint(dir, &table)?;
-        if recorded != computed {
-            return Err(manifest_error(
-                dir,
-                format!("fingerprint {recorded} does not match its files ({computed})"),
-            ));
-        }
-        let entry = |role: &str| {
-            files
-                .get(role)
-                .map(|e| dir.join(&e.path))
-                .ok_or_else(|| manifest_error(dir, format!("no [files.{role}] entry")))
-        };
-        let config_path = entry(CONFIG_ROLE)?;
-        let text =
-            std::fs::read_to_string(&config_path).map_err(|e| TrainerError::io(&config_path, e))?;
-        let bad_config = |message: String| TrainerError::Onnx {
-            path: config_path.clone(),
-            message,
-        };
-        let config: FusionConfig = serde_json::from_str(&text)
-            .map_err(|e| bad_config(format!("not a fusion config: {e}")))?;
-        config.validate().map_err(bad_config)?;
+        let config = FusionConfig::from(&config);
+        config
+            .validate()
+            .map_err(|m| manifest_error(dir, format!("config.json: {m}")))?;
         Ok(Self {
-            onnx: entry(FUSION_ROLE)?,
-            clip_fingerprint: clip_fingerprint(dir, &table)?,
-            fingerprint: recorded,
+            onnx: dir.join(&manifest.file(dir, roles::FUSION)?.path),
             dir: dir.to_path_buf(),
+            manifest,
             table,
             config,
         })
     }
 
-    /// Refuses a fusion model built for another CLIP space.
+    /// `[fusion] clip_fingerprint`: the CLIP space it was made for.
+    pub fn clip_fingerprint(&self) -> &str {
+        &self.manifest.fusion.clip_fingerprint
+    }
+
+    /// Refuses a fusion model made for another CLIP space (the daemon's
+    /// error, naming both fingerprints).
     pub fn check_clip(&self, clip_fingerprint: &str) -> Result<(), TrainerError> {
-        if self.clip_fingerprint == clip_fingerprint {
+        let expected = self.clip_fingerprint();
+        if expected.eq_ignore_ascii_case(clip_fingerprint) {
             return Ok(());
         }
-        Err(TrainerError::Config(format!(
-            "fusion model '{}' was built for CLIP {}, not {clip_fingerprint}",
-            self.dir.display(),
-            self.clip_fingerprint
-        )))
+        Err(ModelError::ClipMismatch {
+            dir: self.dir.clone(),
+            expected: expected.to_string(),
+            actual: clip_fingerprint.to_string(),
+        }
+        .into())
     }
 }
 
@@ -284,12 +231,11 @@ pub fn write_dir(
         )));
     }
     std::fs::create_dir_all(out_dir).map_err(|e| TrainerError::io(out_dir, e))?;
-    let files = files_of(&base.dir, &base.table)?;
     let mut changed = Vec::new();
-    for (role, entry) in &files {
+    for (role, entry) in &base.manifest.files {
         let src = base.dir.join(&entry.path);
         let dst = out_dir.join(&entry.path);
-        if role == FUSION_ROLE {
+        if role == roles::FUSION {
             changed = super::model::write_weights(model, &src, &dst)?;
         } else {
             std::fs::copy(&src, &dst).map_err(|e| TrainerError::io(&src, e))?;
