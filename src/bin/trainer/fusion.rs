@@ -55,6 +55,9 @@ pub struct TrainFusionArgs {
     /// Name of the written model (default: the base's name + "-trained").
     #[arg(long)]
     name: Option<String>,
+    /// TOML settings file (`FusionTrainConfig` field names); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Epochs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -176,7 +179,10 @@ fn load(inputs: &FusionInputs, device: &Device) -> Result<Loaded> {
 
 /// `trainer train-fusion`.
 pub fn run_train(a: TrainFusionArgs, device: &Device) -> Result<()> {
-    let mut cfg = FusionTrainConfig::default();
+    let mut cfg = match &a.config {
+        Some(p) => FusionTrainConfig::from_file(p)?,
+        None => FusionTrainConfig::default(),
+    };
     macro_rules! set {
         ($field:expr, $value:expr) => {
             if let Some(v) = $value {

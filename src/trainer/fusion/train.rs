@@ -87,11 +87,27 @@ impl Default for FusionTrainConfig {
 }
 
 impl FusionTrainConfig {
+    /// Reads settings from a TOML file (the field names above; missing ones
+    /// keep their defaults).
+    pub fn from_file(path: &Path) -> Result<Self, TrainerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
+        toml::from_str(&text).map_err(|e| {
+            TrainerError::Config(format!(
+                "'{}': {}",
+                path.display(),
+                crate::models::manifest::one_line(&e.to_string())
+            ))
+        })
+    }
+
     /// Refuses settings a run cannot use.
     pub fn validate(&self) -> Result<(), TrainerError> {
         let bad = |m: &str| Err(TrainerError::Config(m.into()));
         if self.batch_size < 2 {
             return bad("batch_size must be at least 2 (the negatives come from the batch)");
+        }
+        if self.epochs == 0 || self.max_steps == Some(0) {
+            return bad("epochs and max_steps must be at least 1");
         }
         if self.learning_rate.is_nan() || self.learning_rate <= 0.0 {
             return bad("learning_rate must be positive");
