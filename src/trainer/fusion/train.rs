@@ -409,7 +409,13 @@ pub fn train(
             Some(_) => state.bad_epochs += 1,
             None => save_best()?,
         }
-        tracing::info!(epoch = epoch + 1, step = state.step, val = ?val, "Epoch done.");
+        tracing::info!(
+            epoch = epoch + 1,
+            step = state.step,
+            val_recall_at_1 = val.map(|v| v.0),
+            val_loss = val.map(|v| v.1),
+            "Epoch done."
+        );
         state.dropout_rng = rng.borrow().clone();
         save_checkpoint(&ckpt_dir, &named, &opt, &state)?;
         if cfg.early_stopping_patience > 0 && state.bad_epochs >= cfg.early_stopping_patience {
