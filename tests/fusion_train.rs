@@ -190,6 +190,11 @@ fn written_model_runs_in_onnx_runtime_like_candle() {
     assert_eq!(written.changed.len(), model.named_vars().len());
     let reopened = FusionDir::open(out.path()).unwrap();
     assert_eq!(reopened.clip_fingerprint(), base.clip_fingerprint());
+    let err = reopened.check_clip("0123abcd").unwrap_err().to_string();
+    assert!(
+        err.contains("0123abcd") && err.contains(base.clip_fingerprint()),
+        "{err}"
+    );
     assert_eq!(reopened.manifest.fingerprint, written.fingerprint);
     assert_ne!(reopened.manifest.fingerprint, base.manifest.fingerprint);
 
