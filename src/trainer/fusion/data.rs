@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -233,10 +233,32 @@ impl EmbeddingCache {
         };
         std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
         let path = dir.join(format!("{fingerprint}.bin"));
+        let io = |e| TrainerError::io(&path, e);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        // Two runs appending to one file would interleave records: the
+        // second one reads what is there and keeps its own additions in
+        // memory.
+        let writable = match file.try_lock() {
+            Ok(()) => true,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "Embedding cache in use by another run: new embeddings are not saved."
+                );
+                false
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        };
         let mut map = HashMap::new();
         let mut good = 0u64;
-        if let Ok(f) = File::open(&path) {
-            let mut r = BufReader::new(f);
+        {
+            let mut r = BufReader::new(&file);
             let mut magic = [0u8; 12];
             if r.read_exact(&mut magic).is_ok()
                 && &magic[..8] == CACHE_MAGIC
@@ -249,22 +271,24 @@ impl EmbeddingCache {
                 }
             }
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| TrainerError::io(&path, e))?;
-        let io = |e| TrainerError::io(&path, e);
+        if !writable {
+            return Ok(Self {
+                path,
+                dim,
+                map,
+                file: None,
+            });
+        }
+        // A torn tail (a killed run) is cut off; another width starts afresh.
         if good == 0 {
             file.set_len(0).map_err(io)?;
+            file.seek(SeekFrom::Start(0)).map_err(io)?;
             file.write_all(CACHE_MAGIC).map_err(io)?;
             file.write_all(&(dim as u32).to_le_bytes()).map_err(io)?;
         } else {
             file.set_len(good).map_err(io)?;
         }
-        use std::io::Seek;
-        file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+        file.seek(SeekFrom::End(0)).map_err(io)?;
         Ok(Self {
             path,
             dim,
@@ -520,6 +544,18 @@ mod tests {
         let c = EmbeddingCache::open(Some(dir.path()), "fp", 3).unwrap();
         assert_eq!(c.len(), 2);
         assert_eq!(c.get("c"), Some(&vec![7.0, 8.0, 9.0]));
+        // A second opener reads but does not write.
+        let held = EmbeddingCache::open(Some(dir.path()), "fp", 3).unwrap();
+        let mut second = EmbeddingCache::open(Some(dir.path()), "fp", 3).unwrap();
+        assert_eq!(second.len(), 2);
+        second.put("d".into(), vec![0.0; 3]).unwrap();
+        drop((held, second));
+        assert!(
+            EmbeddingCache::open(Some(dir.path()), "fp", 3)
+                .unwrap()
+                .get("d")
+                .is_none()
+        );
         // Another width starts afresh rather than misreading.
         let c = EmbeddingCache::open(Some(dir.path()), "fp", 4).unwrap();
         assert!(c.is_empty());
