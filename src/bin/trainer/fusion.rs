@@ -8,9 +8,8 @@ use candle_core::Device;
 use clap::Args;
 use roadrep::models::{ClipModel, ClipOptions, ImagePrecision, OrtRuntime};
 use roadrep::trainer::dataset::{OnBadRecord, split};
-use roadrep::trainer::fusion::data::{
-    EmbeddingCache, RigEmbeddings, default_cache_dir, embed_rigs, read_rigs,
-};
+use roadrep::trainer::fusion::cache::{EmbeddingCache, default_cache_dir};
+use roadrep::trainer::fusion::data::{RigEmbeddings, embed_rigs, read_rigs};
 use roadrep::trainer::fusion::train::{self as fusion_train, FusionTrainConfig};
 use roadrep::trainer::fusion::{FusionDir, RigFusion, dir, eval};
 use roadrep::trainer::report;
@@ -315,7 +314,8 @@ pub fn run_bench(a: BenchFusionArgs, device: &Device) -> Result<()> {
         ..roadrep::trainer::fusion::FusionConfig::tiny()
     };
     config.validate().map_err(anyhow::Error::msg)?;
-    let s = fusion_train::seconds_per_step(&config, a.batch_size, a.steps, device)?;
+    let s =
+        roadrep::trainer::fusion::bench::seconds_per_step(&config, a.batch_size, a.steps, device)?;
     println!(
         "fusion D={} V={} L={} H={} F={}, batch {}: {:.2} ms/step, {:.1} steps/s, {:.0} rigs/s",
         config.d,

@@ -7,7 +7,7 @@
 //!   parameter trains (the model is small, no LoRA).
 //! - [`data`]: the rig manifest (JSONL, one rig per line) and the frozen CLIP
 //!   embeddings of its images and captions, computed once with the daemon's
-//!   ONNX encoders and cached on disk.
+//!   ONNX encoders and cached on disk ([`cache`]).
 //! - [`train`]: symmetric InfoNCE between fused embeddings and caption
 //!   embeddings, random view dropout, AdamW with warmup + cosine, early
 //!   stopping on validation recall@1, exact resume.
@@ -22,6 +22,8 @@
 //!     --data rigs.jsonl --report runs/f/eval.json
 //! ```
 
+pub mod bench;
+pub mod cache;
 pub mod data;
 pub mod dir;
 pub mod eval;
