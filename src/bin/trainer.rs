@@ -19,6 +19,9 @@ use roadrep::trainer::tokens::ClipTokenizer;
 use roadrep::trainer::train::{self, Batcher, RunOptions};
 use roadrep::trainer::{eval, merge};
 
+#[path = "trainer/fusion.rs"]
+mod fusion;
+
 #[derive(Parser)]
 #[command(
     name = "trainer",
@@ -81,6 +84,13 @@ enum Command {
         #[arg(long)]
         int8: bool,
     },
+    /// Train a rig fusion model on captioned multi-camera rigs (CLIP frozen).
+    TrainFusion(fusion::TrainFusionArgs),
+    /// Text-to-rig recall of a fusion model against the mean of the views
+    /// and the anchor view alone.
+    EvalFusion(fusion::EvalFusionArgs),
+    /// Fusion training steps per second on random rigs (full size by default).
+    BenchFusion(fusion::BenchFusionArgs),
     /// Training steps per second on synthetic batches (no data needed).
     Bench {
         /// Model directory.
@@ -264,6 +274,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::TrainFusion(args) => fusion::run_train(args, &device),
+        Command::EvalFusion(args) => fusion::run_eval(args, &device),
+        Command::BenchFusion(args) => fusion::run_bench(args, &device),
         Command::Bench {
             model,
             steps,

@@ -462,12 +462,18 @@ impl CandleClip {
     fn layer_norm(&self, module: &str, x: &Tensor, eps: f64) -> Result<Tensor, TrainerError> {
         let w = self.base.get(&format!("{module}.weight"))?;
         let b = self.base.get(&format!("{module}.bias"))?;
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
-        Ok(xn.broadcast_mul(w)?.broadcast_add(b)?)
+        Ok(layer_norm(x, w, b, eps)?)
     }
+}
+
+/// LayerNorm over the last dimension from differentiable primitives
+/// (candle-nn's fused kernel has no backward pass).
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    xn.broadcast_mul(w)?.broadcast_add(b)
 }
 
 /// `x Wᵀ` for a frozen weight `W`.

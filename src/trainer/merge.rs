@@ -108,6 +108,45 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 
 /// Rewrites one ONNX file with merged weights; returns the changed names.
 fn merge_onnx(src: &Path, dst: &Path, adapter: &LoraAdapter) -> Result<Vec<String>, TrainerError> {
+    rewrite_initializers(src, dst, |name, base| {
+        let Some(module) = name.strip_suffix(".weight") else {
+            return Ok(None);
+        };
+        let Some(delta) = adapter.delta(module)? else {
+            return Ok(None);
+        };
+        let delta: Vec<f32> = delta.flatten_all()?.to_vec1()?;
+        if delta.len() != base.len() {
+            return Err(TrainerError::Onnx {
+                path: src.to_path_buf(),
+                message: format!(
+                    "adapter of '{module}' has {} values, the initializer {}",
+                    delta.len(),
+                    base.len()
+                ),
+            });
+        }
+        // A zero update leaves the weight alone: `-0.0 + 0.0` is `+0.0`.
+        if delta.iter().all(|&d| d == 0.0) {
+            return Ok(None);
+        }
+        Ok(Some(base.iter().zip(&delta).map(|(w, d)| w + d).collect()))
+    })
+}
+
+/// Copies the ONNX file `src` to `dst`, replacing the float32
+/// initializers for which `new_values(name, current)` returns values (of
+/// the same count). Returns the names that changed.
+///
+/// Values equal bit for bit to the old ones are not a change, and a file
+/// with no change is copied byte for byte, because prost's re-encoding is
+/// equivalent but not byte-identical. Weights stay in the source's layout:
+/// inline, or in the same external data files beside the graph.
+pub fn rewrite_initializers(
+    src: &Path,
+    dst: &Path,
+    mut new_values: impl FnMut(&str, &[f32]) -> Result<Option<Vec<f32>>, TrainerError>,
+) -> Result<Vec<String>, TrainerError> {
     let onnx_err = |message: String| TrainerError::Onnx {
         path: src.to_path_buf(),
         message,
@@ -122,41 +161,37 @@ fn merge_onnx(src: &Path, dst: &Path, adapter: &LoraAdapter) -> Result<Vec<Strin
     let external = super::external::inline(graph, src_dir).map_err(onnx_err)?;
     let mut changed = Vec::new();
     for init in graph.initializer.iter_mut() {
-        let Some(module) = init.name.strip_suffix(".weight") else {
-            continue;
-        };
-        let Some(delta) = adapter.delta(module)? else {
-            continue;
-        };
         if init.data_type != FLOAT {
-            return Err(onnx_err(format!(
-                "initializer '{}' is not float32",
-                init.name
-            )));
+            continue;
         }
         let base = float_values(init)
             .map_err(|m| onnx_err(format!("initializer '{}': {m}", init.name)))?;
-        let delta: Vec<f32> = delta.flatten_all()?.to_vec1()?;
-        if delta.len() != base.len() {
+        let Some(new) = new_values(&init.name, &base)? else {
+            continue;
+        };
+        if new.len() != base.len() {
             return Err(onnx_err(format!(
-                "adapter of '{module}' has {} values, the initializer {}",
-                delta.len(),
+                "initializer '{}': {} new values for {}",
+                init.name,
+                new.len(),
                 base.len()
             )));
         }
-        if delta.iter().all(|&d| d == 0.0) {
+        if new
+            .iter()
+            .zip(&base)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+        {
             continue;
         }
-        let mut raw = Vec::with_capacity(base.len() * 4);
-        for (w, d) in base.iter().zip(&delta) {
-            raw.extend_from_slice(&(w + d).to_le_bytes());
+        let mut raw = Vec::with_capacity(new.len() * 4);
+        for w in &new {
+            raw.extend_from_slice(&w.to_le_bytes());
         }
         init.raw_data = raw;
         init.float_data.clear();
         changed.push(init.name.clone());
     }
-    // Written in the base's layout: weights inline, or in the same external
-    // data files beside the graph.
     let dst_dir = dst.parent().unwrap_or(Path::new("."));
     if changed.is_empty() {
         let mut files: Vec<&str> = external.iter().map(|(_, l)| l.as_str()).collect();

@@ -8,6 +8,7 @@
 //! projections, [`train`] fits them with a symmetric InfoNCE loss, and
 //! [`merge`] folds them back into the initializers and writes a model
 //! directory the daemon loads as it is (new sha256s and fingerprint).
+//! [`fusion`] trains the rig fusion model on frozen CLIP embeddings.
 //!
 //! Usage:
 //! ```text
@@ -16,6 +17,8 @@
 //! trainer eval --model models/clip-tiny --adapter runs/a/adapter \
 //!     --data data/val.jsonl --labels config/labels.toml --report runs/a/eval.json
 //! trainer merge --model models/clip-tiny --adapter runs/a/adapter --out models/clip-tiny-ft
+//! trainer train-fusion --clip models/clip-tiny --fusion models/fusion-tiny \
+//!     --data rigs.jsonl --out runs/f                 # see [`fusion`]
 //! ```
 
 pub mod bdd100k;
@@ -25,6 +28,7 @@ pub mod config;
 pub mod dataset;
 pub mod eval;
 pub mod external;
+pub mod fusion;
 pub mod lora;
 pub mod merge;
 pub mod optim;

@@ -18,7 +18,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, Device, Tensor, Var};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::TrainerError;
@@ -201,7 +202,7 @@ pub fn batch_loss(
 }
 
 /// Mean cross-entropy of rows whose target is the diagonal.
-fn diag_cross_entropy(logits: &Tensor) -> candle_core::Result<Tensor> {
+pub fn diag_cross_entropy(logits: &Tensor) -> candle_core::Result<Tensor> {
     let n = logits.dims()[0];
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let lse = (logits
@@ -313,8 +314,8 @@ pub fn train(
         config: cfg.clone(),
     };
     let ckpt_dir = out_dir.join(CHECKPOINT_DIR);
-    if resume && ckpt_dir.join(STATE_FILE).is_file() {
-        state = load_checkpoint(&ckpt_dir, &adapter, &names, &mut opt)?;
+    if resume && has_checkpoint(&ckpt_dir) {
+        state = load_checkpoint(&ckpt_dir, &named, &mut opt, |s: &RunState| s.step)?;
         if state.config != *cfg {
             tracing::warn!(
                 "The checkpoint was written with other settings; continuing with the current ones."
@@ -399,7 +400,7 @@ pub fn train(
                     state.next_epoch = epoch;
                     state.next_batch = b + 1;
                     state.dropout_rng = rng.borrow().clone();
-                    save_checkpoint(&ckpt_dir, &adapter, &names, &opt, &state)?;
+                    save_checkpoint(&ckpt_dir, &named, &opt, &state)?;
                     state.next_batch = 0;
                 }
                 if stop {
@@ -424,7 +425,7 @@ pub fn train(
         }
         tracing::info!(epoch = epoch + 1, step = state.step, val_loss = ?val, "Epoch done.");
         state.dropout_rng = rng.borrow().clone();
-        save_checkpoint(&ckpt_dir, &adapter, &names, &opt, &state)?;
+        save_checkpoint(&ckpt_dir, &named, &opt, &state)?;
         if stop_after_steps.is_some_and(|n| state.step - steps_at_start >= n) {
             interrupted = true;
             break 'epochs;
@@ -472,7 +473,8 @@ fn clamp_temperature(adapter: &LoraAdapter, max_scale: f32) -> Result<(), Traine
     Ok(())
 }
 
-fn progress_bar(show: bool, total: u64, done: u64) -> indicatif::ProgressBar {
+/// A progress bar over optimizer steps (hidden unless `show`).
+pub fn progress_bar(show: bool, total: u64, done: u64) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
@@ -495,17 +497,19 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), T
     std::fs::write(path, text).map_err(|e| TrainerError::io(path, e))
 }
 
-fn save_checkpoint(
+/// Writes variables, optimizer moments and then `state` to a checkpoint
+/// directory (shared with `trainer train-fusion`).
+pub fn save_checkpoint<S: Serialize>(
     dir: &Path,
-    adapter: &LoraAdapter,
-    names: &[String],
+    vars: &[(String, &Var)],
     opt: &AdamW,
-    state: &RunState,
+    state: &S,
 ) -> Result<(), TrainerError> {
     std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
-    let mut tensors = opt.state(names);
-    for (name, var) in adapter.named_vars() {
-        tensors.insert(name, var.as_detached_tensor());
+    let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
+    let mut tensors = opt.state(&names);
+    for (name, var) in vars {
+        tensors.insert(name.clone(), var.as_detached_tensor());
     }
     let path = dir.join(CHECKPOINT_FILE);
     candle_core::safetensors::save(&tensors, &path).map_err(|e| TrainerError::Checkpoint {
@@ -516,16 +520,23 @@ fn save_checkpoint(
     write_json(&dir.join(STATE_FILE), state)
 }
 
-fn load_checkpoint(
+/// Whether `dir` holds a complete checkpoint.
+pub fn has_checkpoint(dir: &Path) -> bool {
+    dir.join(STATE_FILE).is_file()
+}
+
+/// Restores what [`save_checkpoint`] wrote into `vars` and `opt`; `step`
+/// reads the optimizer step count from the state.
+pub fn load_checkpoint<S: DeserializeOwned>(
     dir: &Path,
-    adapter: &LoraAdapter,
-    names: &[String],
+    vars: &[(String, &Var)],
     opt: &mut AdamW,
-) -> Result<RunState, TrainerError> {
+    step: impl Fn(&S) -> usize,
+) -> Result<S, TrainerError> {
     let state_path = dir.join(STATE_FILE);
     let text =
         std::fs::read_to_string(&state_path).map_err(|e| TrainerError::io(&state_path, e))?;
-    let state: RunState = serde_json::from_str(&text).map_err(|e| TrainerError::Checkpoint {
+    let state: S = serde_json::from_str(&text).map_err(|e| TrainerError::Checkpoint {
         path: state_path.clone(),
         message: e.to_string(),
     })?;
@@ -534,15 +545,20 @@ fn load_checkpoint(
         path: path.clone(),
         message,
     };
-    let tensors = candle_core::safetensors::load(&path, &adapter.device())
-        .map_err(|e| fail(e.to_string()))?;
-    for (name, var) in adapter.named_vars() {
+    let device = vars
+        .first()
+        .map_or(Device::Cpu, |(_, v)| v.device().clone());
+    let tensors =
+        candle_core::safetensors::load(&path, &device).map_err(|e| fail(e.to_string()))?;
+    for (name, var) in vars {
         let t = tensors
-            .get(&name)
+            .get(name)
             .ok_or_else(|| fail(format!("tensor '{name}' is missing")))?;
         var.set(t)
             .map_err(|e| fail(format!("tensor '{name}': {e}")))?;
     }
-    opt.load_state(names, &tensors, state.step).map_err(fail)?;
+    let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
+    opt.load_state(&names, &tensors, step(&state))
+        .map_err(fail)?;
     Ok(state)
 }
