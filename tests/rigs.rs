@@ -249,3 +249,112 @@ fn a_killed_rig_replay_resumes_to_the_same_records() {
     ));
     assert_eq!(records(&store, "car1", &cache), expected);
 }
+
+#[test]
+fn rig_summary_segments_the_fused_records_with_the_anchor_captions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (front, back) = (dir.path().join("front.mp4"), dir.path().join("back.mp4"));
+    // Both cameras change scene at 4 s and 8 s.
+    common::scene_clip(&front, &["smpte", "ball", "checkers-8"], 4);
+    common::scene_clip(&back, &["pinwheel", "checkers-8", "smpte"], 4);
+    let store = dir.path().join("store");
+    let store_s = store.to_str().unwrap();
+    let replay = common::roadrep(
+        &[
+            "replay",
+            "--rig",
+            "car1",
+            &format!("front={}", front.display()),
+            &format!("back={}", back.display()),
+            "--start",
+            &format!("front={T0}"),
+            "--start",
+            &format!("back={T0}"),
+            "--store",
+            store_s,
+        ],
+        &cache,
+    );
+    ok(&replay);
+    let out = common::roadrep(
+        &["summary", "--rig", "car1", "--json", "--store", store_s],
+        &cache,
+    );
+    let segments: Vec<Value> = serde_json::from_str(&ok(&out)).unwrap();
+    assert!(segments.len() >= 3, "{segments:#?}");
+    assert_eq!(segments[0]["start_s"].as_f64(), Some(0.0));
+    for w in segments.windows(2) {
+        assert_eq!(w[0]["end_s"], w[1]["start_s"], "segments are contiguous");
+    }
+    // Cuts at the scene changes (within a sample).
+    let starts: Vec<f64> = segments
+        .iter()
+        .map(|s| s["start_s"].as_f64().unwrap())
+        .collect();
+    for change in [4.0, 8.0] {
+        assert!(
+            starts.iter().any(|s| (s - change).abs() <= 0.6),
+            "{starts:?}"
+        );
+    }
+    // Each caption is the anchor camera's segment caption at the keyframe.
+    let front_segments: Vec<Value> = serde_json::from_str(&ok(&common::roadrep(
+        &[
+            "segments",
+            "--camera",
+            "car1-front",
+            "--json",
+            "--store",
+            store_s,
+        ],
+        &cache,
+    )))
+    .unwrap();
+    for s in &segments {
+        assert_eq!(s["camera"], "car1");
+        let kf = s["keyframe"].as_str().unwrap();
+        let holder = front_segments
+            .iter()
+            .find(|f| f["start"].as_str().unwrap() <= kf && kf < f["end"].as_str().unwrap())
+            .expect("an anchor segment holds the keyframe");
+        assert_eq!(s["caption"], holder["caption"], "{s:#}");
+        assert_eq!(s["tags"].as_array().unwrap().len(), 4);
+    }
+    // The text form: one line per segment.
+    let text = ok(&common::roadrep(
+        &["summary", "--rig", "car1", "--store", store_s],
+        &cache,
+    ));
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("00:")).count(),
+        segments.len(),
+        "{text}"
+    );
+}
+
+#[test]
+fn verify_model_checks_every_kind_of_model_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    for (model, kind_says) in [
+        ("models/clip-tiny", "random tiny CLIP"),
+        ("models/blip-tiny", "random tiny BLIP"),
+        ("models/fusion-tiny", "for CLIP a6d6254112105860"),
+    ] {
+        let out = ok(&common::roadrep(&["verify-model", model], &cache));
+        assert!(out.contains(": ok (") && out.contains(kind_says), "{out}");
+    }
+    // A damaged fusion model is refused, naming the file.
+    let copy = dir.path().join("fusion");
+    common::copy_dir(&common::root().join("models/fusion-tiny"), &copy);
+    let onnx = copy.join("fusion.onnx");
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&onnx, bytes).unwrap();
+    let out = common::roadrep(&["verify-model", copy.to_str().unwrap()], &cache);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fusion.onnx"), "{stderr}");
+}

@@ -59,6 +59,10 @@ pub struct ApiState {
     pub limit: Arc<Semaphore>,
     /// When set, every request must carry it (see [`auth`]).
     pub token: Option<auth::ApiToken>,
+    /// The rigs' counters, published by the worker.
+    pub rigs: crate::pipeline::rigs::RigStatusBoard,
+    /// `[segments]`, for rig segments computed when asked.
+    pub segmenter: crate::segment::SegmenterConfig,
     /// Where `POST /api/reload` asks the daemon to re-read its config.
     pub reload: Option<tokio::sync::mpsc::Sender<crate::daemon::ReloadRequest>>,
 }

@@ -45,6 +45,7 @@ pub async fn health(State(state): State<ApiState>) -> impl IntoResponse {
         .map(|s| s.iter().map(|st| st.snapshot()).collect())
         .unwrap_or_default();
     let store = state.store.health();
+    let rigs = state.rigs.read().map(|r| r.clone()).unwrap_or_default();
     ::metrics::gauge!(crate::pipeline::metrics::STORE_WRITABLE)
         .set(f64::from(u8::from(store.writable)));
     // Degraded: alive and answering, but what the cameras see is not being
@@ -56,6 +57,7 @@ pub async fn health(State(state): State<ApiState>) -> impl IntoResponse {
         "fingerprint": state.model.fingerprint(),
         "store": store,
         "streams": streams,
+        "rigs": rigs,
     }))
 }
 
@@ -359,8 +361,15 @@ pub async fn segments(
     let Query(req) = req.map_err(query_error)?;
     let filter = req.filter()?;
     let store = state.store.get()?;
-    let segments = blocking(&state, move || Ok(store.segments(&filter)?)).await?;
-    Ok(Json(crate::search::summary::views(&segments)))
+    let segmenter = state.segmenter.clone();
+    let views = blocking(&state, move || {
+        if let Some(views) = req.rig_views(&store, &segmenter)? {
+            return Ok(views);
+        }
+        Ok(crate::search::summary::views(&store.segments(&filter)?))
+    })
+    .await?;
+    Ok(Json(views))
 }
 
 /// `/api/summary`: the same segments as text, one line each.

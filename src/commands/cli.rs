@@ -244,6 +244,10 @@ pub struct SegmentsArgs {
     /// Words the caption must contain ("truck bridge").
     #[arg(long)]
     pub caption: Option<String>,
+    /// Segments of this rig's fused records (scene changes of the whole
+    /// rig), with the anchor camera's captions.
+    #[arg(long, conflicts_with_all = ["files", "caption"])]
+    pub rig: Option<String>,
     /// Most segments listed [default: 1000].
     #[arg(long)]
     pub top: Option<usize>,

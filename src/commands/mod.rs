@@ -149,15 +149,40 @@ pub fn load_parts(config: &RoadrepConfig, store_path: &Path) -> anyhow::Result<L
     })
 }
 
-/// `roadrep verify-model DIR`
+/// `roadrep verify-model DIR`: any model directory (CLIP, BLIP, fusion),
+/// by the `kind` its manifest names.
 pub fn verify_model(dir: &Path) -> anyhow::Result<ExitCode> {
-    let m = ModelManifest::read_verified(dir)?;
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        kind: String,
+    }
+    let path = dir.join("manifest.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading '{}'", path.display()))?;
+    let kind: Kind = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("'{}': {}", path.display(), e.message()))?;
+    let (source, files, fingerprint, extra) = match kind.kind.as_str() {
+        "blip" => {
+            let m = roadrep::models::blip::BlipManifest::read_verified(dir)?;
+            (m.source, m.files.len(), m.fingerprint, String::new())
+        }
+        "fusion" => {
+            let (m, _) = roadrep::fuse::FusionManifest::read_verified(dir, None)?;
+            let extra = format!(
+                ", roles {}, for CLIP {}",
+                m.fusion.roles.join(","),
+                m.fusion.clip_fingerprint
+            );
+            (m.source, m.files.len(), m.fingerprint, extra)
+        }
+        _ => {
+            let m = ModelManifest::read_verified(dir)?;
+            (m.source, m.files.len(), m.fingerprint, String::new())
+        }
+    };
     println!(
-        "{}: ok ({}, {} files, fingerprint {})",
-        dir.display(),
-        m.source,
-        m.files.len(),
-        m.fingerprint
+        "{}: ok ({source}, {files} files, fingerprint {fingerprint}{extra})",
+        dir.display()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -63,6 +63,7 @@ pub fn replay_clips(
             Some(roadrep::pipeline::RigSetup {
                 layouts: vec![plan.layout.clone()],
                 fuser,
+                status: Default::default(),
             })
         }
         None => None,

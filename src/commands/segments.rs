@@ -35,6 +35,7 @@ pub fn run(
         source: None,
         q: args.caption.clone(),
         top: args.top,
+        rig: args.rig.clone(),
     };
     base.filter().map_err(|e| anyhow::anyhow!("{e}"))?;
 
@@ -52,7 +53,16 @@ pub fn run(
         };
         let segments = match from_api {
             Some(s) => s,
-            None => views(&open_store(&config, args)?.segments(&base.filter()?)?),
+            None => {
+                let store = open_store(&config, args)?;
+                match base
+                    .rig_views(&store, &config.segments)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                {
+                    Some(v) => v,
+                    None => views(&store.segments(&base.filter()?)?),
+                }
+            }
         };
         groups.push((None, segments));
     } else {

@@ -191,6 +191,7 @@ pub async fn run(
     let mut plans = plan_streams(&config.streams)?;
     let mut settings = DaemonSettings::of(config, parts.caption_preprocess.clone());
     let layouts = config.rig_layouts().map_err(DaemonError::Config)?;
+    let rig_status = crate::pipeline::rigs::RigStatusBoard::default();
     if !layouts.is_empty() {
         let fuser = parts.rig_fuser.clone().unwrap_or_else(|| {
             crate::fuse::fuser::RigFuser::mean_of_views(parts.model.fingerprint())
@@ -199,7 +200,11 @@ pub async fn run(
             fuser.check_roles(layout).map_err(DaemonError::Config)?;
         }
         tracing::info!(rigs = layouts.len(), fuser = %fuser.describe(), "Rigs assembled.");
-        settings.pipeline.rigs = Some(crate::pipeline::RigSetup { layouts, fuser });
+        settings.pipeline.rigs = Some(crate::pipeline::RigSetup {
+            layouts,
+            fuser,
+            status: rig_status.clone(),
+        });
     }
     let DaemonParts {
         model,
@@ -233,6 +238,8 @@ pub async fn run(
         limit: Arc::new(Semaphore::new(config.api.max_concurrent_requests.max(1))),
         token,
         reload: Some(reload_tx.clone()),
+        segmenter: config.segments.clone(),
+        rigs: rig_status,
     };
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let limits = crate::api::server::ConnectionLimits {

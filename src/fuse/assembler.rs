@@ -75,7 +75,7 @@ impl AssembledRig {
 }
 
 /// What the assembler has done so far.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct RigCounters {
     /// Records emitted.
     pub records: u64,

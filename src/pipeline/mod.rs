@@ -86,6 +86,8 @@ pub struct RigSetup {
     pub layouts: Vec<crate::fuse::config::RigLayout>,
     /// Fusion model or mean of the views.
     pub fuser: crate::fuse::fuser::RigFuser,
+    /// Where the rigs' counters are published (`/health`).
+    pub status: rigs::RigStatusBoard,
 }
 
 /// A running pipeline.
@@ -127,8 +129,7 @@ impl Pipeline {
         let rigs = settings.rigs.clone().and_then(|setup| {
             let mut seeded = Vec::new();
             let started = rigs::RigTracker::start(
-                setup.layouts,
-                setup.fuser,
+                setup,
                 parts.tagger.clone(),
                 &parts.store,
                 &mut seeded,

@@ -26,6 +26,26 @@ const SEED_MAX_FRAMES: usize = 4096;
 /// A record emitted by one rig's assembler.
 pub(super) type Emitted = (usize, AssembledRig);
 
+/// How one rig is doing (`/health`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RigStatus {
+    /// Rig name.
+    pub rig: String,
+    /// Anchor role.
+    pub anchor: String,
+    /// Roles, in order (`counters.missing` follows it).
+    pub roles: Vec<String>,
+    /// What fuses its records.
+    pub fusion: String,
+    /// Records written, partial, views missing per role, late frames.
+    pub counters: crate::fuse::assembler::RigCounters,
+    /// Records waiting for their views.
+    pub pending: usize,
+}
+
+/// The rigs' statuses, shared by the worker (writer) and the API.
+pub type RigStatusBoard = Arc<std::sync::RwLock<Vec<RigStatus>>>;
+
 /// Every rig's assembler, and how their records are fused and tagged.
 pub struct RigTracker {
     assemblers: Vec<RigAssembler>,
@@ -36,6 +56,8 @@ pub struct RigTracker {
     tagger: Arc<SceneTagger>,
     /// Counts already turned into metrics, per rig: late frames.
     late_seen: Vec<u64>,
+    /// Where the statuses are published.
+    board: RigStatusBoard,
 }
 
 impl RigTracker {
@@ -43,13 +65,18 @@ impl RigTracker {
     /// rig's newest record; the records that feeding completes go into
     /// `out`.
     pub fn start(
-        layouts: Vec<RigLayout>,
-        fuser: RigFuser,
+        setup: super::RigSetup,
         tagger: Arc<SceneTagger>,
         store: &Store,
         out: &mut Vec<RigWrite>,
     ) -> Result<Self, StoreError> {
+        let super::RigSetup {
+            layouts,
+            fuser,
+            status: board,
+        } = setup;
         let mut tracker = Self {
+            board,
             rig_ids: Vec::new(),
             by_camera: HashMap::new(),
             late_seen: vec![0; layouts.len()],
@@ -69,7 +96,30 @@ impl RigTracker {
             tracker.seed(i, store, &mut emitted)?;
         }
         out.extend(tracker.writes(emitted));
+        tracker.publish();
         Ok(tracker)
+    }
+
+    /// Publishes every rig's counters.
+    fn publish(&self) {
+        let statuses = self
+            .assemblers
+            .iter()
+            .map(|a| {
+                let layout = a.layout();
+                RigStatus {
+                    rig: layout.name.clone(),
+                    anchor: layout.anchor_role().to_string(),
+                    roles: layout.roles.iter().map(|r| r.role.clone()).collect(),
+                    fusion: self.fuser.describe(),
+                    counters: a.counters().clone(),
+                    pending: a.pending(),
+                }
+            })
+            .collect();
+        if let Ok(mut board) = self.board.write() {
+            *board = statuses;
+        }
     }
 
     /// Whether a camera belongs to a rig.
@@ -222,6 +272,7 @@ impl RigTracker {
                 });
             }
         }
+        self.publish();
         out
     }
 
@@ -275,13 +326,5 @@ impl RigTracker {
                     .increment(1),
             }
         }
-    }
-
-    /// Per rig: name and counters (for `/health` and reports).
-    pub fn counters(&self) -> Vec<(String, crate::fuse::assembler::RigCounters)> {
-        self.assemblers
-            .iter()
-            .map(|a| (a.layout().name.clone(), a.counters().clone()))
-            .collect()
     }
 }

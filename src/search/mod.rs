@@ -6,10 +6,12 @@
 //! embedding tree, so a query is never compared across embedding spaces.
 //!
 //! - [`summary`]: segments as summary lines (API and CLI).
-//! - [`rigs`]: rig records ranked by their fused embedding (`rig=`).
+//! - [`rigs`]: rig records ranked by their fused embedding (`rig=`);
+//!   [`rig_summary`]: scene segments over them.
 //! - [`export`]: stored frames -> image-caption dataset (trainer input).
 
 pub mod export;
+pub mod rig_summary;
 pub mod rigs;
 pub mod summary;
 

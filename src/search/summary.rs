@@ -34,9 +34,34 @@ pub struct SegmentsRequest {
     /// Most segments returned (default 1000, at most 10,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top: Option<usize>,
+    /// Segments of this rig's fused records instead of cameras'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rig: Option<String>,
 }
 
 impl SegmentsRequest {
+    /// With `rig`: its segments (camera, source and caption filters do not
+    /// apply to rigs).
+    pub fn rig_views(
+        &self,
+        store: &crate::store::Store,
+        config: &crate::segment::SegmenterConfig,
+    ) -> Result<Option<Vec<SegmentView>>, SearchError> {
+        let Some(rig) = &self.rig else {
+            return Ok(None);
+        };
+        if self.camera.is_some() || self.source.is_some() || self.q.is_some() {
+            return Err(SearchError::BadRequest(
+                "rig: camera, source and caption words do not apply to rig segments".into(),
+            ));
+        }
+        let filter = self.filter()?;
+        let mut views =
+            super::rig_summary::rig_segments(store, rig, filter.from_ns, filter.to_ns, config)?;
+        views.truncate(filter.limit.unwrap_or(DEFAULT_SEGMENTS));
+        Ok(Some(views))
+    }
+
     /// The store filter; bad times are errors naming the field.
     pub fn filter(&self) -> Result<SegmentFilter, SearchError> {
         let (from_ns, to_ns) = time_range(&self.from, &self.to)?;

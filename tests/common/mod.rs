@@ -77,3 +77,20 @@ pub fn roadrep(args: &[&str], cache: &Path) -> std::process::Output {
         .output()
         .expect("run roadrep")
 }
+
+/// An H.264 clip of scenes (test patterns) `secs` long each, 320x240 at
+/// 25 fps: something for the segmenter to cut.
+pub fn scene_clip(path: &Path, patterns: &[&str], secs: u32) {
+    let caps = "video/x-raw,width=320,height=240,framerate=25/1";
+    let mut args = format!(
+        "concat name=c ! videoconvert ! x264enc speed-preset=ultrafast key-int-max=25 ! mp4mux ! filesink location={}",
+        path.display()
+    );
+    for p in patterns {
+        args.push_str(&format!(
+            " videotestsrc pattern={p} num-buffers={} ! {caps} ! c.",
+            secs * 25
+        ));
+    }
+    gst(&args);
+}
