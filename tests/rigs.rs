@@ -358,3 +358,55 @@ fn verify_model_checks_every_kind_of_model_directory() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("fusion.onnx"), "{stderr}");
 }
+
+/// Sets the MP4 `mvhd` creation time (seconds since 1970) of a clip.
+fn set_creation_time(path: &Path, unix_secs: u32) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"mvhd").unwrap();
+    assert_eq!(bytes[at + 4], 0, "version 0 mvhd");
+    // Seconds since 1904.
+    let qt = unix_secs + 2_082_844_800;
+    bytes[at + 8..at + 12].copy_from_slice(&qt.to_be_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn rig_files_align_on_their_creation_time_and_a_corrupt_camera_is_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (front, back) = (dir.path().join("front.mp4"), dir.path().join("back.mp4"));
+    common::make_clip(&front, 100, 25, 320, 240, "smpte");
+    common::make_clip(&back, 100, 25, 320, 240, "ball");
+    // The back camera started recording one second after the front one.
+    set_creation_time(&front, 1_714_557_600);
+    set_creation_time(&back, 1_714_557_601);
+    let corrupt = dir.path().join("left.mp4");
+    std::fs::write(&corrupt, vec![0x5a; 50_000]).unwrap();
+    let store = dir.path().join("store");
+    let out = common::roadrep(
+        &[
+            "replay", "--rig", "car1",
+            &format!("front={}", front.display()),
+            &format!("back={}", back.display()),
+            &format!("front_left={}", corrupt.display()),
+            "--store", store.to_str().unwrap(),
+        ],
+        &cache,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("left.mp4"), "{stderr}");
+    let recs = records(&store, "car1", &cache);
+    assert_eq!(recs.len(), 8, "{recs:?}");
+    assert_eq!(recs[0].0, 1_714_557_600_000_000_000, "pts 0 at the creation time");
+    for (i, (_, views)) in recs.iter().enumerate() {
+        // No back frame before 1 s; then one at most a sample step away.
+        assert_eq!(views[1].1, i >= 2, "record {i}: {views:?}");
+        if let Some(off) = views[1].2 {
+            assert!(off.abs() <= 40.0, "record {i}: {views:?}");
+        }
+        assert!(!views[2].1, "the corrupt camera is absent");
+    }
+}

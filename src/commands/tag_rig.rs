@@ -228,10 +228,14 @@ impl StillRig {
                 .join("  ")
         };
         for r in &self.records {
+            let at = if r.anchor_ns == 0 {
+                String::new()
+            } else {
+                format!(" at {}", roadrep::search::format_time(r.anchor_ns))
+            };
             println!(
-                "rig record: anchor {} at {:.6} s, {} of {} views",
+                "rig record: anchor {}{at}, {} of {} views",
                 r.anchor,
-                r.anchor_ns as f64 / 1e9,
                 r.views_present,
                 r.views.len()
             );
