@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,11 +30,7 @@ fn a_hundred_concurrent_large_uploads_keep_memory_bounded() {
     const UPLOADS: usize = 100;
     const BODY: usize = 31 << 20;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let config = dir.path().join("roadrep.toml");
     std::fs::write(
         &config,
@@ -49,20 +44,8 @@ fn a_hundred_concurrent_large_uploads_keep_memory_bounded() {
         ),
     )
     .unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_roadrep"))
-        .args(["-c", config.to_str().unwrap(), "run"])
-        .current_dir(common::root())
-        .env("XDG_CACHE_HOME", dir.path())
-        .env_remove("ROADREP_CONFIG")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let mut daemon = common::daemon(&config, dir.path()).spawn().unwrap();
+    let agent = common::api_agent();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     while agent.get(format!("{base}/health")).call().is_err() {

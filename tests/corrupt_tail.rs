@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -13,11 +13,7 @@ fn a_file_with_a_corrupt_tail_is_finished_at_its_last_good_frame() {
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("clip.mp4");
     common::make_clip(&clip, 100, 25, 160, 120, "smpte");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let config = dir.path().join("roadrep.toml");
     std::fs::write(
         &config,
@@ -33,20 +29,11 @@ fn a_file_with_a_corrupt_tail_is_finished_at_its_last_good_frame() {
         ),
     )
     .unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_roadrep"))
-        .args(["-c", config.to_str().unwrap(), "run"])
-        .current_dir(common::root())
-        .env("XDG_CACHE_HOME", dir.path())
+    let mut daemon = common::daemon(&config, dir.path())
         .env("FAILPOINTS", "ingest::corrupt_from_pts=return(2000000000)")
-        .env_remove("ROADREP_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = common::api_agent();
     let deadline = Instant::now() + Duration::from_secs(60);
     let front = loop {
         assert!(Instant::now() < deadline, "the stream never finished");

@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -62,6 +62,43 @@ fn records(store: &Path, rig: &str, cache: &Path) -> Vec<(i64, Vec<ViewSummary>)
         .collect();
     recs.sort_by_key(|r| r.0);
     recs
+}
+
+/// `roadrep replay --rig car1 ROLE=FILE... --start ROLE=TIME... --store STORE`.
+fn rig_replay_args(views: &[(&str, &Path)], starts: &[(&str, &str)], store: &Path) -> Vec<String> {
+    let mut args: Vec<String> = vec!["replay".into(), "--rig".into(), "car1".into()];
+    args.extend(
+        views
+            .iter()
+            .map(|(role, file)| format!("{role}={}", file.display())),
+    );
+    for (role, time) in starts {
+        args.push("--start".into());
+        args.push(format!("{role}={time}"));
+    }
+    args.push("--store".into());
+    args.push(store.display().to_string());
+    args
+}
+
+fn rig_replay(
+    views: &[(&str, &Path)],
+    starts: &[(&str, &str)],
+    store: &Path,
+    cache: &Path,
+) -> Output {
+    let args = rig_replay_args(views, starts, store);
+    common::roadrep(&args.iter().map(String::as_str).collect::<Vec<_>>(), cache)
+}
+
+/// The `error:` lines of a run that must have failed.
+fn error_lines(out: &Output) -> Vec<String> {
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -128,30 +165,19 @@ fn replayed_rig_gives_one_record_per_anchor_sample_and_a_missing_camera_is_absen
     let store = dir.path().join("store");
     let back_start = "1714557600.1"; // 100 ms after the front camera
     let missing = dir.path().join("left.mp4");
-    let out = common::roadrep(
-        &[
-            "replay",
-            "--rig",
-            "car1",
-            &format!("front={}", front.display()),
-            &format!("back={}", back.display()),
-            &format!("front_left={}", missing.display()),
-            "--start",
-            &format!("front={T0}"),
-            "--start",
-            &format!("back={back_start}"),
-            "--start",
-            &format!("front_left={T0}"),
-            "--store",
-            store.to_str().unwrap(),
-        ],
+    let out = rig_replay(
+        &[("front", &front), ("back", &back), ("front_left", &missing)],
+        &[("front", T0), ("back", back_start), ("front_left", T0)],
+        &store,
         &cache,
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a missing file fails the replay");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(errors[0].contains("left.mp4"), "{stderr}");
+    let errors = error_lines(&out);
+    assert_eq!(
+        errors.len(),
+        1,
+        "a missing file fails the replay: {errors:?}"
+    );
+    assert!(errors[0].contains("left.mp4"), "{errors:?}");
     let recs = records(&store, "car1", &cache);
     assert_eq!(recs.len(), 8, "{recs:?}");
     for (i, (ts, views)) in recs.iter().enumerate() {
@@ -164,20 +190,10 @@ fn replayed_rig_gives_one_record_per_anchor_sample_and_a_missing_camera_is_absen
         assert_eq!(views[2], ("front_left".into(), false, None));
     }
     // Replaying again changes nothing.
-    let again = common::roadrep(
-        &[
-            "replay",
-            "--rig",
-            "car1",
-            &format!("front={}", front.display()),
-            &format!("back={}", back.display()),
-            "--start",
-            &format!("front={T0}"),
-            "--start",
-            &format!("back={back_start}"),
-            "--store",
-            store.to_str().unwrap(),
-        ],
+    let again = rig_replay(
+        &[("front", &front), ("back", &back)],
+        &[("front", T0), ("back", back_start)],
+        &store,
         &cache,
     );
     ok(&again);
@@ -192,33 +208,16 @@ fn a_killed_rig_replay_resumes_to_the_same_records() {
     // 40 s each: 80 samples per camera, long enough to kill mid-way.
     common::make_clip(&front, 1000, 25, 320, 240, "smpte");
     common::make_clip(&back, 1000, 25, 320, 240, "ball");
-    let args = |store: &Path| -> Vec<String> {
-        vec![
-            "replay".into(),
-            "--rig".into(),
-            "car1".into(),
-            format!("front={}", front.display()),
-            format!("back={}", back.display()),
-            "--start".into(),
-            format!("front={T0}"),
-            "--start".into(),
-            "back=1714557600.13".into(),
-            "--store".into(),
-            store.display().to_string(),
-        ]
-    };
+    let views: [(&str, &Path); 2] = [("front", &front), ("back", &back)];
+    let starts = [("front", T0), ("back", "1714557600.13")];
     let reference = dir.path().join("reference");
-    let a: Vec<String> = args(&reference);
-    ok(&common::roadrep(
-        &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        &cache,
-    ));
+    ok(&rig_replay(&views, &starts, &reference, &cache));
     let expected = records(&reference, "car1", &cache);
     assert_eq!(expected.len(), 80);
 
     let store = dir.path().join("killed");
     let mut child = Command::new(env!("CARGO_BIN_EXE_roadrep"))
-        .args(args(&store))
+        .args(rig_replay_args(&views, &starts, &store))
         .current_dir(common::root())
         .env("XDG_CACHE_HOME", &cache)
         .env_remove("ROADREP_CONFIG")
@@ -242,11 +241,7 @@ fn a_killed_rig_replay_resumes_to_the_same_records() {
     }
     child.wait().unwrap();
     assert!(killed, "the replay ended before it could be killed");
-    let resumed: Vec<String> = args(&store);
-    ok(&common::roadrep(
-        &resumed.iter().map(String::as_str).collect::<Vec<_>>(),
-        &cache,
-    ));
+    ok(&rig_replay(&views, &starts, &store, &cache));
     assert_eq!(records(&store, "car1", &cache), expected);
 }
 
@@ -260,23 +255,12 @@ fn rig_summary_segments_the_fused_records_with_the_anchor_captions() {
     common::scene_clip(&back, &["pinwheel", "checkers-8", "smpte"], 4);
     let store = dir.path().join("store");
     let store_s = store.to_str().unwrap();
-    let replay = common::roadrep(
-        &[
-            "replay",
-            "--rig",
-            "car1",
-            &format!("front={}", front.display()),
-            &format!("back={}", back.display()),
-            "--start",
-            &format!("front={T0}"),
-            "--start",
-            &format!("back={T0}"),
-            "--store",
-            store_s,
-        ],
+    ok(&rig_replay(
+        &[("front", &front), ("back", &back)],
+        &[("front", T0), ("back", T0)],
+        &store,
         &cache,
-    );
-    ok(&replay);
+    ));
     let out = common::roadrep(
         &["summary", "--rig", "car1", "--json", "--store", store_s],
         &cache,
@@ -383,24 +367,21 @@ fn rig_files_align_on_their_creation_time_and_a_corrupt_camera_is_absent() {
     let corrupt = dir.path().join("left.mp4");
     std::fs::write(&corrupt, vec![0x5a; 50_000]).unwrap();
     let store = dir.path().join("store");
-    let out = common::roadrep(
-        &[
-            "replay", "--rig", "car1",
-            &format!("front={}", front.display()),
-            &format!("back={}", back.display()),
-            &format!("front_left={}", corrupt.display()),
-            "--store", store.to_str().unwrap(),
-        ],
+    let out = rig_replay(
+        &[("front", &front), ("back", &back), ("front_left", &corrupt)],
+        &[],
+        &store,
         &cache,
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(errors[0].contains("left.mp4"), "{stderr}");
+    let errors = error_lines(&out);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("left.mp4"), "{errors:?}");
     let recs = records(&store, "car1", &cache);
     assert_eq!(recs.len(), 8, "{recs:?}");
-    assert_eq!(recs[0].0, 1_714_557_600_000_000_000, "pts 0 at the creation time");
+    assert_eq!(
+        recs[0].0, 1_714_557_600_000_000_000,
+        "pts 0 at the creation time"
+    );
     for (i, (_, views)) in recs.iter().enumerate() {
         // No back frame before 1 s; then one at most a sample step away.
         assert_eq!(views[1].1, i >= 2, "record {i}: {views:?}");

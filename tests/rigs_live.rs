@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -25,17 +25,9 @@ fn camera(pattern: &str) -> String {
 #[test]
 fn a_dead_camera_never_blocks_a_live_rig() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     // Nothing listens on a port just freed: the RTSP camera keeps failing.
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead_port = common::free_port();
     let config = dir.path().join("roadrep.toml");
     let text = format!(
         "[models]\nclip = \"{model}\"\nintra_threads = 1\n[tagging]\nlabels = \"{labels}\"\n\
@@ -55,20 +47,8 @@ fn a_dead_camera_never_blocks_a_live_rig() {
         ),
     );
     std::fs::write(&config, text).unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_roadrep"))
-        .args(["-c", config.to_str().unwrap(), "run"])
-        .current_dir(common::root())
-        .env("XDG_CACHE_HOME", dir.path())
-        .env_remove("ROADREP_CONFIG")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let mut daemon = common::daemon(&config, dir.path()).spawn().unwrap();
+    let agent = common::api_agent();
     let get = |path: &str| -> Option<Value> {
         let mut r = agent
             .get(format!("http://127.0.0.1:{port}{path}"))

@@ -94,3 +94,35 @@ pub fn scene_clip(path: &Path, patterns: &[&str], secs: u32) {
     }
     gst(&args);
 }
+
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `roadrep -c CONFIG run` from the repo root, with its cache in `cache`
+/// and no config or log level from the environment; output discarded (the
+/// caller may change that, add variables, then spawn).
+pub fn daemon(config: &Path, cache: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_roadrep"));
+    c.args(["-c", config.to_str().unwrap(), "run"])
+        .current_dir(root())
+        .env("XDG_CACHE_HOME", cache)
+        .env_remove("ROADREP_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+/// An HTTP client that hands back error statuses as responses.
+pub fn api_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
