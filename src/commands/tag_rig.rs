@@ -11,6 +11,7 @@ use roadrep::config::RoadrepConfig;
 use roadrep::fuse::assembler::{AssembledRig, RigAssembler, ViewFrame};
 use roadrep::fuse::config::{RigConfig, RigLayout, RigRole};
 use roadrep::fuse::fuser::RigFuser;
+use roadrep::store::SetTag;
 use roadrep::tagging::{SceneTagger, SetScores};
 use serde::Serialize;
 
@@ -26,15 +27,7 @@ struct ViewOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     offset_ms: Option<f64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    tags: Vec<TagOut>,
-}
-
-#[derive(Debug, Serialize)]
-struct TagOut {
-    set: String,
-    top: String,
-    score: f32,
-    scores: Vec<(String, f32)>,
+    tags: Vec<SetTag>,
 }
 
 /// One rig record as printed.
@@ -46,7 +39,7 @@ struct RecordOut {
     views: Vec<ViewOut>,
     fusion: String,
     fusion_fingerprint: String,
-    fused_tags: Vec<TagOut>,
+    fused_tags: Vec<SetTag>,
 }
 
 /// The records of a set of still images.
@@ -57,16 +50,8 @@ pub struct StillRig {
     not_matched: Vec<(PathBuf, String)>,
 }
 
-fn tags(scores: Vec<SetScores>) -> Vec<TagOut> {
-    scores
-        .into_iter()
-        .map(|s| TagOut {
-            set: s.set,
-            top: s.top,
-            score: s.top_score,
-            scores: s.scores,
-        })
-        .collect()
+fn tags(scores: Vec<SetScores>) -> Vec<SetTag> {
+    scores.into_iter().map(SetTag::from).collect()
 }
 
 impl StillRig {
@@ -221,7 +206,7 @@ impl StillRig {
             println!("{}", serde_json::to_string_pretty(self)?);
             return Ok(());
         }
-        let tag_line = |t: &[TagOut]| {
+        let tag_line = |t: &[SetTag]| {
             t.iter()
                 .map(|s| format!("{}={} ({:.3})", s.set, s.top, s.score))
                 .collect::<Vec<_>>()

@@ -56,16 +56,7 @@ impl EmbeddedFrame {
             embedding: self.embedding,
             thumbnail: frame.thumbnail.clone(),
             tags: TagRecord {
-                sets: self
-                    .scores
-                    .into_iter()
-                    .map(|s| SetTag {
-                        set: s.set,
-                        top: s.top,
-                        score: s.top_score,
-                        scores: s.scores,
-                    })
-                    .collect(),
+                sets: self.scores.into_iter().map(SetTag::from).collect(),
             },
         }
     }

@@ -298,15 +298,7 @@ impl RigTracker {
                 .collect(),
             fusion_model: self.fuser.fingerprint().to_string(),
             tags: TagRecord {
-                sets: scores
-                    .into_iter()
-                    .map(|s| SetTag {
-                        set: s.set,
-                        top: s.top,
-                        score: s.top_score,
-                        scores: s.scores,
-                    })
-                    .collect(),
+                sets: scores.into_iter().map(SetTag::from).collect(),
             },
         }
     }

@@ -331,25 +331,26 @@ impl Store {
         }
     }
 
+    /// The next id of a counter in `meta` (ids start at 1).
+    fn next_id(&self, counter: &[u8]) -> Result<u32, StoreError> {
+        let meta = self.db.open_tree(META_TREE).map_err(|e| self.err(e))?;
+        let be = |b: &[u8]| u32::from_be_bytes(b.try_into().unwrap_or([0; 4]));
+        Ok(meta
+            .update_and_fetch(counter, |old| {
+                Some(old.map_or(1u32, |b| be(b) + 1).to_be_bytes().to_vec())
+            })
+            .map_err(|e| self.err(e))?
+            .map_or(1, |b| be(&b)))
+    }
+
     /// The id of a stream, created on first use.
     pub fn stream_id(&self, name: &str) -> Result<u32, StoreError> {
         if let Some(v) = self.streams.get(name.as_bytes()).map_err(|e| self.err(e))? {
             return Ok(schema::decode::<StreamRecord>(STREAMS_TREE, &v)?.id);
         }
-        // Ids come from a counter in meta; a racing creator of the same name
-        // loses the compare-and-swap and reads the winner's id.
-        let meta = self.db.open_tree(META_TREE).map_err(|e| self.err(e))?;
-        let id = meta
-            .update_and_fetch(META_NEXT_STREAM_ID, |old| {
-                let n = old.map_or(1u32, |b| {
-                    u32::from_be_bytes(b.try_into().unwrap_or([0; 4])) + 1
-                });
-                Some(n.to_be_bytes().to_vec())
-            })
-            .map_err(|e| self.err(e))?
-            .map_or(1, |b| {
-                u32::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 4]))
-            });
+        // A racing creator of the same name loses the compare-and-swap and
+        // reads the winner's id.
+        let id = self.next_id(META_NEXT_STREAM_ID)?;
         let record = StreamRecord {
             id,
             name: name.to_string(),

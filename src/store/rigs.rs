@@ -175,21 +175,7 @@ impl Store {
         if let Some(v) = self.rigs.get(&key).map_err(|e| self.err(e))? {
             return Ok(u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4])));
         }
-        let meta = self
-            .db
-            .open_tree(super::META_TREE)
-            .map_err(|e| self.err(e))?;
-        let id = meta
-            .update_and_fetch(META_NEXT_RIG_ID, |old| {
-                let n = old.map_or(1u32, |b| {
-                    u32::from_be_bytes(b.try_into().unwrap_or([0; 4])) + 1
-                });
-                Some(n.to_be_bytes().to_vec())
-            })
-            .map_err(|e| self.err(e))?
-            .map_or(1, |b| {
-                u32::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 4]))
-            });
+        let id = self.next_id(META_NEXT_RIG_ID)?;
         // A racing creator of the same name wins; its id is read back.
         match self
             .rigs

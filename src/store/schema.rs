@@ -44,6 +44,17 @@ pub struct SetTag {
     pub scores: Vec<(String, f32)>,
 }
 
+impl From<crate::tagging::SetScores> for SetTag {
+    fn from(s: crate::tagging::SetScores) -> Self {
+        Self {
+            set: s.set,
+            top: s.top,
+            score: s.top_score,
+            scores: s.scores,
+        }
+    }
+}
+
 impl TagRecord {
     /// The tag of a set, if tagged.
     pub fn get(&self, set: &str) -> Option<&SetTag> {
