@@ -23,6 +23,7 @@ use candle_core::{Device, Tensor};
 use roadrep::fuse::{FusionModel, FusionOptions};
 use roadrep::models::{ClipModel, ClipOptions, ImagePrecision};
 use roadrep::trainer::bench::COLOURS;
+use roadrep::trainer::config::Schedule;
 use roadrep::trainer::dataset::{OnBadRecord, split};
 use roadrep::trainer::fusion::cache::EmbeddingCache;
 use roadrep::trainer::fusion::data::{RigEmbeddings, embed_rigs, read_rigs};
@@ -236,16 +237,19 @@ fn fusion_learns_what_the_mean_of_views_cannot() {
     let (_, data) = task();
     let (_, model) = base_model();
     let cfg = FusionTrainConfig {
-        epochs: 40,
+        schedule: Schedule {
+            epochs: 40,
+            learning_rate: 3e-3,
+            warmup_steps: 10,
+            val_fraction: 0.25,
+            early_stopping_patience: 0,
+            seed: 1,
+            ..Default::default()
+        },
         batch_size: 16,
-        learning_rate: 3e-3,
-        warmup_steps: 10,
-        val_fraction: 0.25,
-        early_stopping_patience: 0,
-        seed: 1,
         ..Default::default()
     };
-    let (_, val) = split(data.len(), cfg.val_fraction, cfg.seed);
+    let (_, val) = split(data.len(), cfg.schedule.val_fraction, cfg.schedule.seed);
     // Untrained (gate 0): fusion is the normalised mean of the views.
     let before = eval::evaluate(&model, data, &val, None, 32).unwrap();
     let fused = eval::fused_rows(&model, data, &val, 32).unwrap();
@@ -283,10 +287,13 @@ fn fusion_learns_what_the_mean_of_views_cannot() {
 fn resumed_run_equals_an_uninterrupted_one() {
     let (_, data) = task();
     let cfg = FusionTrainConfig {
-        epochs: 3,
+        schedule: Schedule {
+            epochs: 3,
+            val_fraction: 0.25,
+            early_stopping_patience: 0,
+            ..Default::default()
+        },
         batch_size: 16,
-        val_fraction: 0.25,
-        early_stopping_patience: 0,
         ..Default::default()
     };
     let whole = tempfile::tempdir().unwrap();

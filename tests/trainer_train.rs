@@ -14,7 +14,7 @@ use roadrep::models::ModelManifest;
 use roadrep::tagging::LabelSets;
 use roadrep::trainer::bench::COLOURS;
 use roadrep::trainer::clip::CandleClip;
-use roadrep::trainer::config::TrainConfig;
+use roadrep::trainer::config::{Schedule, TrainConfig};
 use roadrep::trainer::dataset::{self, LoadedDataset, OnBadRecord};
 use roadrep::trainer::eval;
 use roadrep::trainer::lora::LoraAdapter;
@@ -87,14 +87,17 @@ fn setup(dir: &Path) -> Setup {
 
 fn config() -> TrainConfig {
     TrainConfig {
-        epochs: 25,
+        schedule: Schedule {
+            epochs: 25,
+            learning_rate: 1e-2,
+            warmup_steps: 5,
+            weight_decay: 0.0,
+            val_fraction: 0.25,
+            early_stopping_patience: 0,
+            seed: 3,
+            ..Default::default()
+        },
         batch_size: 16,
-        learning_rate: 1e-2,
-        warmup_steps: 5,
-        weight_decay: 0.0,
-        val_fraction: 0.25,
-        early_stopping_patience: 0,
-        seed: 3,
         ..Default::default()
     }
 }
@@ -173,7 +176,10 @@ fn resumed_run_matches_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(dir.path());
     let cfg = TrainConfig {
-        epochs: 4,
+        schedule: Schedule {
+            epochs: 4,
+            ..config().schedule
+        },
         lora: roadrep::trainer::lora::LoraConfig {
             lora_dropout: 0.1,
             ..Default::default()

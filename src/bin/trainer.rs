@@ -11,13 +11,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use roadrep::models::ModelManifest;
 use roadrep::tagging::LabelSets;
 use roadrep::trainer::clip::CandleClip;
-use roadrep::trainer::config::TrainConfig;
+use roadrep::trainer::config::{Schedule, TrainConfig, read_toml};
 use roadrep::trainer::dataset::{self, DataFormat, LoadedDataset, OnBadRecord};
 use roadrep::trainer::lora::LoraAdapter;
 use roadrep::trainer::report::{self, EvalReport};
 use roadrep::trainer::tokens::ClipTokenizer;
-use roadrep::trainer::train::{self, Batcher, RunOptions};
+use roadrep::trainer::train::{self, Batcher, HistoryPoint, RunOptions};
 use roadrep::trainer::{eval, merge};
+use serde::de::DeserializeOwned;
 
 #[path = "trainer/fusion.rs"]
 mod fusion;
@@ -152,15 +153,32 @@ struct TrainArgs {
     /// LoRA `target_modules` (comma-separated).
     #[arg(long, value_delimiter = ',')]
     target_modules: Option<Vec<String>>,
-    /// Epochs.
-    #[arg(long)]
-    epochs: Option<usize>,
+    #[command(flatten)]
+    run: RunArgs,
     /// Pairs per micro-batch.
     #[arg(long)]
     batch_size: Option<usize>,
     /// Micro-batches per optimizer step.
     #[arg(long)]
     grad_accum: Option<usize>,
+    /// Checkpoint every N optimizer steps too (0 = at epoch ends only).
+    #[arg(long)]
+    checkpoint_every_steps: Option<usize>,
+    /// Allow horizontal flips (never for signs).
+    #[arg(long)]
+    hflip: bool,
+    /// Also write the merged model directory to out/model.
+    #[arg(long)]
+    merge: bool,
+}
+
+/// Flags both training commands share: the [`Schedule`] settings (they
+/// override the --config file) and how the run behaves.
+#[derive(Args)]
+struct RunArgs {
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
     /// Peak learning rate.
     #[arg(long)]
     lr: Option<f64>,
@@ -173,27 +191,70 @@ struct TrainArgs {
     /// Validation fraction.
     #[arg(long)]
     val_fraction: Option<f32>,
-    /// Seed.
+    /// Seed of the split, shuffles and every random draw of the run.
     #[arg(long)]
     seed: Option<u64>,
     /// Early-stopping patience in epochs (0 = off).
     #[arg(long)]
     patience: Option<usize>,
-    /// Checkpoint every N optimizer steps too (0 = at epoch ends only).
-    #[arg(long)]
-    checkpoint_every_steps: Option<usize>,
-    /// Allow horizontal flips (never for signs).
-    #[arg(long)]
-    hflip: bool,
     /// Continue from out/checkpoint.
     #[arg(long)]
     resume: bool,
-    /// Also write the merged model directory to out/model.
-    #[arg(long)]
-    merge: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+impl RunArgs {
+    /// Overrides the settings these flags give.
+    fn apply<D>(&self, s: &mut Schedule<D>) {
+        set(&mut s.epochs, self.epochs);
+        set(&mut s.learning_rate, self.lr);
+        set(&mut s.warmup_steps, self.warmup);
+        s.max_steps = self.max_steps.or(s.max_steps);
+        set(&mut s.val_fraction, self.val_fraction);
+        set(&mut s.seed, self.seed);
+        set(&mut s.early_stopping_patience, self.patience);
+    }
+
+    /// How the run behaves (no step budget: it runs its schedule).
+    fn options(&self) -> RunOptions {
+        RunOptions {
+            resume: self.resume,
+            show_progress: !self.quiet,
+            stop_after_steps: None,
+        }
+    }
+}
+
+/// The settings of the --config file (a `TrainConfig`, a
+/// `FusionTrainConfig`), or the defaults without one.
+fn read_config<C: DeserializeOwned + Default>(path: Option<&Path>) -> Result<C> {
+    Ok(path.map(read_toml).transpose()?.unwrap_or_default())
+}
+
+/// `out/loss.svg`: the loss curves of a run.
+fn write_loss_curve(out: &Path, history: &[HistoryPoint]) -> Result<()> {
+    report::write_text(&out.join("loss.svg"), &report::loss_curve_svg(history))?;
+    Ok(())
+}
+
+/// `*field = value` where a flag gave one.
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
+    }
+}
+
+/// The start of a training command's last line: "trained N steps in M
+/// epochs (R steps/s)", R with `decimals` decimals.
+fn trained(steps: usize, epochs: usize, steps_per_sec: f64, decimals: usize) -> String {
+    format!("trained {steps} steps in {epochs} epochs ({steps_per_sec:.decimals$} steps/s)")
+}
+
+/// ", stopped early" where early stopping ended the run.
+fn stopped_early(stopped: bool) -> &'static str {
+    if stopped { ", stopped early" } else { "" }
 }
 
 #[derive(Args)]
@@ -339,33 +400,15 @@ fn load_data(args: &DataArgs, pre: &roadrep::models::ImagePreprocessor) -> Resul
 }
 
 fn run_train(a: TrainArgs, device: &Device) -> Result<()> {
-    let mut cfg = match &a.config {
-        Some(p) => TrainConfig::from_file(p)?,
-        None => TrainConfig::default(),
-    };
-    macro_rules! set {
-        ($field:expr, $value:expr) => {
-            if let Some(v) = $value {
-                $field = v;
-            }
-        };
-    }
-    set!(cfg.lora.r, a.rank);
-    set!(cfg.lora.lora_alpha, a.alpha);
-    set!(cfg.lora.lora_dropout, a.dropout);
-    set!(cfg.lora.target_modules, a.target_modules);
-    set!(cfg.epochs, a.epochs);
-    set!(cfg.batch_size, a.batch_size);
-    set!(cfg.grad_accum_steps, a.grad_accum);
-    set!(cfg.learning_rate, a.lr);
-    set!(cfg.warmup_steps, a.warmup);
-    set!(cfg.val_fraction, a.val_fraction);
-    set!(cfg.seed, a.seed);
-    set!(cfg.early_stopping_patience, a.patience);
-    set!(cfg.checkpoint_every_steps, a.checkpoint_every_steps);
-    if a.max_steps.is_some() {
-        cfg.max_steps = a.max_steps;
-    }
+    let mut cfg: TrainConfig = read_config(a.config.as_deref())?;
+    a.run.apply(&mut cfg.schedule);
+    set(&mut cfg.lora.r, a.rank);
+    set(&mut cfg.lora.lora_alpha, a.alpha);
+    set(&mut cfg.lora.lora_dropout, a.dropout);
+    set(&mut cfg.lora.target_modules, a.target_modules);
+    set(&mut cfg.batch_size, a.batch_size);
+    set(&mut cfg.grad_accum_steps, a.grad_accum);
+    set(&mut cfg.checkpoint_every_steps, a.checkpoint_every_steps);
     cfg.augment.hflip |= a.hflip;
     cfg.lora.base_model_name_or_path = a.model.display().to_string();
     // Bad settings fail before the dataset is read.
@@ -384,27 +427,14 @@ fn run_train(a: TrainArgs, device: &Device) -> Result<()> {
         &data,
         &cfg,
         &a.out,
-        RunOptions {
-            resume: a.resume,
-            show_progress: !a.quiet,
-            stop_after_steps: None,
-        },
+        a.run.options(),
     )?;
-    report::write_text(
-        &a.out.join("loss.svg"),
-        &report::loss_curve_svg(&outcome.history),
-    )?;
+    write_loss_curve(&a.out, &outcome.history)?;
     println!(
-        "trained {} steps in {} epochs ({:.2} steps/s), best val loss {:?}{}; adapter in {}",
-        outcome.steps,
-        outcome.epochs,
-        outcome.steps_per_sec,
+        "{}, best val loss {:?}{}; adapter in {}",
+        trained(outcome.steps, outcome.epochs, outcome.steps_per_sec, 2),
         outcome.best_val_loss,
-        if outcome.stopped_early {
-            ", stopped early"
-        } else {
-            ""
-        },
+        stopped_early(outcome.stopped_early),
         a.out.join(train::ADAPTER_DIR).display()
     );
     if a.merge {

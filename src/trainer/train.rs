@@ -25,9 +25,9 @@ use serde::{Deserialize, Serialize};
 use super::TrainerError;
 use super::clip::{CandleClip, Forward, normalize_rows};
 use super::config::TrainConfig;
-use super::dataset::{LoadedDataset, split, to_chw};
+use super::dataset::{LoadedDataset, to_chw};
 use super::lora::{LOGIT_SCALE, LoraAdapter};
-use super::optim::{AdamW, AdamWParams, learning_rate};
+use super::optim::AdamW;
 use super::rng::SplitMix64;
 use super::tokens::ClipTokenizer;
 
@@ -56,17 +56,138 @@ pub struct HistoryPoint {
 /// Resumable state saved at the end of an epoch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RunState {
+    #[serde(flatten)]
+    run: Progress,
+    best_val_loss: Option<f32>,
+    config: TrainConfig,
+}
+
+/// Where a run stands: the part of a checkpoint's state both trainers share
+/// (`#[serde(flatten)]`-ed into theirs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
     /// The epoch in progress or to start.
-    next_epoch: usize,
+    pub next_epoch: usize,
     /// First batch of `next_epoch` still to run (mid-epoch checkpoints).
     #[serde(default)]
-    next_batch: usize,
-    step: usize,
-    best_val_loss: Option<f32>,
-    bad_epochs: usize,
-    dropout_rng: SplitMix64,
-    history: Vec<HistoryPoint>,
-    config: TrainConfig,
+    pub next_batch: usize,
+    /// Optimizer steps so far.
+    pub step: usize,
+    /// Epochs since validation last improved.
+    pub bad_epochs: usize,
+    /// The stream of dropout (and augmentation) draws.
+    pub dropout_rng: SplitMix64,
+    /// Loss curves.
+    pub history: Vec<HistoryPoint>,
+}
+
+impl Progress {
+    /// A run not started yet, its dropout stream seeded with `dropout_seed`.
+    pub fn new(dropout_seed: u64) -> Self {
+        Self {
+            next_epoch: 0,
+            next_batch: 0,
+            step: 0,
+            bad_epochs: 0,
+            dropout_rng: SplitMix64::new(dropout_seed),
+            history: Vec::new(),
+        }
+    }
+
+    /// The batch the next epoch starts at (only a resumed one starts
+    /// part-way), or `None` when the `total` steps are done.
+    pub fn begin_epoch(&mut self, total: usize) -> Option<usize> {
+        let skip = std::mem::take(&mut self.next_batch);
+        (self.step < total || skip > 0).then_some(skip)
+    }
+
+    /// Marks the position a mid-epoch checkpoint resumes from: `next_batch`
+    /// of `epoch`, with the dropout stream as `rng` has it.
+    pub fn hold(&mut self, epoch: usize, next_batch: usize, rng: &RefCell<SplitMix64>) {
+        self.next_epoch = epoch;
+        self.next_batch = next_batch;
+        self.dropout_rng = rng.borrow().clone();
+    }
+
+    /// Books the validation result `val` of `epoch` (`None`: no validation
+    /// split) against `best`, as `better` compares them; `val_loss` is its
+    /// loss for the history. Returns whether the weights are the ones to
+    /// keep (a new best, or always without validation).
+    pub fn end_epoch<B: Copy>(
+        &mut self,
+        epoch: usize,
+        val: Option<B>,
+        val_loss: impl Fn(B) -> f32,
+        best: &mut Option<B>,
+        better: impl Fn(B, Option<B>) -> bool,
+    ) -> bool {
+        if let (Some(v), Some(last)) = (val, self.history.last_mut()) {
+            last.val_loss = Some(val_loss(v));
+        }
+        self.next_epoch = epoch + 1;
+        match val {
+            Some(v) if better(v, *best) => {
+                *best = Some(v);
+                self.bad_epochs = 0;
+                true
+            }
+            Some(_) => {
+                self.bad_epochs += 1;
+                false
+            }
+            None => true,
+        }
+    }
+}
+
+/// A run in this process: its progress bar, clock and step budget.
+pub struct Session {
+    bar: indicatif::ProgressBar,
+    started: Instant,
+    steps_at_start: usize,
+    stop_after_steps: Option<usize>,
+}
+
+impl Session {
+    /// Starts the clock and the bar (at `run`'s step of `total`).
+    pub fn start(options: &RunOptions, total: usize, run: &Progress) -> Self {
+        Self {
+            bar: progress_bar(options.show_progress, total as u64, run.step as u64),
+            started: Instant::now(),
+            steps_at_start: run.step,
+            stop_after_steps: options.stop_after_steps,
+        }
+    }
+
+    /// Books an optimizer step of `epoch` at learning rate `lr`.
+    pub fn step_done(&self, run: &mut Progress, epoch: usize, train_loss: f32, lr: f64) {
+        run.step += 1;
+        run.history.push(HistoryPoint {
+            step: run.step,
+            epoch,
+            train_loss,
+            val_loss: None,
+            lr,
+        });
+        self.bar
+            .set_message(format!("epoch {} loss {train_loss:.4}", epoch + 1));
+        self.bar.inc(1);
+    }
+
+    /// Whether this process has run its `stop_after_steps`.
+    pub fn should_stop(&self, run: &Progress) -> bool {
+        self.stop_after_steps
+            .is_some_and(|n| run.step - self.steps_at_start >= n)
+    }
+
+    /// Clears the bar and writes `history.json`; returns the optimizer
+    /// steps per second of this process.
+    pub fn finish(self, run: &Progress, out_dir: &Path) -> Result<f64, TrainerError> {
+        self.bar.finish_and_clear();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        write_json(&out_dir.join("history.json"), &run.history)?;
+        Ok((run.step - self.steps_at_start) as f64 / elapsed.max(1e-9))
+    }
 }
 
 /// What a run did.
@@ -265,92 +386,52 @@ pub fn train(
     out_dir: &Path,
     options: RunOptions,
 ) -> Result<(LoraAdapter, TrainOutcome), TrainerError> {
-    let RunOptions {
-        resume,
-        show_progress,
-        stop_after_steps,
-    } = options;
     cfg.validate()?;
     let device = model.base.device().clone();
     let batcher = Batcher::new(data, tokenizer, pre.clone(), &device)?;
-    let (train_idx, val_idx) = split(data.samples.len(), cfg.val_fraction, cfg.seed);
-    if train_idx.len() < 2 {
-        return Err(TrainerError::Config(format!(
-            "{} training samples: at least 2 are needed",
-            train_idx.len()
-        )));
-    }
-    std::fs::create_dir_all(out_dir).map_err(|e| TrainerError::io(out_dir, e))?;
-    write_json(&out_dir.join("train_config.json"), cfg)?;
+    let (train_idx, val_idx) = cfg.schedule.split(data.samples.len(), "samples")?;
+    write_config(out_dir, cfg)?;
 
-    let adapter = LoraAdapter::new(cfg.lora.clone(), &model.base, model.logit_scale, cfg.seed)?;
+    let adapter = LoraAdapter::new(
+        cfg.lora.clone(),
+        &model.base,
+        model.logit_scale,
+        cfg.schedule.seed,
+    )?;
     let named = adapter.named_vars();
     let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
     let vars: Vec<_> = named.iter().map(|(_, v)| *v).collect();
     let decay: Vec<bool> = names.iter().map(|n| n != LOGIT_SCALE).collect();
-    let mut opt = AdamW::new(
-        &vars,
-        decay,
-        AdamWParams {
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-    )?;
+    let mut opt = cfg.schedule.optimizer(&vars, decay)?;
 
     let micro_per_epoch = train_idx.len().div_ceil(cfg.batch_size);
-    let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum_steps);
-    let mut total = cfg.epochs * steps_per_epoch;
-    if let Some(max) = cfg.max_steps {
-        total = total.min(max);
-    }
-    let mut state = RunState {
-        next_epoch: 0,
-        next_batch: 0,
-        step: 0,
-        best_val_loss: None,
-        bad_epochs: 0,
-        dropout_rng: SplitMix64::new(cfg.seed ^ 0xD80F),
-        history: Vec::new(),
-        config: cfg.clone(),
-    };
+    let total = cfg
+        .schedule
+        .total_steps(micro_per_epoch.div_ceil(cfg.grad_accum_steps));
     let ckpt_dir = out_dir.join(CHECKPOINT_DIR);
-    if resume && has_checkpoint(&ckpt_dir) {
-        state = load_checkpoint(&ckpt_dir, &named, &mut opt, |s: &RunState| s.step)?;
-        if state.config != *cfg {
-            tracing::warn!(
-                "The checkpoint was written with other settings; continuing with the current ones."
-            );
-        }
-        tracing::info!(
-            epoch = state.next_epoch,
-            step = state.step,
-            "Resumed from checkpoint."
-        );
-    }
+    let mut state = resume_from(options, &ckpt_dir, &named, &mut opt, cfg, |s: &RunState| {
+        (&s.run, &s.config)
+    })?
+    .unwrap_or_else(|| RunState {
+        run: Progress::new(cfg.schedule.seed ^ 0xD80F),
+        best_val_loss: None,
+        config: cfg.clone(),
+    });
 
-    let bar = progress_bar(show_progress, total as u64, state.step as u64);
-    let rng = RefCell::new(state.dropout_rng.clone());
-    let started = Instant::now();
-    let steps_at_start = state.step;
+    let session = Session::start(&options, total, &state.run);
+    let rng = RefCell::new(state.run.dropout_rng.clone());
     let (mut stopped_early, mut interrupted) = (false, false);
     let zero_grads = || vec![None::<Tensor>; vars.len()];
-    'epochs: for epoch in state.next_epoch..cfg.epochs {
-        // Only the resumed epoch starts part-way.
-        let skip = std::mem::take(&mut state.next_batch);
-        if state.step >= total && skip == 0 {
+    'epochs: for epoch in state.run.next_epoch..cfg.schedule.epochs {
+        let Some(skip) = state.run.begin_epoch(total) else {
             break;
-        }
-        let mut order = train_idx.clone();
-        SplitMix64::new(cfg.seed.wrapping_add(epoch as u64).wrapping_mul(0x9E37))
-            .shuffle(&mut order);
-        let batches: Vec<&[usize]> = order
-            .chunks(cfg.batch_size)
-            .filter(|c| c.len() >= 2)
-            .collect();
+        };
+        let order = cfg.schedule.epoch_order(&train_idx, epoch);
+        let batches = batches(&order, cfg.batch_size);
         let mut acc = zero_grads();
         let (mut acc_loss, mut acc_n) = (0f32, 0usize);
         for (b, chunk) in batches.iter().enumerate().skip(skip) {
-            if state.step >= total {
+            if state.run.step >= total {
                 break;
             }
             let loss = batch_loss(model, &adapter, &batcher, chunk, Some((cfg, &rng)))?;
@@ -369,39 +450,22 @@ pub fn train(
             acc_loss += loss.to_scalar::<f32>()?;
             acc_n += 1;
             if acc_n == cfg.grad_accum_steps || b + 1 == batches.len() {
-                let lr = learning_rate(
-                    state.step,
-                    cfg.warmup_steps,
-                    total,
-                    cfg.learning_rate,
-                    cfg.min_lr_ratio,
-                );
+                let lr = cfg.schedule.lr(state.run.step, total);
                 opt.step(&vars, &acc, lr)?;
                 clamp_temperature(&adapter, cfg.max_logit_scale)?;
-                state.step += 1;
                 let train_loss = acc_loss / acc_n as f32;
-                state.history.push(HistoryPoint {
-                    step: state.step,
-                    epoch,
-                    train_loss,
-                    val_loss: None,
-                    lr,
-                });
-                bar.set_message(format!("epoch {} loss {train_loss:.4}", epoch + 1));
-                bar.inc(1);
-                tracing::debug!(step = state.step, loss = train_loss, lr, "Step done.");
+                session.step_done(&mut state.run, epoch, train_loss, lr);
+                tracing::debug!(step = state.run.step, loss = train_loss, lr, "Step done.");
                 acc = zero_grads();
                 (acc_loss, acc_n) = (0.0, 0);
-                let stop = stop_after_steps.is_some_and(|n| state.step - steps_at_start >= n);
+                let stop = session.should_stop(&state.run);
                 let every = cfg.checkpoint_every_steps;
-                if stop || (every > 0 && state.step.is_multiple_of(every)) {
+                if stop || (every > 0 && state.run.step.is_multiple_of(every)) {
                     // After an optimizer step nothing is accumulated, so
                     // the batch index is all a resume needs.
-                    state.next_epoch = epoch;
-                    state.next_batch = b + 1;
-                    state.dropout_rng = rng.borrow().clone();
+                    state.run.hold(epoch, b + 1, &rng);
                     save_checkpoint(&ckpt_dir, &named, &opt, &state)?;
-                    state.next_batch = 0;
+                    state.run.next_batch = 0;
                 }
                 if stop {
                     interrupted = true;
@@ -410,27 +474,21 @@ pub fn train(
             }
         }
         let val = mean_loss(model, &adapter, &batcher, &val_idx, cfg.batch_size)?;
-        if let (Some(v), Some(last)) = (val, state.history.last_mut()) {
-            last.val_loss = Some(v);
+        let better = |v: f32, best: Option<f32>| best.is_none_or(|b| v < b);
+        if state
+            .run
+            .end_epoch(epoch, val, |v| v, &mut state.best_val_loss, better)
+        {
+            adapter.save(&out_dir.join(ADAPTER_DIR))?;
         }
-        state.next_epoch = epoch + 1;
-        match val {
-            Some(v) if state.best_val_loss.is_none_or(|b| v < b) => {
-                state.best_val_loss = Some(v);
-                state.bad_epochs = 0;
-                adapter.save(&out_dir.join(ADAPTER_DIR))?;
-            }
-            Some(_) => state.bad_epochs += 1,
-            None => adapter.save(&out_dir.join(ADAPTER_DIR))?,
-        }
-        tracing::info!(epoch = epoch + 1, step = state.step, val_loss = ?val, "Epoch done.");
-        state.dropout_rng = rng.borrow().clone();
+        tracing::info!(epoch = epoch + 1, step = state.run.step, val_loss = ?val, "Epoch done.");
+        state.run.dropout_rng = rng.borrow().clone();
         save_checkpoint(&ckpt_dir, &named, &opt, &state)?;
-        if stop_after_steps.is_some_and(|n| state.step - steps_at_start >= n) {
+        if session.should_stop(&state.run) {
             interrupted = true;
             break 'epochs;
         }
-        if cfg.early_stopping_patience > 0 && state.bad_epochs >= cfg.early_stopping_patience {
+        if cfg.schedule.patience_exhausted(state.run.bad_epochs) {
             tracing::info!(
                 epoch = epoch + 1,
                 "Early stop: the validation loss stopped improving."
@@ -439,9 +497,7 @@ pub fn train(
             break 'epochs;
         }
     }
-    bar.finish_and_clear();
-    let elapsed = started.elapsed().as_secs_f64();
-    write_json(&out_dir.join("history.json"), &state.history)?;
+    let steps_per_sec = session.finish(&state.run, out_dir)?;
     // The best adapter is the result (the last one without validation); an
     // interrupted run may not have one yet and returns where it stopped.
     let result = if interrupted {
@@ -450,16 +506,58 @@ pub fn train(
         LoraAdapter::load(&out_dir.join(ADAPTER_DIR), &model.base)?
     };
     let outcome = TrainOutcome {
-        steps: state.step,
-        epochs: state.next_epoch,
+        steps: state.run.step,
+        epochs: state.run.next_epoch,
         best_val_loss: state.best_val_loss,
         stopped_early,
         interrupted,
-        history: state.history,
-        steps_per_sec: (state.step - steps_at_start) as f64 / elapsed.max(1e-9),
+        history: state.run.history,
+        steps_per_sec,
         split: (train_idx.len(), val_idx.len()),
     };
     Ok((result, outcome))
+}
+
+/// The training batches of an epoch's `order`: `batch_size` items each,
+/// a last one of fewer than 2 dropped (no negatives).
+pub fn batches(order: &[usize], batch_size: usize) -> Vec<&[usize]> {
+    order.chunks(batch_size).filter(|c| c.len() >= 2).collect()
+}
+
+/// Creates `out_dir` and writes the run's settings into it
+/// (`train_config.json`).
+pub fn write_config<C: Serialize>(out_dir: &Path, cfg: &C) -> Result<(), TrainerError> {
+    std::fs::create_dir_all(out_dir).map_err(|e| TrainerError::io(out_dir, e))?;
+    write_json(&out_dir.join("train_config.json"), cfg)
+}
+
+/// The state of the checkpoint in `dir`, with `vars` and `opt` restored
+/// from it, when `options.resume` and there is one; `parts` reads a state's
+/// progress and settings (a warning where they differ from `cfg`).
+pub fn resume_from<S: DeserializeOwned, C: PartialEq>(
+    options: RunOptions,
+    dir: &Path,
+    vars: &[(String, &Var)],
+    opt: &mut AdamW,
+    cfg: &C,
+    parts: impl Fn(&S) -> (&Progress, &C),
+) -> Result<Option<S>, TrainerError> {
+    if !options.resume || !has_checkpoint(dir) {
+        return Ok(None);
+    }
+    let state = load_checkpoint(dir, vars, opt, |s: &S| parts(s).0.step)?;
+    let (run, config) = parts(&state);
+    if config != cfg {
+        tracing::warn!(
+            "The checkpoint was written with other settings; continuing with the current ones."
+        );
+    }
+    tracing::info!(
+        epoch = run.next_epoch,
+        step = run.step,
+        "Resumed from checkpoint."
+    );
+    Ok(Some(state))
 }
 
 fn clamp_temperature(adapter: &LoraAdapter, max_scale: f32) -> Result<(), TrainerError> {

@@ -12,8 +12,9 @@ use roadrep::trainer::fusion::cache::{EmbeddingCache, default_cache_dir};
 use roadrep::trainer::fusion::data::{RigEmbeddings, embed_rigs, read_rigs};
 use roadrep::trainer::fusion::train::{self as fusion_train, FusionTrainConfig};
 use roadrep::trainer::fusion::{FusionDir, RigFusion, dir, eval};
-use roadrep::trainer::report;
-use roadrep::trainer::train::{RunOptions, write_json};
+use roadrep::trainer::train::write_json;
+
+use super::{RunArgs, read_config, set, stopped_early, trained, write_loss_curve};
 
 /// Inputs both commands share.
 #[derive(Args)]
@@ -54,45 +55,21 @@ pub struct TrainFusionArgs {
     /// Name of the written model (default: the base's name + "-trained").
     #[arg(long)]
     name: Option<String>,
-    /// TOML settings file (`FusionTrainConfig` field names); flags override it.
+    /// TOML settings file (the field names of `FusionTrainConfig` and its
+    /// `Schedule`); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Epochs.
-    #[arg(long)]
-    epochs: Option<usize>,
+    #[command(flatten)]
+    run: RunArgs,
     /// Rigs per batch.
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Peak learning rate.
-    #[arg(long)]
-    lr: Option<f64>,
-    /// Warmup steps.
-    #[arg(long)]
-    warmup: Option<usize>,
-    /// Stop after this many steps.
-    #[arg(long)]
-    max_steps: Option<usize>,
-    /// Validation fraction.
-    #[arg(long)]
-    val_fraction: Option<f32>,
-    /// Seed of the split, shuffles and view dropout.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Early-stopping patience in epochs (0 = off).
-    #[arg(long)]
-    patience: Option<usize>,
     /// Probability of dropping each present view of a training rig.
     #[arg(long)]
     view_dropout: Option<f32>,
     /// Fixed logit scale of the loss (default: the CLIP manifest's).
     #[arg(long)]
     logit_scale: Option<f32>,
-    /// Continue from out/checkpoint.
-    #[arg(long)]
-    resume: bool,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
 }
 
 /// `trainer eval-fusion`.
@@ -104,7 +81,7 @@ pub struct EvalFusionArgs {
     #[arg(long)]
     anchor: Option<String>,
     /// Validation fraction of the split to evaluate (as trained with).
-    #[arg(long, default_value_t = FusionTrainConfig::default().val_fraction)]
+    #[arg(long, default_value_t = FusionTrainConfig::default().schedule.val_fraction)]
     val_fraction: f32,
     /// Seed of the split (as trained with).
     #[arg(long, default_value_t = 0)]
@@ -178,31 +155,15 @@ fn load(inputs: &FusionInputs, device: &Device) -> Result<Loaded> {
 
 /// `trainer train-fusion`.
 pub fn run_train(a: TrainFusionArgs, device: &Device) -> Result<()> {
-    let mut cfg = match &a.config {
-        Some(p) => FusionTrainConfig::from_file(p)?,
-        None => FusionTrainConfig::default(),
-    };
-    macro_rules! set {
-        ($field:expr, $value:expr) => {
-            if let Some(v) = $value {
-                $field = v;
-            }
-        };
-    }
-    set!(cfg.epochs, a.epochs);
-    set!(cfg.batch_size, a.batch_size);
-    set!(cfg.learning_rate, a.lr);
-    set!(cfg.warmup_steps, a.warmup);
-    set!(cfg.val_fraction, a.val_fraction);
-    set!(cfg.seed, a.seed);
-    set!(cfg.early_stopping_patience, a.patience);
-    set!(cfg.view_dropout, a.view_dropout);
-    cfg.max_steps = a.max_steps.or(cfg.max_steps);
+    let mut cfg: FusionTrainConfig = read_config(a.config.as_deref())?;
+    a.run.apply(&mut cfg.schedule);
+    set(&mut cfg.batch_size, a.batch_size);
+    set(&mut cfg.view_dropout, a.view_dropout);
     cfg.logit_scale = a.logit_scale.or(cfg.logit_scale);
     // Bad settings fail before any image is read.
     cfg.validate()?;
     let l = load(&a.inputs, device)?;
-    let (_, val) = split(l.data.len(), cfg.val_fraction, cfg.seed);
+    let (_, val) = split(l.data.len(), cfg.schedule.val_fraction, cfg.schedule.seed);
     let before = eval::evaluate(&l.model, &l.data, &val, None, cfg.batch_size)?;
     let outcome = fusion_train::train(
         &l.model,
@@ -210,16 +171,9 @@ pub fn run_train(a: TrainFusionArgs, device: &Device) -> Result<()> {
         &cfg,
         l.logit_scale,
         &a.out,
-        RunOptions {
-            resume: a.resume,
-            show_progress: !a.quiet,
-            stop_after_steps: None,
-        },
+        a.run.options(),
     )?;
-    report::write_text(
-        &a.out.join("loss.svg"),
-        &report::loss_curve_svg(&outcome.history),
-    )?;
+    write_loss_curve(&a.out, &outcome.history)?;
     let base_name = l.dir.manifest.name.clone();
     let name = a.name.unwrap_or_else(|| format!("{base_name}-trained"));
     let source = format!(
@@ -236,15 +190,9 @@ pub fn run_train(a: TrainFusionArgs, device: &Device) -> Result<()> {
         &serde_json::json!({ "before": before, "after": after, "split": outcome.split }),
     )?;
     println!(
-        "trained {} steps in {} epochs ({:.1} steps/s){}; model in {} (fingerprint {})",
-        outcome.steps,
-        outcome.epochs,
-        outcome.steps_per_sec,
-        if outcome.stopped_early {
-            ", stopped early"
-        } else {
-            ""
-        },
+        "{}{}; model in {} (fingerprint {})",
+        trained(outcome.steps, outcome.epochs, outcome.steps_per_sec, 1),
+        stopped_early(outcome.stopped_early),
         written.dir.display(),
         written.fingerprint
     );

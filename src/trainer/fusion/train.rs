@@ -14,19 +14,18 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::path::Path;
-use std::time::Instant;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::super::TrainerError;
-use super::super::dataset::split;
-use super::super::optim::{AdamW, AdamWParams, learning_rate};
+use super::super::config::{Schedule, ScheduleDefaults, read_toml};
 use super::super::rng::SplitMix64;
 use super::super::train::{
-    CHECKPOINT_DIR, HistoryPoint, RunOptions, diag_cross_entropy, has_checkpoint, load_checkpoint,
-    progress_bar, save_checkpoint, write_json,
+    CHECKPOINT_DIR, HistoryPoint, Progress, RunOptions, Session, batches, diag_cross_entropy,
+    resume_from, save_checkpoint, write_config,
 };
 use super::data::RigEmbeddings;
 use super::eval::{fused_rows, text_to_rig};
@@ -39,27 +38,12 @@ pub const BEST_FILE: &str = "best.safetensors";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FusionTrainConfig {
-    /// Passes over the training split.
-    pub epochs: usize,
+    /// Epochs, learning rate schedule, split, seed, early stopping (weight
+    /// decay: not on the gate, norms or biases).
+    #[serde(flatten)]
+    pub schedule: Schedule<Fusion>,
     /// Rigs per batch (the negatives come from it).
     pub batch_size: usize,
-    /// Peak learning rate.
-    pub learning_rate: f64,
-    /// Final learning rate as a fraction of the peak.
-    pub min_lr_ratio: f64,
-    /// Linear warmup steps.
-    pub warmup_steps: usize,
-    /// AdamW decoupled weight decay (not on the gate, norms or biases).
-    pub weight_decay: f64,
-    /// Stop after this many steps in total, if set.
-    pub max_steps: Option<usize>,
-    /// Fraction of the rigs held out for validation.
-    pub val_fraction: f32,
-    /// Seed of the split, shuffles and view dropout.
-    pub seed: u64,
-    /// Stop when validation recall@1 (ties: loss) has not improved for this
-    /// many epochs (0 = never).
-    pub early_stopping_patience: usize,
     /// Probability of dropping each present view of a training rig (one
     /// view always stays).
     pub view_dropout: f32,
@@ -70,8 +54,22 @@ pub struct FusionTrainConfig {
 impl Default for FusionTrainConfig {
     fn default() -> Self {
         Self {
-            epochs: 20,
+            schedule: Schedule::default(),
             batch_size: 32,
+            view_dropout: 0.3,
+            logit_scale: None,
+        }
+    }
+}
+
+/// `trainer train-fusion`'s [`ScheduleDefaults`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Fusion;
+
+impl ScheduleDefaults for Fusion {
+    fn schedule() -> Schedule<Self> {
+        Schedule {
+            epochs: 20,
             learning_rate: 1e-3,
             min_lr_ratio: 0.1,
             warmup_steps: 20,
@@ -80,42 +78,35 @@ impl Default for FusionTrainConfig {
             val_fraction: 0.1,
             seed: 0,
             early_stopping_patience: 5,
-            view_dropout: 0.3,
-            logit_scale: None,
+            defaults: PhantomData,
         }
     }
 }
 
 impl FusionTrainConfig {
-    /// Reads settings from a TOML file (the field names above; missing ones
-    /// keep their defaults).
+    /// Reads settings from a TOML file (the field names above and those of
+    /// [`Schedule`]; missing ones keep their defaults).
     pub fn from_file(path: &Path) -> Result<Self, TrainerError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
-        toml::from_str(&text).map_err(|e| {
-            TrainerError::Config(format!(
-                "'{}': {}",
-                path.display(),
-                crate::models::manifest::one_line(&e.to_string())
-            ))
-        })
+        read_toml(path)
     }
 
     /// Refuses settings a run cannot use.
     pub fn validate(&self) -> Result<(), TrainerError> {
         let bad = |m: &str| Err(TrainerError::Config(m.into()));
+        let s = &self.schedule;
         if self.batch_size < 2 {
             return bad("batch_size must be at least 2 (the negatives come from the batch)");
         }
-        if self.epochs == 0 || self.max_steps == Some(0) {
+        if s.epochs == 0 || s.max_steps == Some(0) {
             return bad("epochs and max_steps must be at least 1");
         }
-        if self.learning_rate.is_nan() || self.learning_rate <= 0.0 {
+        if s.learning_rate.is_nan() || s.learning_rate <= 0.0 {
             return bad("learning_rate must be positive");
         }
         if !(0.0..1.0).contains(&self.view_dropout) {
             return bad("view_dropout must be in [0, 1)");
         }
-        if !(0.0..1.0).contains(&self.val_fraction) {
+        if !(0.0..1.0).contains(&s.val_fraction) {
             return bad("val_fraction must be in [0, 1)");
         }
         if self.logit_scale.is_some_and(|s| s.is_nan() || s <= 0.0) {
@@ -127,13 +118,9 @@ impl FusionTrainConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RunState {
-    next_epoch: usize,
-    next_batch: usize,
-    step: usize,
+    #[serde(flatten)]
+    run: Progress,
     best: Option<(f64, f32)>,
-    bad_epochs: usize,
-    dropout_rng: SplitMix64,
-    history: Vec<HistoryPoint>,
     config: FusionTrainConfig,
 }
 
@@ -275,15 +262,8 @@ pub fn train(
         )));
     }
     let scale = cfg.logit_scale.unwrap_or(clip_logit_scale) as f64;
-    let (train_idx, val_idx) = split(data.len(), cfg.val_fraction, cfg.seed);
-    if train_idx.len() < 2 {
-        return Err(TrainerError::Config(format!(
-            "{} training rigs: at least 2 are needed",
-            train_idx.len()
-        )));
-    }
-    std::fs::create_dir_all(out_dir).map_err(|e| TrainerError::io(out_dir, e))?;
-    write_json(&out_dir.join("train_config.json"), cfg)?;
+    let (train_idx, val_idx) = cfg.schedule.split(data.len(), "rigs")?;
+    write_config(out_dir, cfg)?;
     let named = model.named_vars();
     let vars: Vec<_> = named.iter().map(|(_, v)| *v).collect();
     // Decay on matrices only: not the gate, norms, biases or embeddings.
@@ -291,39 +271,19 @@ pub fn train(
         .iter()
         .map(|(n, v)| v.as_tensor().rank() == 2 && n.ends_with(".weight"))
         .collect();
-    let mut opt = AdamW::new(
-        &vars,
-        decay,
-        AdamWParams {
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-    )?;
-    let per_epoch = train_idx.len().div_ceil(cfg.batch_size);
-    let mut total = cfg.epochs * per_epoch;
-    if let Some(max) = cfg.max_steps {
-        total = total.min(max);
-    }
-    let mut state = RunState {
-        next_epoch: 0,
-        next_batch: 0,
-        step: 0,
-        best: None,
-        bad_epochs: 0,
-        dropout_rng: SplitMix64::new(cfg.seed ^ 0xF05E),
-        history: Vec::new(),
-        config: cfg.clone(),
-    };
+    let mut opt = cfg.schedule.optimizer(&vars, decay)?;
+    let total = cfg
+        .schedule
+        .total_steps(train_idx.len().div_ceil(cfg.batch_size));
     let ckpt_dir = out_dir.join(CHECKPOINT_DIR);
-    if options.resume && has_checkpoint(&ckpt_dir) {
-        state = load_checkpoint(&ckpt_dir, &named, &mut opt, |s: &RunState| s.step)?;
-        if state.config != *cfg {
-            tracing::warn!(
-                "The checkpoint was written with other settings; continuing with the current ones."
-            );
-        }
-        tracing::info!(epoch = state.next_epoch, step = state.step, "Resumed.");
-    }
+    let mut state = resume_from(options, &ckpt_dir, &named, &mut opt, cfg, |s: &RunState| {
+        (&s.run, &s.config)
+    })?
+    .unwrap_or_else(|| RunState {
+        run: Progress::new(cfg.schedule.seed ^ 0xF05E),
+        best: None,
+        config: cfg.clone(),
+    });
     let best_path = out_dir.join(BEST_FILE);
     let save_best = || -> Result<(), TrainerError> {
         let tensors: HashMap<String, Tensor> = model
@@ -336,25 +296,20 @@ pub fn train(
             message: e.to_string(),
         })
     };
-    let bar = progress_bar(options.show_progress, total as u64, state.step as u64);
-    let rng = RefCell::new(state.dropout_rng.clone());
-    let started = Instant::now();
-    let steps_at_start = state.step;
+    let session = Session::start(&options, total, &state.run);
+    let rng = RefCell::new(state.run.dropout_rng.clone());
     let (mut stopped_early, mut interrupted) = (false, false);
-    'epochs: for epoch in state.next_epoch..cfg.epochs {
-        let skip = std::mem::take(&mut state.next_batch);
-        if state.step >= total && skip == 0 {
+    'epochs: for epoch in state.run.next_epoch..cfg.schedule.epochs {
+        let Some(skip) = state.run.begin_epoch(total) else {
             break;
-        }
-        let mut order = train_idx.clone();
-        SplitMix64::new(cfg.seed.wrapping_add(epoch as u64).wrapping_mul(0x9E37))
-            .shuffle(&mut order);
-        let batches: Vec<&[usize]> = order
-            .chunks(cfg.batch_size)
-            .filter(|c| c.len() >= 2)
-            .collect();
-        for (b, chunk) in batches.iter().enumerate().skip(skip) {
-            if state.step >= total {
+        };
+        let order = cfg.schedule.epoch_order(&train_idx, epoch);
+        for (b, chunk) in batches(&order, cfg.batch_size)
+            .into_iter()
+            .enumerate()
+            .skip(skip)
+        {
+            if state.run.step >= total {
                 break;
             }
             let present = drop_views(data, chunk, cfg.view_dropout, &mut rng.borrow_mut());
@@ -364,61 +319,33 @@ pub fn train(
                 .iter()
                 .map(|v| grads.get(v.as_tensor()).cloned())
                 .collect();
-            let lr = learning_rate(
-                state.step,
-                cfg.warmup_steps,
-                total,
-                cfg.learning_rate,
-                cfg.min_lr_ratio,
-            );
+            let lr = cfg.schedule.lr(state.run.step, total);
             opt.step(&vars, &grads, lr)?;
-            state.step += 1;
-            let train_loss = loss.to_scalar::<f32>()?;
-            state.history.push(HistoryPoint {
-                step: state.step,
-                epoch,
-                train_loss,
-                val_loss: None,
-                lr,
-            });
-            bar.set_message(format!("epoch {} loss {train_loss:.4}", epoch + 1));
-            bar.inc(1);
-            if options
-                .stop_after_steps
-                .is_some_and(|n| state.step - steps_at_start >= n)
-            {
-                state.next_epoch = epoch;
-                state.next_batch = b + 1;
-                state.dropout_rng = rng.borrow().clone();
+            session.step_done(&mut state.run, epoch, loss.to_scalar::<f32>()?, lr);
+            if session.should_stop(&state.run) {
+                state.run.hold(epoch, b + 1, &rng);
                 save_checkpoint(&ckpt_dir, &named, &opt, &state)?;
                 interrupted = true;
                 break 'epochs;
             }
         }
         let val = validate(model, data, &val_idx, scale, cfg.batch_size)?;
-        if let (Some((_, loss)), Some(last)) = (val, state.history.last_mut()) {
-            last.val_loss = Some(loss);
-        }
-        state.next_epoch = epoch + 1;
-        match val {
-            Some(v) if better(v, state.best) => {
-                state.best = Some(v);
-                state.bad_epochs = 0;
-                save_best()?;
-            }
-            Some(_) => state.bad_epochs += 1,
-            None => save_best()?,
+        if state
+            .run
+            .end_epoch(epoch, val, |(_, loss)| loss, &mut state.best, better)
+        {
+            save_best()?;
         }
         tracing::info!(
             epoch = epoch + 1,
-            step = state.step,
+            step = state.run.step,
             val_recall_at_1 = val.map(|v| v.0),
             val_loss = val.map(|v| v.1),
             "Epoch done."
         );
-        state.dropout_rng = rng.borrow().clone();
+        state.run.dropout_rng = rng.borrow().clone();
         save_checkpoint(&ckpt_dir, &named, &opt, &state)?;
-        if cfg.early_stopping_patience > 0 && state.bad_epochs >= cfg.early_stopping_patience {
+        if cfg.schedule.patience_exhausted(state.run.bad_epochs) {
             tracing::info!(
                 epoch = epoch + 1,
                 "Early stop: validation stopped improving."
@@ -427,20 +354,18 @@ pub fn train(
             break;
         }
     }
-    bar.finish_and_clear();
-    let elapsed = started.elapsed().as_secs_f64();
-    write_json(&out_dir.join("history.json"), &state.history)?;
+    let steps_per_sec = session.finish(&state.run, out_dir)?;
     if !interrupted {
         load_best(model, &best_path)?;
     }
     Ok(FusionOutcome {
-        steps: state.step,
-        epochs: state.next_epoch,
+        steps: state.run.step,
+        epochs: state.run.next_epoch,
         best: state.best,
         stopped_early,
         interrupted,
-        history: state.history,
-        steps_per_sec: (state.step - steps_at_start) as f64 / elapsed.max(1e-9),
+        history: state.run.history,
+        steps_per_sec,
         split: (train_idx.len(), val_idx.len()),
         val_idx,
     })
@@ -467,6 +392,24 @@ pub fn load_best(model: &RigFusion, path: &Path) -> Result<(), TrainerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_keep_the_fusion_defaults_and_keys() {
+        let c: FusionTrainConfig = toml::from_str("epochs = 2\nview_dropout = 0.5\n").unwrap();
+        let s = &c.schedule;
+        assert_eq!((s.epochs, s.learning_rate, s.min_lr_ratio), (2, 1e-3, 0.1));
+        assert_eq!((s.warmup_steps, s.early_stopping_patience), (20, 5));
+        assert_eq!((c.batch_size, c.view_dropout), (32, 0.5));
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["epochs"], 2);
+        assert_eq!(
+            serde_json::from_value::<FusionTrainConfig>(json).unwrap(),
+            c
+        );
+        for bad in ["epoch = 2", "grad_accum_steps = 2"] {
+            assert!(toml::from_str::<FusionTrainConfig>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn view_dropout_keeps_a_view_of_every_rig() {
