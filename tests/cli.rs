@@ -472,5 +472,7 @@ fn bench_rig_reports_fusion_next_to_clip_and_one_record_per_anchor_frame() {
     assert_eq!(rig["records"], rig["anchor_frames"]);
     assert_eq!(rig["frames"], 8);
     assert_eq!(report["assembly_wait_ms"]["samples"], 4);
+    assert!(positive(&rig["fusion_s"]), "{rig}");
+    assert_eq!(plain["fusion_s"], 0.0);
     assert!(positive(&rig["secs"]) && positive(&report["rig_over_plain"]));
 }

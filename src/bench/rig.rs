@@ -125,10 +125,22 @@ pub struct RigBenchReport {
     pub replays: Vec<ReplayRun>,
     /// Median replay time with the rig / without, same clips.
     pub rig_over_plain: f64,
+    /// Each replay with the rig / the one without just before it.
+    pub rig_over_plain_paired: Vec<f64>,
+    /// Fusing and tagging records in the worker / replay time, median of
+    /// the runs with the rig.
+    pub fusion_share_of_replay: f64,
+    /// Fusing and tagging in the worker per record, ms (all rig runs).
+    pub fusion_ms_per_record_in_pipeline: f64,
     /// How long each record waited for its views after its anchor frame, ms.
     pub assembly_wait_ms: Millis,
     /// Longest wait, ms.
     pub assembly_wait_max_ms: f64,
+    /// Mean wait, ms.
+    pub assembly_wait_mean_ms: f64,
+    /// Records that waited at all (over 1 ms): their anchor frame came
+    /// before another role's frame at or after its time.
+    pub assembly_waited_records: usize,
 }
 
 /// Runs both parts.
@@ -248,7 +260,19 @@ pub fn bench_rig(
             .collect();
         Millis::of(secs).median
     };
+    let counted: Vec<&ReplayRun> = runs.iter().filter(|r| !r.warmup).collect();
+    let paired = counted
+        .windows(2)
+        .filter(|w| !w[0].rig && w[1].rig)
+        .map(|w| w[1].secs / w[0].secs)
+        .collect();
+    let with_rig = || counted.iter().filter(|r| r.rig);
+    let fusion_share = Millis::of(with_rig().map(|r| r.fusion_s / r.secs).collect()).median;
+    let fusion_per_record = with_rig().map(|r| r.fusion_s).sum::<f64>() * 1e3
+        / with_rig().map(|r| r.records).sum::<u64>().max(1) as f64;
     let wait_max = waits.iter().copied().fold(0.0, f64::max);
+    let wait_mean = waits.iter().sum::<f64>() / waits.len().max(1) as f64;
+    let waited = waits.iter().filter(|&&w| w > 1.0).count();
     Ok(RigBenchReport {
         model: format!("{} ({})", model.manifest().name, &model.fingerprint()[..16]),
         precision: model.precision(),
@@ -267,9 +291,14 @@ pub fn bench_rig(
             .collect(),
         sample_fps: settings.sample_fps,
         rig_over_plain: median_secs(true) / median_secs(false),
+        rig_over_plain_paired: paired,
+        fusion_share_of_replay: fusion_share,
+        fusion_ms_per_record_in_pipeline: fusion_per_record,
         replays: runs,
         assembly_wait_ms: Millis::of(waits),
         assembly_wait_max_ms: wait_max,
+        assembly_wait_mean_ms: wait_mean,
+        assembly_waited_records: waited,
     })
 }
 
@@ -324,13 +353,13 @@ impl RigBenchReport {
         }
         s.push_str(&format!(
             "\nreplay of {} at {} fps, one pipeline per run, fresh store each:\n\n\
-             | run | rig | seconds | frames | anchor frames | rig records (partial) |\n|---:|---|---:|---:|---:|---:|\n",
+             | run | rig | seconds | frames | anchor frames | rig records (partial) | fusing + tagging in the worker, ms |\n|---:|---|---:|---:|---:|---:|---:|\n",
             self.clips.join(" "),
             self.sample_fps
         ));
         for (i, r) in self.replays.iter().enumerate() {
             s.push_str(&format!(
-                "| {} | {} | {:.2} | {} | {} | {} ({}) |\n",
+                "| {} | {} | {:.2} | {} | {} | {} ({}) | {:.1} |\n",
                 i + 1,
                 match (r.warmup, r.rig) {
                     (true, _) => "no (warm-up, not counted)",
@@ -341,16 +370,28 @@ impl RigBenchReport {
                 r.frames,
                 r.anchor_frames,
                 r.records,
-                r.partial_records
+                r.partial_records,
+                r.fusion_s * 1e3
             ));
         }
         s.push_str(&format!(
-            "\nwith the rig / without (median seconds) = **{:.3}**; a record waited for its views after its anchor frame: \
-             median **{:.2} ms**, p95 **{:.2} ms**, max {:.2} ms ({} records)\n",
+            "\nwith the rig / without (median seconds) = **{:.3}** (each rig run / the run before it: {}); \
+             fusing + tagging in the worker: **{:.2}%** of the replay time, {:.2} ms per record\n\n\
+             a record waited for its views after its anchor frame: \
+             median **{:.2} ms**, p95 **{:.2} ms**, mean {:.1} ms, max {:.1} ms; {} of {} records waited over 1 ms\n",
             self.rig_over_plain,
+            self.rig_over_plain_paired
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.fusion_share_of_replay * 100.0,
+            self.fusion_ms_per_record_in_pipeline,
             self.assembly_wait_ms.median,
             self.assembly_wait_ms.p95,
+            self.assembly_wait_mean_ms,
             self.assembly_wait_max_ms,
+            self.assembly_waited_records,
             self.assembly_wait_ms.samples
         ));
         s

@@ -37,6 +37,9 @@ pub struct ReplayRun {
     pub records: u64,
     /// Of those, records with a view absent.
     pub partial_records: u64,
+    /// Time the worker spent fusing and tagging them
+    /// (`roadrep_rig_fusion_seconds`, summed), seconds.
+    pub fusion_s: f64,
 }
 
 /// The replays and what they recorded.
@@ -90,6 +93,7 @@ pub(super) fn run_replays(
             warmup,
             records: sink.records.load(Ordering::Relaxed),
             partial_records: sink.partial.load(Ordering::Relaxed),
+            fusion_s: *sink.fusion_secs.lock().unwrap_or_else(|p| p.into_inner()),
             ..run
         };
         waits.extend(sink.take_waits());
@@ -225,6 +229,7 @@ fn replay_once(
         anchor_frames: report.files.first().map_or(0, |f| f.frames),
         records: 0,
         partial_records: 0,
+        fusion_s: 0.0,
     })
 }
 
@@ -239,6 +244,8 @@ impl ReplayProgress for Quiet {
 #[derive(Default)]
 struct RigSink {
     waits: Mutex<Vec<f64>>,
+    /// Fusing and tagging in the worker, summed, seconds.
+    fusion_secs: Mutex<f64>,
     records: AtomicU64,
     partial: AtomicU64,
 }
@@ -246,6 +253,7 @@ struct RigSink {
 impl RigSink {
     fn reset(&self) {
         self.take_waits();
+        *self.fusion_secs.lock().unwrap_or_else(|p| p.into_inner()) = 0.0;
         self.records.store(0, Ordering::Relaxed);
         self.partial.store(0, Ordering::Relaxed);
     }
@@ -268,6 +276,13 @@ impl ::metrics::HistogramFn for Waits {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(value);
+    }
+}
+
+struct FusionSecs(Arc<RigSink>);
+impl ::metrics::HistogramFn for FusionSecs {
+    fn record(&self, value: f64) {
+        *self.0.fusion_secs.lock().unwrap_or_else(|p| p.into_inner()) += value;
     }
 }
 
@@ -318,10 +333,14 @@ impl ::metrics::Recorder for SinkRecorder {
         key: &::metrics::Key,
         _: &::metrics::Metadata<'_>,
     ) -> ::metrics::Histogram {
-        if key.name() == metrics::RIG_ASSEMBLY_SECONDS {
-            ::metrics::Histogram::from_arc(Arc::new(Waits(self.0.clone())))
-        } else {
-            ::metrics::Histogram::noop()
+        match key.name() {
+            metrics::RIG_ASSEMBLY_SECONDS => {
+                ::metrics::Histogram::from_arc(Arc::new(Waits(self.0.clone())))
+            }
+            metrics::RIG_FUSION_SECONDS => {
+                ::metrics::Histogram::from_arc(Arc::new(FusionSecs(self.0.clone())))
+            }
+            _ => ::metrics::Histogram::noop(),
         }
     }
 }

@@ -194,6 +194,7 @@ impl RigTracker {
             if records.is_empty() {
                 continue;
             }
+            let started = Instant::now();
             let layout = assembler.layout();
             let views: Vec<Vec<Option<&[f32]>>> = records
                 .iter()
@@ -221,6 +222,8 @@ impl RigTracker {
                     embedding,
                 });
             }
+            ::metrics::histogram!(metrics::RIG_FUSION_SECONDS)
+                .record(started.elapsed().as_secs_f64());
         }
         out
     }
