@@ -139,7 +139,7 @@ pub struct BenchRigArgs {
     #[arg(long, default_value_t = 2.0)]
     pub fps: f64,
     /// Replays of each kind, without and with the rig, alternating (after a warm-up replay).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 3)]
     pub replay_runs: usize,
     /// Image encoder precision.
     #[arg(long, value_enum, default_value = "fp32")]
