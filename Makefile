@@ -63,6 +63,7 @@ bench: build random-full
 	target/release/roadrep bench caption --model models/blip-random-full
 	target/release/roadrep bench replay --model models/clip-random-full
 	target/release/roadrep bench replay --model models/clip-random-full --precision int8
+	target/release/roadrep bench rig --model models/clip-random-full --fusion models/fusion-random-full
 
 # Training steps/s of the LoRA trainer (BENCHMARKS.md, "Trainer").
 bench-trainer: setup

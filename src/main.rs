@@ -39,6 +39,9 @@ fn main() -> ExitCode {
         Command::Bench(cli::BenchCommand::Precision(args)) => {
             commands::bench::run_precision(cli.config.as_deref(), args)
         }
+        Command::Bench(cli::BenchCommand::Rig(args)) => {
+            commands::bench::run_rig(cli.config.as_deref(), args)
+        }
         Command::Replay(args) => commands::replay::run(cli.config.as_deref(), args),
         Command::Segments(args) => commands::segments::run(
             cli.config.as_deref(),

@@ -401,3 +401,78 @@ fn bench_precision_compares_int8_with_fp32_on_every_image() {
     );
     assert_one_line_error(&o, &["no/such/dir"]);
 }
+
+/// `bench rig` times CLIP per view and fusion per record in one run and
+/// replays a two-camera rig through the pipeline: every anchor frame gives
+/// one record, and each record's assembly wait is counted.
+#[test]
+fn bench_rig_reports_fusion_next_to_clip_and_one_record_per_anchor_frame() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (front, back) = (dir.path().join("front.mp4"), dir.path().join("back.mp4"));
+    common::make_clip(&front, 50, 25, 160, 120, "smpte");
+    common::make_clip(&back, 50, 25, 160, 120, "snow");
+    let model = tiny_model_dir();
+    let fusion = root().join("models/fusion-tiny");
+    let (front_arg, back_arg) = (
+        format!("front={}", front.display()),
+        format!("back={}", back.display()),
+    );
+    let o = roadrep(
+        &[
+            "bench",
+            "rig",
+            "--json",
+            "--model",
+            model.to_str().unwrap(),
+            "--fusion",
+            fusion.to_str().unwrap(),
+            "--views",
+            "3",
+            "--records",
+            "4",
+            "--batch",
+            "2",
+            "--reps",
+            "1",
+            "--replay-runs",
+            "1",
+            "--clips",
+            &front_arg,
+            "--clips",
+            &back_arg,
+        ],
+        cache.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let positive = |v: &serde_json::Value| v.as_f64().is_some_and(|x| x > 0.0);
+    let b = &report["batches"][0];
+    assert_eq!(b["batch"], 2);
+    for key in [
+        "clip_ms_per_view",
+        "fusion_ms_per_record",
+        "fusion_partial_ms_per_record",
+    ] {
+        assert!(positive(&b[key]["median"]), "{key}: {b}");
+        assert!(b[key]["p95"].as_f64() >= b[key]["median"].as_f64(), "{b}");
+    }
+    assert!(positive(&b["fusion_over_clip"]), "{b}");
+    let replays = report["replays"].as_array().unwrap();
+    assert_eq!(replays.len(), 3);
+    assert_eq!(replays[0]["warmup"], true);
+    let (plain, rig) = (&replays[1], &replays[2]);
+    assert_eq!(
+        (plain["rig"].as_bool(), rig["rig"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_eq!(plain["records"], 0);
+    // 2 s at 2 fps: 4 anchor frames, each one record.
+    assert_eq!(rig["anchor_frames"], 4);
+    assert_eq!(rig["records"], rig["anchor_frames"]);
+    assert_eq!(rig["frames"], 8);
+    assert_eq!(report["assembly_wait_ms"]["samples"], 4);
+    assert!(positive(&rig["fusion_s"]), "{rig}");
+    assert_eq!(plain["fusion_s"], 0.0);
+    assert!(positive(&rig["secs"]) && positive(&report["rig_over_plain"]));
+}

@@ -14,11 +14,15 @@
 //!   frames: top-class agreement per label set.
 //! - [`search`]: the search index against the exact scan on generated
 //!   embeddings: latency, recall@10, build and load times, memory.
+//! - [`rig`]: the fusion model per rig record next to the CLIP cost of its
+//!   views, and what rig assembly adds to a replay (waits, throughput).
 
 pub mod caption;
 pub mod clip;
 pub mod precision;
 pub mod replay;
+pub mod rig;
+mod rig_replay;
 pub mod search;
 
 use std::path::{Path, PathBuf};
@@ -70,10 +74,18 @@ pub fn default_bench_model() -> PathBuf {
 
 /// Generates a 1280x720 25 fps H.264 clip with moving content.
 pub fn generate_clip(path: &Path, secs: u32) -> Result<(), String> {
+    generate_clip_pattern(path, secs, "ball")
+}
+
+/// [`generate_clip`] with another `videotestsrc` pattern.
+pub fn generate_clip_pattern(path: &Path, secs: u32, pattern: &str) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     crate::ingest::gst::init_gstreamer().map_err(|e| e.to_string())?;
     use gstreamer::prelude::*;
     let desc = format!(
-        "videotestsrc pattern=ball num-buffers={} ! video/x-raw,width=1280,height=720,framerate=25/1 \
+        "videotestsrc pattern={pattern} num-buffers={} ! video/x-raw,width=1280,height=720,framerate=25/1 \
          ! videoconvert ! x264enc speed-preset=veryfast ! mp4mux ! filesink location=\"{}\"",
         secs * 25,
         path.display()

@@ -1,4 +1,4 @@
-//! `roadrep bench clip|replay|caption|search`: figures for BENCHMARKS.md.
+//! `roadrep bench clip|replay|caption|search|precision|rig`: figures for BENCHMARKS.md.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,7 +10,8 @@ use roadrep::config::RoadrepConfig;
 use roadrep::models::OrtRuntime;
 
 use super::cli::{
-    BenchCaptionArgs, BenchClipArgs, BenchPrecisionArgs, BenchReplayArgs, BenchSearchArgs,
+    BenchCaptionArgs, BenchClipArgs, BenchPrecisionArgs, BenchReplayArgs, BenchRigArgs,
+    BenchSearchArgs,
 };
 
 pub fn run_clip(config_path: Option<&Path>, args: &BenchClipArgs) -> anyhow::Result<ExitCode> {
@@ -173,6 +174,81 @@ pub fn run_precision(
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("{}", report.to_markdown());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_rig(config_path: Option<&Path>, args: &BenchRigArgs) -> anyhow::Result<ExitCode> {
+    let mut config = RoadrepConfig::load(config_path)?;
+    config.models.clip = args.model.clone().unwrap_or_else(default_bench_model);
+    config.models.precision = args.precision;
+    anyhow::ensure!(
+        args.fps > 0.0 && args.fps <= 120.0,
+        "--fps must be in (0, 120]"
+    );
+    let fusion_dir = args.fusion.clone().unwrap_or_else(|| {
+        let full = config.models.clip.ends_with("clip-random-full");
+        std::path::PathBuf::from(if full {
+            "models/fusion-random-full"
+        } else {
+            "models/fusion-tiny"
+        })
+    });
+    let clips = args
+        .clips
+        .iter()
+        .map(|c| {
+            let (role, file) = c
+                .split_once('=')
+                .with_context(|| format!("--clips '{c}': expected ROLE=FILE"))?;
+            Ok((role.to_string(), std::path::PathBuf::from(file)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let open_dir =
+        std::env::temp_dir().join(format!("roadrep-bench-rig-open-{}", std::process::id()));
+    let parts = super::load_parts(&config, &open_dir)?;
+    drop(parts.store);
+    let _ = std::fs::remove_dir_all(&open_dir);
+    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    // As the pipeline opens it (`load_fuser`): one intra-op thread.
+    let fusion = roadrep::fuse::FusionModel::open_with(
+        &fusion_dir,
+        &runtime,
+        &roadrep::fuse::FusionOptions {
+            intra_threads: 1,
+            verified_files_dir: Some(super::cache_dir(&config)),
+        },
+    )
+    .with_context(|| format!("--fusion '{}'", fusion_dir.display()))?;
+    let settings = roadrep::bench::rig::RigBenchSettings {
+        views: args.views,
+        records: args.records,
+        batch_sizes: args.batch.clone(),
+        reps: args.reps,
+        clips,
+        generate_roles: args.rig_clips,
+        generate_secs: args.seconds,
+        sample_fps: args.fps,
+        replay_runs: args.replay_runs,
+        batcher: config.batcher.clone(),
+    };
+    eprintln!(
+        "benchmarking rig records with {} and {} ...",
+        config.models.clip.display(),
+        fusion_dir.display()
+    );
+    let report = roadrep::bench::rig::bench_rig(
+        parts.model,
+        parts.tagger,
+        std::sync::Arc::new(fusion),
+        &settings,
+        |l| eprintln!("  {l}"),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_markdown());
     }
     Ok(ExitCode::SUCCESS)
 }

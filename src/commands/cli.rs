@@ -100,6 +100,53 @@ pub enum BenchCommand {
     Search(BenchSearchArgs),
     /// INT8 vs fp32 image encoder on real images: top-class agreement per label set, cost.
     Precision(BenchPrecisionArgs),
+    /// Rig records: fusion per record vs. CLIP of its views, assembly waits, replay with vs. without the rig.
+    Rig(BenchRigArgs),
+}
+
+/// `roadrep bench rig`
+#[derive(Debug, Args)]
+pub struct BenchRigArgs {
+    /// CLIP model directory [default: models/clip-random-full if generated, else models/clip-tiny].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Fusion model directory made for that CLIP model [default: models/fusion-random-full with the full CLIP, else models/fusion-tiny].
+    #[arg(long)]
+    pub fusion: Option<PathBuf>,
+    /// Views per record (the fusion model's first roles).
+    #[arg(long, default_value_t = 6)]
+    pub views: usize,
+    /// Records per repetition.
+    #[arg(long, default_value_t = 64)]
+    pub records: usize,
+    /// Batch sizes: frames per encoder run and records per fusion run.
+    #[arg(long, value_delimiter = ',', default_value = "8,32")]
+    pub batch: Vec<usize>,
+    /// Timed repetitions after a warm-up run (fusion: ten times as many).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Clips to replay as the rig, ROLE=FILE (repeatable; the first role is
+    /// the anchor) [default: --rig-clips generated 1280x720 clips].
+    #[arg(long)]
+    pub clips: Vec<String>,
+    /// Cameras of the generated rig (the fusion model's first roles).
+    #[arg(long, default_value_t = 3)]
+    pub rig_clips: usize,
+    /// Length of generated clips, seconds (kept in target/ for later runs).
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u32,
+    /// Frames kept per second in the replays.
+    #[arg(long, default_value_t = 2.0)]
+    pub fps: f64,
+    /// Replays of each kind, without and with the rig, alternating (after a warm-up replay).
+    #[arg(long, default_value_t = 3)]
+    pub replay_runs: usize,
+    /// Image encoder precision.
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: ImagePrecision,
+    /// Print JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `roadrep bench precision`

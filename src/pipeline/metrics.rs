@@ -52,5 +52,8 @@ pub const RIG_VIEW_SKEW: &str = "roadrep_rig_view_skew_seconds";
 /// Histogram: how long a rig record waited for its views after its anchor
 /// frame was stored, seconds.
 pub const RIG_ASSEMBLY_SECONDS: &str = "roadrep_rig_assembly_seconds";
+/// Histogram: time to fuse and tag one run of a rig's records (one run
+/// per rig per batch that completes records), seconds.
+pub const RIG_FUSION_SECONDS: &str = "roadrep_rig_fusion_seconds";
 /// Counter: rig records lost to a fusion model error, label `rig`.
 pub const RIG_RECORDS_FAILED: &str = "roadrep_rig_records_failed_total";

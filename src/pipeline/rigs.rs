@@ -244,6 +244,7 @@ impl RigTracker {
             if records.is_empty() {
                 continue;
             }
+            let started = Instant::now();
             let layout = assembler.layout();
             let views: Vec<Vec<Option<&[f32]>>> = records
                 .iter()
@@ -271,6 +272,8 @@ impl RigTracker {
                     embedding,
                 });
             }
+            ::metrics::histogram!(metrics::RIG_FUSION_SECONDS)
+                .record(started.elapsed().as_secs_f64());
         }
         self.publish();
         out
