@@ -198,6 +198,7 @@ fn replay_once(
             rigs: rig.then(|| RigSetup {
                 layouts: vec![layout.clone()],
                 fuser: fuser.clone(),
+                status: Default::default(),
             }),
         },
         Arc::new(AtomicBool::new(false)),

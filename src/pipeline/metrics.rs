@@ -49,8 +49,9 @@ pub const RIG_VIEWS_MISSING: &str = "roadrep_rig_views_missing_total";
 pub const RIG_LATE_FRAMES: &str = "roadrep_rig_late_frames_total";
 /// Histogram: |time offset| of a present view to its anchor frame, seconds.
 pub const RIG_VIEW_SKEW: &str = "roadrep_rig_view_skew_seconds";
-/// Histogram: how long a rig record waited for its views after its anchor
-/// frame was stored, seconds.
+/// Histogram: how long a rig record waited for its views after its
+/// embedded anchor frame reached the assembler (before its batch is
+/// written), seconds.
 pub const RIG_ASSEMBLY_SECONDS: &str = "roadrep_rig_assembly_seconds";
 /// Histogram: time to fuse and tag one run of a rig's records (one run
 /// per rig per batch that completes records), seconds.
