@@ -20,6 +20,8 @@ use roadrep::trainer::train::{self, Batcher, HistoryPoint, RunOptions};
 use roadrep::trainer::{eval, merge};
 use serde::de::DeserializeOwned;
 
+#[path = "trainer/autocaption.rs"]
+mod autocaption;
 #[path = "trainer/fusion.rs"]
 mod fusion;
 
@@ -85,6 +87,8 @@ enum Command {
         #[arg(long)]
         int8: bool,
     },
+    /// BLIP-caption an image set into a training manifest (JSONL; resumable).
+    Autocaption(autocaption::AutocaptionArgs),
     /// Train a rig fusion model on captioned multi-camera rigs (CLIP frozen).
     TrainFusion(fusion::TrainFusionArgs),
     /// Text-to-rig recall of a fusion model against the mean of the views
@@ -335,6 +339,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Autocaption(args) => autocaption::run(args),
         Command::TrainFusion(args) => fusion::run_train(args, &device),
         Command::EvalFusion(args) => fusion::run_eval(args, &device),
         Command::BenchFusion(args) => fusion::run_bench(args, &device),

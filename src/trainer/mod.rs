@@ -21,6 +21,7 @@
 //!     --data rigs.jsonl --out runs/f                 # see [`fusion`]
 //! ```
 
+pub mod autocaption;
 pub mod bdd100k;
 pub mod bench;
 pub mod cider;
