@@ -68,7 +68,7 @@ fn real_frames_get_one_caption_each_in_order() {
     // One vision-encoder run for all six equals six runs of one.
     let out = common::roadrep(
         &args(
-            &["caption", "--batch", "1", "--model", "models/blip-tiny"],
+            &["caption", "--batch", "6", "--model", "models/blip-tiny"],
             &images,
         ),
         cache.path(),
