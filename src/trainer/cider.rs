@@ -81,18 +81,17 @@ fn vector(c: &Counts, df: &HashMap<&Vec<String>, usize>, log_images: f64) -> Vec
 fn similarity(hyp: &Vector, reference: &Vector) -> [f64; N] {
     let delta = hyp.length - reference.length;
     let penalty = (-(delta * delta) / (2.0 * SIGMA * SIGMA)).exp();
-    let mut val = [0.0; N];
-    for n in 0..N {
+    std::array::from_fn(|n| {
+        let mut val = 0.0;
         for (g, &h) in &hyp.weights[n] {
             let r = reference.weights[n].get(g).copied().unwrap_or(0.0);
-            val[n] += h.min(r) * r;
+            val += h.min(r) * r;
         }
         if hyp.norms[n] != 0.0 && reference.norms[n] != 0.0 {
-            val[n] /= hyp.norms[n] * reference.norms[n];
+            val /= hyp.norms[n] * reference.norms[n];
         }
-        val[n] *= penalty;
-    }
-    val
+        val * penalty
+    })
 }
 
 /// CIDEr-D of `hypotheses[i]` against `references[i]` (several per image);
@@ -121,14 +120,15 @@ pub fn cider_d(hypotheses: &[String], references: &[Vec<String>]) -> CiderD {
                 return 0.0;
             }
             let hv = vector(&counts(h), &df, log_images);
-            let mut sum = [0.0; N];
-            for r in rs {
-                let s = similarity(&hv, &vector(r, &df, log_images));
-                for n in 0..N {
-                    sum[n] += s[n];
-                }
-            }
-            sum.iter().sum::<f64>() / N as f64 / rs.len() as f64 * 10.0
+            let sum: f64 = rs
+                .iter()
+                .map(|r| {
+                    similarity(&hv, &vector(r, &df, log_images))
+                        .iter()
+                        .sum::<f64>()
+                })
+                .sum();
+            sum / N as f64 / rs.len() as f64 * 10.0
         })
         .collect();
     let score = if per_image.is_empty() {
