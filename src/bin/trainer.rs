@@ -33,7 +33,7 @@ mod fusion;
 )]
 struct Cli {
     /// Log filter (RUST_LOG syntax), e.g. `info`, `roadrep=debug`.
-    #[arg(long, default_value = "info", global = true)]
+    #[arg(long, default_value = "info,ort=warn", global = true)]
     log: String,
     /// Compute device.
     #[arg(long, value_enum, default_value = "cpu", global = true)]
