@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Run => commands::run::run(cli.config.as_deref()),
         Command::Search(args) => commands::search::run(cli.config.as_deref(), args),
         Command::Tag(args) => commands::tag::run(cli.config.as_deref(), args),
+        Command::Caption(args) => commands::caption::run(cli.config.as_deref(), args),
         Command::Bench(cli::BenchCommand::Clip(args)) => {
             commands::bench::run_clip(cli.config.as_deref(), args)
         }

@@ -20,6 +20,8 @@ use roadrep::trainer::train::{self, Batcher, HistoryPoint, RunOptions};
 use roadrep::trainer::{eval, merge};
 use serde::de::DeserializeOwned;
 
+#[path = "trainer/autocaption.rs"]
+mod autocaption;
 #[path = "trainer/fusion.rs"]
 mod fusion;
 
@@ -31,7 +33,7 @@ mod fusion;
 )]
 struct Cli {
     /// Log filter (RUST_LOG syntax), e.g. `info`, `roadrep=debug`.
-    #[arg(long, default_value = "info", global = true)]
+    #[arg(long, default_value = "info,ort=warn", global = true)]
     log: String,
     /// Compute device.
     #[arg(long, value_enum, default_value = "cpu", global = true)]
@@ -85,6 +87,8 @@ enum Command {
         #[arg(long)]
         int8: bool,
     },
+    /// BLIP-caption an image set into a training manifest (JSONL; resumable).
+    Autocaption(autocaption::AutocaptionArgs),
     /// Train a rig fusion model on captioned multi-camera rigs (CLIP frozen).
     TrainFusion(fusion::TrainFusionArgs),
     /// Text-to-rig recall of a fusion model against the mean of the views
@@ -270,8 +274,8 @@ struct EvalArgs {
     /// Label sets for zero-shot accuracy (e.g. config/labels.toml).
     #[arg(long)]
     labels: Option<PathBuf>,
-    /// JSONL of generated captions (`{"image", "caption"}`) for BLEU against
-    /// the dataset's captions.
+    /// JSONL of generated captions (`{"image", "caption"}`, e.g. from
+    /// `autocaption`) for BLEU-1..4 and CIDEr-D against the dataset's captions.
     #[arg(long)]
     captions: Option<PathBuf>,
     /// JSON report path.
@@ -335,6 +339,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Autocaption(args) => autocaption::run(args),
         Command::TrainFusion(args) => fusion::run_train(args, &device),
         Command::EvalFusion(args) => fusion::run_eval(args, &device),
         Command::BenchFusion(args) => fusion::run_bench(args, &device),
@@ -482,9 +487,12 @@ fn run_eval(a: EvalArgs, device: &Device) -> Result<()> {
         Some(ad) => Some(run(Some(ad))?),
         None => None,
     };
-    let bleu = match &a.captions {
-        Some(p) => Some(bleu_of(p, &data)?),
-        None => None,
+    let (bleu, cider) = match &a.captions {
+        Some(p) => {
+            let (b, c) = caption_scores(p, &data)?;
+            (Some(b), Some(c))
+        }
+        None => (None, None),
     };
     let report = EvalReport {
         model: a.model.display().to_string(),
@@ -494,6 +502,7 @@ fn run_eval(a: EvalArgs, device: &Device) -> Result<()> {
         before,
         after,
         bleu,
+        cider,
     };
     train::write_json(&a.report, &report)?;
     let plot = a.plot.unwrap_or_else(|| a.report.with_extension("svg"));
@@ -505,8 +514,9 @@ fn run_eval(a: EvalArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
-/// BLEU of generated captions against every dataset caption of the same image.
-fn bleu_of(path: &Path, data: &LoadedDataset) -> Result<[f64; 4]> {
+/// BLEU-1..4 and CIDEr-D of generated captions against every dataset
+/// caption of the same image.
+fn caption_scores(path: &Path, data: &LoadedDataset) -> Result<([f64; 4], f64)> {
     #[derive(serde::Deserialize)]
     struct Line {
         image: String,
@@ -540,7 +550,8 @@ fn bleu_of(path: &Path, data: &LoadedDataset) -> Result<[f64; 4]> {
         hyps.push(l.caption);
         refs.push(r);
     }
-    Ok(eval::bleu(&hyps, &refs))
+    let cider = roadrep::trainer::cider::cider_d(&hyps, &refs).score;
+    Ok((eval::bleu(&hyps, &refs), cider))
 }
 
 fn bench(

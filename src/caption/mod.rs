@@ -8,9 +8,12 @@
 //! - [`queue`]: the caption worker. It runs at a lower OS priority, waits
 //!   while the inference worker has frames to embed, and never blocks it;
 //!   the backlog lives in the store, so it survives restarts.
+//! - [`stills`]: captions of image files in batches (`roadrep caption`,
+//!   `trainer autocaption`).
 
 pub mod decode;
 pub mod queue;
+pub mod stills;
 
 use std::path::PathBuf;
 

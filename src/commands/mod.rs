@@ -1,6 +1,7 @@
 //! Subcommand implementations (the binary's edge: anyhow errors with context).
 
 pub mod bench;
+pub mod caption;
 pub mod cli;
 pub mod client;
 pub mod export;

@@ -174,6 +174,9 @@ struct JsonRecord {
     /// reads the image itself.
     #[serde(default, rename = "thumbnail")]
     _thumbnail: Option<String>,
+    /// `trainer autocaption` names the captioner's fingerprint.
+    #[serde(default, rename = "model")]
+    _model: Option<String>,
 }
 
 /// Reads a JSON Lines manifest (`{"image", "caption", "labels"?}` per line;

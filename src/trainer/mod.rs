@@ -21,8 +21,10 @@
 //!     --data rigs.jsonl --out runs/f                 # see [`fusion`]
 //! ```
 
+pub mod autocaption;
 pub mod bdd100k;
 pub mod bench;
+pub mod cider;
 pub mod clip;
 pub mod config;
 pub mod dataset;

@@ -28,6 +28,8 @@ pub struct EvalReport {
     pub after: Option<Metrics>,
     /// BLEU-1..4 of `--captions` against the dataset's captions.
     pub bleu: Option<[f64; 4]>,
+    /// CIDEr-D of `--captions` against the dataset's captions.
+    pub cider: Option<f64>,
 }
 
 const W: f64 = 640.0;

@@ -20,6 +20,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use tokenizers::Tokenizer;
 
+mod batch;
 mod manifest;
 
 pub use manifest::{BlipManifest, BlipPreprocess, BlipSection, roles};
