@@ -23,6 +23,7 @@
 
 pub mod bdd100k;
 pub mod bench;
+pub mod blip;
 pub mod clip;
 pub mod config;
 pub mod dataset;

@@ -1,0 +1,269 @@
+//! The candle BLIP of `trainer train-captioner` against the daemon's ONNX
+//! graphs and transformers, its LoRA gradients, the merge back into a model
+//! directory, and a synthetic captioning task it must learn.
+#![cfg(feature = "trainer")]
+
+mod common;
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor, Var};
+use roadrep::caption::GenerationSettings;
+use roadrep::models::{BlipCaptioner, RgbFrame};
+use roadrep::trainer::blip::loss::{CaptionTokenizer, TokenBatch};
+use roadrep::trainer::blip::{CandleBlip, DEFAULT_TARGETS};
+use roadrep::trainer::clip::Forward;
+use roadrep::trainer::dataset::{AugmentConfig, to_chw};
+use roadrep::trainer::lora::{LoraAdapter, LoraConfig};
+use roadrep::trainer::rng::SplitMix64;
+use serde_json::Value;
+
+fn model_dir() -> PathBuf {
+    common::root().join("models/blip-tiny")
+}
+
+fn fixture() -> PathBuf {
+    common::root().join("tests/fixtures/blip-tiny")
+}
+
+fn captioner(dir: &std::path::Path) -> BlipCaptioner {
+    BlipCaptioner::load(dir, &common::runtime(), 1, GenerationSettings::default())
+        .expect("load BLIP directory")
+}
+
+/// Resized RGB bytes of a fixture image, as the ingest keeps them.
+fn resized(model: &CandleBlip, file: &str) -> Vec<u8> {
+    let img = roadrep::ingest::still::decode_file(&fixture().join(file)).unwrap();
+    model
+        .preprocessor()
+        .resize_crop(&RgbFrame::from_image(&img))
+        .unwrap()
+}
+
+fn pixels(model: &CandleBlip, rgb: &[&[u8]]) -> Tensor {
+    let pre = model.preprocessor();
+    let s = pre.crop_size as usize;
+    let flat: Vec<f32> = rgb
+        .iter()
+        .flat_map(|r| to_chw(r, &pre, &AugmentConfig::default(), None))
+        .collect();
+    Tensor::from_vec(flat, (rgb.len(), 3, s, s), &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+const IMAGES: [&str; 3] = [
+    "images/gradient_320x240.png",
+    "images/road_500x281.png",
+    "images/night_224x400.png",
+];
+
+/// Logits of every position of a prompt + caption equal the daemon's ONNX
+/// decoder's (run on each prefix) within 1e-4.
+#[test]
+fn logits_match_the_onnx_graphs() {
+    let model = CandleBlip::load(&model_dir(), &Device::Cpu).unwrap();
+    let ort = captioner(&model_dir());
+    let tok = CaptionTokenizer::new(&model, Some("a picture of"), 40).unwrap();
+    let ids = tok.encode("a red car on a road at night").unwrap().ids;
+    let mut worst = 0f32;
+    for file in IMAGES {
+        let rgb = resized(&model, file);
+        let pv = ort.pixels(&rgb).unwrap();
+        let pt = Tensor::from_slice(pv.as_slice().unwrap(), pv.shape(), &Device::Cpu).unwrap();
+        let ids_t = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
+        let logits = model.logits(&pt, &ids_t, Forward::default()).unwrap();
+        for k in 1..=ids.len() {
+            let theirs = ort.first_step_logits(&pv, &ids[..k]).unwrap();
+            let ours: Vec<f32> = logits
+                .get(0)
+                .unwrap()
+                .get(k - 1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            worst = worst.max(max_diff(&ours, &theirs));
+        }
+    }
+    println!("candle vs ONNX logits: max abs diff {worst:.2e}");
+    assert!(worst < 1e-4, "max abs diff {worst}");
+}
+
+fn reference() -> Value {
+    let text = std::fs::read_to_string(fixture().join("loss_reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// transformers' `BlipForConditionalGeneration` loss (labels shifted,
+/// prompt and padding ignored, label smoothing 0 and 0.1) within 1e-4, and
+/// our tokenizer builds the same inputs and labels.
+#[test]
+fn loss_matches_transformers() {
+    let model = CandleBlip::load(&model_dir(), &Device::Cpu).unwrap();
+    let r = reference();
+    assert_eq!(
+        r["fingerprint"].as_str().unwrap(),
+        model.manifest.fingerprint
+    );
+    let cases = r["cases"].as_array().unwrap();
+    let mut rows = Vec::new();
+    for c in cases {
+        let tok = CaptionTokenizer::new(&model, c["prompt"].as_str(), 40).unwrap();
+        let enc = tok.encode(c["caption"].as_str().unwrap()).unwrap();
+        assert_eq!(enc.ids, u32s(&c["input_ids"]), "{c}");
+        let labels: Vec<i64> = c["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            labels.iter().take_while(|&&l| l == -100).count(),
+            enc.masked
+        );
+        rows.push(enc);
+    }
+    let tok = CaptionTokenizer::new(&model, None, 40).unwrap();
+    let refs: Vec<_> = rows.iter().collect();
+    let batch = tok.batch(&refs);
+    let want_ids: Vec<Vec<u32>> = r["batch"]["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(u32s)
+        .collect();
+    assert_eq!(batch.ids, want_ids);
+    let want_labels: Vec<Vec<Option<u32>>> = r["batch"]["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|l| u32::try_from(l.as_i64().unwrap()).ok())
+                .collect()
+        })
+        .collect();
+    assert_eq!(batch.labels, want_labels);
+    let rgb: Vec<Vec<u8>> = cases
+        .iter()
+        .map(|c| resized(&model, c["image"].as_str().unwrap()))
+        .collect();
+    let refs: Vec<&[u8]> = rgb.iter().map(Vec::as_slice).collect();
+    let pv = pixels(&model, &refs);
+    assert_eq!(
+        r["config_label_smoothing"].as_f64().unwrap(),
+        model.config.text_config.label_smoothing
+    );
+    for eps in ["0.0", "0.1"] {
+        let want = r["batch"]["loss"][eps].as_f64().unwrap() as f32;
+        let ours = model
+            .caption_loss(&pv, &batch, eps.parse().unwrap(), Forward::default())
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        println!("loss (label smoothing {eps}): ours {ours:.6}, transformers {want:.6}");
+        assert!((ours - want).abs() < 1e-4, "{ours} vs {want}");
+    }
+    // One case alone, and logits of the reference's positions.
+    for (i, c) in cases.iter().enumerate() {
+        let b = tok.batch(&[&rows[i]]);
+        let pv1 = pv.narrow(0, i, 1).unwrap();
+        let loss = model
+            .caption_loss(&pv1, &b, 0.0, Forward::default())
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((loss - c["loss"].as_f64().unwrap() as f32).abs() < 1e-4);
+        let ids = b.ids_tensor(&Device::Cpu).unwrap();
+        let logits = model.logits(&pv1, &ids, Forward::default()).unwrap();
+        for s in c["logits_samples"].as_array().unwrap() {
+            let (p, t) = (
+                s[0].as_u64().unwrap() as usize,
+                s[1].as_u64().unwrap() as usize,
+            );
+            let ours = logits
+                .get(0)
+                .unwrap()
+                .get(p)
+                .unwrap()
+                .get(t)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!((ours - s[2].as_f64().unwrap() as f32).abs() < 1e-4, "{s}");
+        }
+    }
+}
+
+/// LoRA on the decoder's self- and cross-attention and on the vision
+/// encoder: every factor gets a non-zero gradient. (`B` starts at zero, which
+/// makes `A`'s gradient zero at the first step; here `B` is random.)
+#[test]
+fn every_lora_parameter_gets_a_gradient() {
+    let model = CandleBlip::load(&model_dir(), &Device::Cpu).unwrap();
+    let mut targets: Vec<String> = DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect();
+    targets.extend(["self_attn.qkv".into(), "self_attn.projection".into()]);
+    let config = LoraConfig {
+        target_modules: targets,
+        ..Default::default()
+    };
+    let adapter = LoraAdapter::without_temperature(config, &model.base, 3).unwrap();
+    // 2 layers x (self q/k/v/out + cross q/k/v/out) + 2 vision layers x (qkv, projection).
+    assert_eq!(adapter.pairs.len(), 2 * 8 + 2 * 2);
+    let mut rng = SplitMix64::new(9);
+    for pair in adapter.pairs.values() {
+        let n = pair.b.as_tensor().elem_count();
+        let v: Vec<f32> = (0..n).map(|_| rng.next_f32() - 0.5).collect();
+        pair.b
+            .set(&Tensor::from_vec(v, pair.b.as_tensor().dims(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let tok = CaptionTokenizer::new(&model, None, 40).unwrap();
+    let a = tok.encode("a red car on a road").unwrap();
+    let b = tok.encode("the street at night").unwrap();
+    let batch: TokenBatch = tok.batch(&[&a, &b]);
+    let rgb: Vec<Vec<u8>> = IMAGES[..2].iter().map(|f| resized(&model, f)).collect();
+    let refs: Vec<&[u8]> = rgb.iter().map(Vec::as_slice).collect();
+    let fwd = Forward {
+        adapter: Some(&adapter),
+        dropout: None,
+    };
+    let loss = model
+        .caption_loss(&pixels(&model, &refs), &batch, 0.1, fwd)
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    let named: Vec<(String, &Var)> = adapter.named_vars();
+    assert_eq!(named.len(), 40);
+    for (name, var) in named {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            norm > 0.0 && norm.is_finite(),
+            "{name}: gradient norm {norm}"
+        );
+    }
+}
