@@ -586,3 +586,66 @@ fn cli_trains_and_merges_a_captioner() {
         std::fs::read(merged.join("text_decoder.onnx")).unwrap()
     );
 }
+
+/// A random adapter on the decoder and the vision encoder merges into both
+/// graphs; the daemon's graphs then give candle's adapted logits.
+#[test]
+fn vision_and_decoder_adapter_merges_to_matching_logits() {
+    let model = CandleBlip::load(&model_dir(), &Device::Cpu).unwrap();
+    let mut targets: Vec<String> = DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect();
+    targets.extend(["self_attn.qkv".into(), "self_attn.projection".into()]);
+    let config = LoraConfig {
+        target_modules: targets,
+        ..Default::default()
+    };
+    let adapter = LoraAdapter::without_temperature(config, &model.base, 4).unwrap();
+    let mut rng = SplitMix64::new(21);
+    for pair in adapter.pairs.values() {
+        let n = pair.b.as_tensor().elem_count();
+        let v: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 0.2).collect();
+        pair.b
+            .set(&Tensor::from_vec(v, pair.b.as_tensor().dims(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("merged");
+    let merged = merge_captioner(&model, &adapter, &dir, "blip-tiny-random-lora").unwrap();
+    assert_eq!(merged.changed.len(), adapter.pairs.len());
+    assert!(merged.changed.iter().any(|n| n.contains("vision_model")));
+    let ort = captioner(&dir);
+    let tok = CaptionTokenizer::new(&model, None, 40).unwrap();
+    let ids = tok.encode("a red car on a road").unwrap().ids;
+    let fwd = Forward {
+        adapter: Some(&adapter),
+        dropout: None,
+    };
+    let mut worst = 0f32;
+    for file in IMAGES {
+        let pv = ort.pixels(&resized(&model, file)).unwrap();
+        let pt = Tensor::from_slice(pv.as_slice().unwrap(), pv.shape(), &Device::Cpu).unwrap();
+        let ids_t = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
+        let logits = model.logits(&pt, &ids_t, fwd).unwrap();
+        let base = model.logits(&pt, &ids_t, Forward::default()).unwrap();
+        let moved = max_diff(
+            &logits.flatten_all().unwrap().to_vec1().unwrap(),
+            &base.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert!(
+            moved > 1e-2,
+            "the adapter barely changes the logits ({moved})"
+        );
+        for k in 1..=ids.len() {
+            let theirs = ort.first_step_logits(&pv, &ids[..k]).unwrap();
+            let ours: Vec<f32> = logits
+                .get(0)
+                .unwrap()
+                .get(k - 1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            worst = worst.max(max_diff(&ours, &theirs));
+        }
+    }
+    println!("adapted candle vs merged ONNX logits: max abs diff {worst:.2e}");
+    assert!(worst < 1e-4, "{worst}");
+}

@@ -449,3 +449,33 @@ pub fn seconds_per_step(
     }
     Ok(started.elapsed().as_secs_f64() / steps.max(1) as f64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_keys_are_flat_and_checked() {
+        let c: CaptionTrainConfig = toml::from_str(
+            "epochs = 2\nlearning_rate = 0.001\nlabel_smoothing = 0.1\nprompt = \"a picture of\"\n[lora]\nr = 4\nlora_alpha = 8.0\nlora_dropout = 0.0\ntarget_modules = [\"self.query\"]\n",
+        )
+        .unwrap();
+        assert_eq!((c.schedule.epochs, c.lora.r), (2, 4));
+        assert_eq!(c.label_smoothing, Some(0.1));
+        assert_eq!(c.prompt.as_deref(), Some("a picture of"));
+        assert_eq!(c.batch_size, 8);
+        c.validate().unwrap();
+        assert!(toml::from_str::<CaptionTrainConfig>("learn_temperature = true").is_err());
+        let d = CaptionTrainConfig::default();
+        assert_eq!(d.lora.r, 8);
+        assert_eq!(d.lora.target_modules.len(), DEFAULT_TARGETS.len());
+        assert!(
+            CaptionTrainConfig {
+                label_smoothing: Some(1.0),
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+    }
+}
