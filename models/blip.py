@@ -925,3 +925,127 @@ def main(args) -> None:
     if args.reference_out:
         print(f"references: {Path(args.reference_out) / 'reference.json'}")
     print(f"model: {sizes}; ONNX export {t_export:.1f} s, total {time.perf_counter() - t_start:.1f} s")
+
+
+# --------------------------------------------------------------------------
+# Teacher-forced loss reference for `trainer train-captioner`
+# --------------------------------------------------------------------------
+
+LOSS_CAPTIONS = [
+    (None, "a red car on a road"),
+    (PROMPT, "a street at night with a truck"),
+    (None, "the road"),
+]
+
+
+def model_from_onnx(model_dir: Path):
+    """A BlipForConditionalGeneration whose weights are the model directory's
+    ONNX initializers (checkpoint names); refuses a parameter not covered."""
+    import onnx
+    from onnx import numpy_helper
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    config = BlipConfig.from_json_file(str(model_dir / "config.json"))
+    model = BlipForConditionalGeneration(config).eval()
+    state = {}
+    for f in (VISION_FILE, DECODER_FILE):
+        for init in onnx.load(str(model_dir / f)).graph.initializer:
+            if init.data_type == onnx.TensorProto.FLOAT:
+                state[init.name] = torch.from_numpy(numpy_helper.to_array(init).copy())
+    own = model.state_dict()
+    tied = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+    missing = [k for k in own if k not in state and not k.endswith(tied)]
+    # The LM head's decoder weight is tied to the word embeddings, its bias
+    # to `cls.predictions.bias`.
+    if missing:
+        sys.exit(f"blip.py: initializers do not cover {missing[:5]} ({len(missing)} parameters)")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    model.tie_weights()
+    assert torch.equal(model.text_decoder.cls.predictions.decoder.weight,
+                       model.text_decoder.bert.embeddings.word_embeddings.weight)
+    assert torch.equal(model.text_decoder.cls.predictions.decoder.bias, model.text_decoder.cls.predictions.bias)
+    return model
+
+
+def loss_reference(model_dir: Path, fixture_dir: Path, out: Path, bert_vocab: str | None) -> None:
+    """transformers' teacher-forced captioning loss on the fixture images.
+
+    Decoder input as BLIP fine-tuning builds it: `[DEC] prompt caption [SEP]`
+    (the tokenizer's [CLS] replaced by the decoder start token), right-padded;
+    labels are the input ids with the start token, the prompt and padding
+    set to -100; BlipTextLMHeadModel shifts them by one. The losses are
+    given for label smoothing 0.0 (the config's) and 0.1 (BLIP's original).
+    """
+    from PIL import Image
+    from transformers import BlipProcessor
+
+    hf_tok, _ = hf_tokenizers(find_bert_vocab(bert_vocab))
+    model = model_from_onnx(model_dir)
+    pre = json.loads((model_dir / "preprocessor_config.json").read_text())
+    size = pre["size"]["height"] if isinstance(pre["size"], dict) else pre["size"]
+    proc = BlipProcessor(
+        image_processor=image_processor({"size": size, "mean": pre["image_mean"], "std": pre["image_std"]}),
+        tokenizer=hf_tok,
+    )
+    bos = model.config.text_config.bos_token_id
+    files = sorted(p.name for p in (fixture_dir / "images").iterdir())
+    rows, labels, images, cases = [], [], [], []
+    for i, (prompt, caption) in enumerate(LOSS_CAPTIONS):
+        text = caption if prompt is None else f"{prompt} {caption}"
+        ids = hf_tok(text)["input_ids"]
+        ids[0] = bos
+        masked = 1 if prompt is None else len(hf_tok(prompt)["input_ids"]) - 1
+        rows.append(ids)
+        labels.append([-100] * masked + ids[masked:])
+        image = files[i % len(files)]
+        images.append(proc(images=Image.open(fixture_dir / "images" / image).convert("RGB"),
+                           return_tensors="pt")["pixel_values"])
+        cases.append({"image": f"images/{image}", "prompt": prompt, "caption": caption,
+                      "input_ids": ids, "labels": labels[-1]})
+    width = max(len(r) for r in rows)
+    pad = model.config.text_config.pad_token_id
+    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    label_t = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
+    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    pixel_values = torch.cat(images)
+    out_losses = {}
+    with torch.no_grad():
+        for eps in (0.0, 0.1):
+            model.text_decoder.label_smoothing = eps
+            o = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention, labels=label_t)
+            out_losses[str(eps)] = float(o.loss)
+        # Per-case losses (batch of one) and the logits of a few positions.
+        model.text_decoder.label_smoothing = 0.0
+        for c, pv in zip(cases, images):
+            ids = torch.tensor([c["input_ids"]])
+            o = model(pixel_values=pv, input_ids=ids, labels=torch.tensor([c["labels"]]))
+            c["loss"] = float(o.loss)
+            logits = o.logits[0]
+            c["logits_samples"] = [[p, t, float(logits[p, t])] for p in range(logits.shape[0])
+                                   for t in (0, 102, 1037, 2482, bos)]
+    ref = {
+        "model": model_dir.name,
+        "fingerprint": next(line.split('"')[1] for line in (model_dir / "manifest.toml").read_text().splitlines()
+                            if line.startswith("fingerprint")),
+        "generator": "models/blip.py loss-reference",
+        "transformers_version": __import__("transformers").__version__,
+        "config_label_smoothing": float(model.config.text_config.label_smoothing),
+        "batch": {"input_ids": input_ids.tolist(), "labels": label_t.tolist(), "loss": out_losses},
+        "cases": cases,
+    }
+    out.write_text(json.dumps(ref, indent=1) + "\n")
+    print(f"loss reference: {out} (batch loss {out_losses})")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="BLIP references beyond models/export.py --blip")
+    sub = ap.add_subparsers(dest="command", required=True)
+    lr = sub.add_parser("loss-reference", help="transformers' captioning loss on the fixture images (JSON)")
+    lr.add_argument("--model", default="models/blip-tiny")
+    lr.add_argument("--fixtures", default="tests/fixtures/blip-tiny")
+    lr.add_argument("--out", default="tests/fixtures/blip-tiny/loss_reference.json")
+    lr.add_argument("--bert-vocab")
+    a = ap.parse_args()
+    loss_reference(Path(a.model), Path(a.fixtures), Path(a.out), a.bert_vocab)

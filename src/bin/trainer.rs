@@ -22,6 +22,8 @@ use serde::de::DeserializeOwned;
 
 #[path = "trainer/autocaption.rs"]
 mod autocaption;
+#[path = "trainer/captioner.rs"]
+mod captioner;
 #[path = "trainer/fusion.rs"]
 mod fusion;
 
@@ -29,7 +31,7 @@ mod fusion;
 #[command(
     name = "trainer",
     version,
-    about = "LoRA fine-tuning of roadrep CLIP models (candle, CPU)"
+    about = "LoRA fine-tuning of roadrep CLIP and BLIP models (candle, CPU)"
 )]
 struct Cli {
     /// Log filter (RUST_LOG syntax), e.g. `info`, `roadrep=debug`.
@@ -89,6 +91,12 @@ enum Command {
     },
     /// BLIP-caption an image set into a training manifest (JSONL; resumable).
     Autocaption(autocaption::AutocaptionArgs),
+    /// Train a LoRA adapter of a BLIP captioner on image-caption pairs.
+    TrainCaptioner(captioner::TrainCaptionerArgs),
+    /// Fold a captioner adapter into a BLIP model directory the daemon loads.
+    MergeCaptioner(captioner::MergeCaptionerArgs),
+    /// Captioner training steps per second on synthetic batches.
+    BenchCaptioner(captioner::BenchCaptionerArgs),
     /// Train a rig fusion model on captioned multi-camera rigs (CLIP frozen).
     TrainFusion(fusion::TrainFusionArgs),
     /// Text-to-rig recall of a fusion model against the mean of the views
@@ -340,6 +348,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Autocaption(args) => autocaption::run(args),
+        Command::TrainCaptioner(args) => captioner::run_train(args, &device),
+        Command::MergeCaptioner(args) => captioner::run_merge(args, &device),
+        Command::BenchCaptioner(args) => captioner::run_bench(args, &device),
         Command::TrainFusion(args) => fusion::run_train(args, &device),
         Command::EvalFusion(args) => fusion::run_eval(args, &device),
         Command::BenchFusion(args) => fusion::run_bench(args, &device),

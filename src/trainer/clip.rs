@@ -75,6 +75,7 @@ const DEFAULT_EOS: u32 = 49407;
 pub struct BaseWeights {
     tensors: HashMap<String, Tensor>,
     origin: HashMap<String, PathBuf>,
+    files: Vec<PathBuf>,
     device: Device,
 }
 
@@ -144,11 +145,20 @@ impl BaseWeights {
         manifest: &ModelManifest,
         device: &Device,
     ) -> Result<Self, TrainerError> {
+        let files = [roles::IMAGE_ENCODER, roles::TEXT_ENCODER]
+            .iter()
+            .map(|role| Ok(dir.join(&manifest.file(dir, role)?.path)))
+            .collect::<Result<Vec<_>, TrainerError>>()?;
+        Self::from_onnx_files(&files, device)
+    }
+
+    /// Reads the float32 initializers of `files` (a name in two files: the
+    /// later one's).
+    pub fn from_onnx_files(files: &[PathBuf], device: &Device) -> Result<Self, TrainerError> {
         let mut tensors = HashMap::new();
         let mut origin = HashMap::new();
-        for role in [roles::IMAGE_ENCODER, roles::TEXT_ENCODER] {
-            let path = dir.join(&manifest.file(dir, role)?.path);
-            for (name, t) in read_initializers(&path, device)? {
+        for path in files {
+            for (name, t) in read_initializers(path, device)? {
                 origin.insert(name.clone(), path.clone());
                 tensors.insert(name, t);
             }
@@ -156,16 +166,31 @@ impl BaseWeights {
         Ok(Self {
             tensors,
             origin,
+            files: files.to_vec(),
             device: device.clone(),
         })
     }
 
     /// The initializer `name`, or an error naming it.
     pub fn get(&self, name: &str) -> Result<&Tensor, TrainerError> {
-        self.tensors.get(name).ok_or_else(|| TrainerError::Onnx {
-            path: PathBuf::from("image_encoder.onnx / text_encoder.onnx"),
-            message: format!("no initializer '{name}' (was the model exported with names kept?)"),
+        self.tensors.get(name).ok_or_else(|| {
+            let names: Vec<String> = self
+                .files
+                .iter()
+                .map(|f| f.file_name().unwrap_or_default().to_string_lossy().into())
+                .collect();
+            TrainerError::Onnx {
+                path: PathBuf::from(names.join(" / ")),
+                message: format!(
+                    "no initializer '{name}' (was the model exported with names kept?)"
+                ),
+            }
         })
+    }
+
+    /// The initializer `name`, if there is one.
+    pub fn get_opt(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
     }
 
     /// The ONNX file an initializer came from.
@@ -424,39 +449,7 @@ impl CandleClip {
 
     /// `x Wᵀ + b` over the last dimension, plus the module's LoRA update.
     fn linear(&self, module: &str, x: &Tensor, fwd: Forward<'_>) -> Result<Tensor, TrainerError> {
-        let w = self.base.get(&format!("{module}.weight"))?;
-        let dims = x.dims().to_vec();
-        let in_dim = *dims.last().unwrap_or(&0);
-        let rows = x.elem_count() / in_dim.max(1);
-        let x2 = x.reshape((rows, in_dim))?;
-        let mut y = frozen_matmul(&x2, w)?;
-        if let Some(bias) = self.base.tensors.get(&format!("{module}.bias")) {
-            y = y.broadcast_add(bias)?;
-        }
-        if let Some(pair) = fwd.adapter.and_then(|a| a.pairs.get(module)) {
-            let adapter = fwd.adapter.map(|a| &a.config);
-            let (p, scale) = adapter.map_or((0.0, 1.0), |c| (c.lora_dropout, c.scaling()));
-            let xin = match fwd.dropout {
-                Some(rng) if p > 0.0 => {
-                    let mut rng = rng.borrow_mut();
-                    let keep = 1.0 / (1.0 - p);
-                    let mask: Vec<f32> = (0..x2.elem_count())
-                        .map(|_| if rng.next_f32() < p { 0.0 } else { keep })
-                        .collect();
-                    (x2 * Tensor::from_vec(mask, (rows, in_dim), x.device())?)?
-                }
-                _ => x2,
-            };
-            let update = xin
-                .matmul(&pair.a.as_tensor().t()?)?
-                .matmul(&pair.b.as_tensor().t()?)?;
-            y = (y + (update * scale)?)?;
-        }
-        let mut out_dims = dims;
-        if let Some(last) = out_dims.last_mut() {
-            *last = w.dims()[0];
-        }
-        Ok(y.reshape(out_dims)?)
+        lora_linear(&self.base, module, x, fwd)
     }
 
     fn layer_norm(&self, module: &str, x: &Tensor, eps: f64) -> Result<Tensor, TrainerError> {
@@ -464,6 +457,50 @@ impl CandleClip {
         let b = self.base.get(&format!("{module}.bias"))?;
         Ok(layer_norm(x, w, b, eps)?)
     }
+}
+
+/// `x Wᵀ + b` over the last dimension of `x` with `module`'s frozen weight
+/// and bias from `base`, plus the module's LoRA update
+/// `(α / r) · dropout(x) Aᵀ Bᵀ` when `fwd` has an adapter for it.
+pub fn lora_linear(
+    base: &BaseWeights,
+    module: &str,
+    x: &Tensor,
+    fwd: Forward<'_>,
+) -> Result<Tensor, TrainerError> {
+    let w = base.get(&format!("{module}.weight"))?;
+    let dims = x.dims().to_vec();
+    let in_dim = *dims.last().unwrap_or(&0);
+    let rows = x.elem_count() / in_dim.max(1);
+    let x2 = x.reshape((rows, in_dim))?;
+    let mut y = frozen_matmul(&x2, w)?;
+    if let Some(bias) = base.tensors.get(&format!("{module}.bias")) {
+        y = y.broadcast_add(bias)?;
+    }
+    if let Some(pair) = fwd.adapter.and_then(|a| a.pairs.get(module)) {
+        let adapter = fwd.adapter.map(|a| &a.config);
+        let (p, scale) = adapter.map_or((0.0, 1.0), |c| (c.lora_dropout, c.scaling()));
+        let xin = match fwd.dropout {
+            Some(rng) if p > 0.0 => {
+                let mut rng = rng.borrow_mut();
+                let keep = 1.0 / (1.0 - p);
+                let mask: Vec<f32> = (0..x2.elem_count())
+                    .map(|_| if rng.next_f32() < p { 0.0 } else { keep })
+                    .collect();
+                (x2 * Tensor::from_vec(mask, (rows, in_dim), x.device())?)?
+            }
+            _ => x2,
+        };
+        let update = xin
+            .matmul(&pair.a.as_tensor().t()?)?
+            .matmul(&pair.b.as_tensor().t()?)?;
+        y = (y + (update * scale)?)?;
+    }
+    let mut out_dims = dims;
+    if let Some(last) = out_dims.last_mut() {
+        *last = w.dims()[0];
+    }
+    Ok(y.reshape(out_dims)?)
 }
 
 /// LayerNorm over the last dimension from differentiable primitives

@@ -91,10 +91,15 @@ impl LoraConfig {
     }
 
     /// Whether the module at `path` (e.g. `...self_attn.q_proj`) is a target:
-    /// PEFT matches the last name component against the list.
+    /// as PEFT matches a list, the path equals an entry or ends with `.` and
+    /// the entry (`q_proj`, or several components: `attention.self.query`).
     pub fn targets(&self, module_path: &str) -> bool {
-        let last = module_path.rsplit('.').next().unwrap_or(module_path);
-        self.target_modules.iter().any(|t| t == last)
+        self.target_modules.iter().any(|t| {
+            module_path == t
+                || module_path
+                    .strip_suffix(t.as_str())
+                    .is_some_and(|head| head.ends_with('.'))
+        })
     }
 }
 
@@ -115,8 +120,9 @@ pub struct LoraAdapter {
     pub config: LoraConfig,
     /// Adapted modules.
     pub pairs: BTreeMap<String, LoraPair>,
-    /// Learned `ln(logit_scale)`, trained with the adapters.
-    pub log_logit_scale: Var,
+    /// CLIP: the learned `ln(logit_scale)`, trained with the adapters
+    /// (`None` for models without a temperature, BLIP).
+    pub log_logit_scale: Option<Var>,
 }
 
 /// PEFT's tensor name of factor `which` ("A" or "B") of `module`.
@@ -126,11 +132,23 @@ pub fn peft_name(module: &str, which: &str) -> String {
 
 impl LoraAdapter {
     /// Fresh adapters on every target linear layer of `base`: `A` random
-    /// (seeded), `B` zero.
+    /// (seeded), `B` zero; and CLIP's temperature at `logit_scale`.
     pub fn new(
         config: LoraConfig,
         base: &BaseWeights,
         logit_scale: f32,
+        seed: u64,
+    ) -> Result<Self, TrainerError> {
+        let mut adapter = Self::without_temperature(config, base, seed)?;
+        adapter.log_logit_scale = Some(Var::new(logit_scale.ln(), base.device())?);
+        Ok(adapter)
+    }
+
+    /// Fresh adapters on every target linear layer of `base`: `A` random
+    /// (seeded), `B` zero; no temperature.
+    pub fn without_temperature(
+        config: LoraConfig,
+        base: &BaseWeights,
         seed: u64,
     ) -> Result<Self, TrainerError> {
         config.validate()?;
@@ -154,11 +172,10 @@ impl LoraAdapter {
                 config.target_modules
             )));
         }
-        let log_logit_scale = Var::new(logit_scale.ln(), base.device())?;
         Ok(Self {
             config,
             pairs,
-            log_logit_scale,
+            log_logit_scale: None,
         })
     }
 
@@ -169,13 +186,22 @@ impl LoraAdapter {
             out.push((peft_name(module, "A"), &pair.a));
             out.push((peft_name(module, "B"), &pair.b));
         }
-        out.push((LOGIT_SCALE.to_string(), &self.log_logit_scale));
+        if let Some(t) = &self.log_logit_scale {
+            out.push((LOGIT_SCALE.to_string(), t));
+        }
         out
+    }
+
+    /// CLIP's temperature variable, `ln(logit_scale)`.
+    pub fn temperature(&self) -> Result<&Var, TrainerError> {
+        self.log_logit_scale.as_ref().ok_or_else(|| {
+            TrainerError::Config("the adapter has no logit_scale (not a CLIP adapter)".into())
+        })
     }
 
     /// The learned `logit_scale` (`exp` of the variable).
     pub fn logit_scale(&self) -> Result<f32, TrainerError> {
-        Ok(self.log_logit_scale.as_tensor().to_scalar::<f32>()?.exp())
+        Ok(self.temperature()?.as_tensor().to_scalar::<f32>()?.exp())
     }
 
     /// `(α / r) · B A`: what the adapter adds to `module`'s weight, or `None`
@@ -273,7 +299,11 @@ impl LoraAdapter {
                 },
             );
         }
-        let log_logit_scale = Var::from_tensor(&get(LOGIT_SCALE)?.to_dtype(DType::F32)?)?;
+        // CLIP adapters carry the temperature; BLIP ones have none.
+        let log_logit_scale = match tensors.get(LOGIT_SCALE) {
+            Some(t) => Some(Var::from_tensor(&t.to_dtype(DType::F32)?)?),
+            None => None,
+        };
         Ok(Self {
             config,
             pairs,
@@ -291,7 +321,10 @@ impl LoraAdapter {
 
     /// The device the adapter lives on.
     pub fn device(&self) -> Device {
-        self.log_logit_scale.device().clone()
+        self.pairs
+            .values()
+            .next()
+            .map_or(Device::Cpu, |p| p.a.device().clone())
     }
 }
 
@@ -306,7 +339,17 @@ mod tests {
         assert!(c.targets("text_model.encoder.layers.1.self_attn.out_proj"));
         assert!(!c.targets("vision_model.encoder.layers.0.mlp.fc1"));
         assert!(!c.targets("visual_projection"));
+        assert!(!c.targets("text_model.encoder.layers.1.self_attn.xq_proj"));
         assert_eq!(c.scaling(), 2.0);
+        // Several components: PEFT's suffix match.
+        let c = LoraConfig {
+            target_modules: vec!["attention.output.dense".into(), "self.query".into()],
+            ..Default::default()
+        };
+        assert!(c.targets("text_decoder.bert.encoder.layer.0.attention.output.dense"));
+        assert!(!c.targets("text_decoder.bert.encoder.layer.0.crossattention.output.dense"));
+        assert!(c.targets("text_decoder.bert.encoder.layer.0.crossattention.self.query"));
+        assert!(!c.targets("text_decoder.bert.encoder.layer.0.output.dense"));
     }
 
     #[test]

@@ -75,11 +75,16 @@ pub fn merge_into(
     }
     // An untrained temperature keeps the base's value verbatim: exp(ln(x))
     // may differ from x in the last bit.
-    let log_scale = adapter.log_logit_scale.as_tensor().to_scalar::<f32>()?;
-    let logit_scale = if log_scale.to_bits() == manifest.clip.logit_scale.ln().to_bits() {
-        manifest.clip.logit_scale
-    } else {
-        log_scale.exp()
+    let logit_scale = match &adapter.log_logit_scale {
+        Some(t) => {
+            let log_scale = t.as_tensor().to_scalar::<f32>()?;
+            if log_scale.to_bits() == manifest.clip.logit_scale.ln().to_bits() {
+                manifest.clip.logit_scale
+            } else {
+                log_scale.exp()
+            }
+        }
+        None => manifest.clip.logit_scale,
     };
     let source = format!(
         "{} ({}) + LoRA r={} alpha={} on {}",
@@ -89,7 +94,20 @@ pub fn merge_into(
         adapter.config.lora_alpha,
         adapter.config.target_modules.join(",")
     );
-    let fingerprint = write_manifest(base_dir, out_dir, name, &source, logit_scale)?;
+    let fingerprint = write_manifest(
+        base_dir,
+        out_dir,
+        (name, &source, "trainer merge"),
+        |table| {
+            if let Some(toml::Value::Table(clip)) = table.get_mut("clip") {
+                clip.insert("logit_scale".into(), toml::Value::Float(logit_scale as f64));
+            }
+            if let Some(toml::Value::Table(files)) = table.get_mut("files") {
+                files.remove(roles::IMAGE_ENCODER_INT8);
+            }
+        },
+        |dir| Ok(ModelManifest::read(dir)?.compute_fingerprint()?),
+    )?;
     // The daemon's own check: files, sha256s and fingerprint agree.
     ModelManifest::read_verified(out_dir)?;
     Ok(MergeOutcome {
@@ -107,7 +125,11 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 }
 
 /// Rewrites one ONNX file with merged weights; returns the changed names.
-fn merge_onnx(src: &Path, dst: &Path, adapter: &LoraAdapter) -> Result<Vec<String>, TrainerError> {
+pub(crate) fn merge_onnx(
+    src: &Path,
+    dst: &Path,
+    adapter: &LoraAdapter,
+) -> Result<Vec<String>, TrainerError> {
     rewrite_initializers(src, dst, |name, base| {
         let Some(module) = name.strip_suffix(".weight") else {
             return Ok(None);
@@ -216,14 +238,17 @@ pub fn rewrite_initializers(
     Ok(changed)
 }
 
-/// Writes `out_dir/manifest.toml` from the base's, with the new name, source,
-/// `logit_scale`, sha256s and fingerprint. Returns the fingerprint.
-fn write_manifest(
+/// Writes `out_dir/manifest.toml` from the base's, with the new name and
+/// source (`named`: name, source, the command that wrote it), what `edit`
+/// changes, the sha256 of every file in `out_dir` and the fingerprint
+/// `fingerprint` computes from the written manifest's directory. Returns the
+/// fingerprint.
+pub(crate) fn write_manifest(
     base_dir: &Path,
     out_dir: &Path,
-    name: &str,
-    source: &str,
-    logit_scale: f32,
+    (name, source, command): (&str, &str, &str),
+    edit: impl FnOnce(&mut toml::Table),
+    fingerprint: impl Fn(&Path) -> Result<String, TrainerError>,
 ) -> Result<String, TrainerError> {
     let base_path = base_dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&base_path).map_err(|e| TrainerError::io(&base_path, e))?;
@@ -234,14 +259,11 @@ fn write_manifest(
     let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
     table.insert("name".into(), name.into());
     table.insert("source".into(), source.into());
-    if let Some(toml::Value::Table(clip)) = table.get_mut("clip") {
-        clip.insert("logit_scale".into(), toml::Value::Float(logit_scale as f64));
-    }
+    edit(&mut table);
     let files = match table.get_mut("files") {
         Some(toml::Value::Table(files)) => files,
         _ => return Err(bad("no [files] table".into())),
     };
-    files.remove(roles::IMAGE_ENCODER_INT8);
     for (_, entry) in files.iter_mut() {
         let toml::Value::Table(entry) = entry else {
             continue;
@@ -261,14 +283,14 @@ fn write_manifest(
     let write = |table: &toml::Table| -> Result<(), TrainerError> {
         let body = toml::to_string(table).map_err(|e| bad(e.to_string()))?;
         let text = format!(
-            "# roadrep model directory manifest; written by `trainer merge`, do not edit by hand.\n{body}"
+            "# roadrep model directory manifest; written by `{command}`, do not edit by hand.\n{body}"
         );
         std::fs::write(&out_path, text).map_err(|e| TrainerError::io(&out_path, e))
     };
     // The fingerprint is a function of the other fields: write, compute, rewrite.
     table.insert("fingerprint".into(), "".into());
     write(&table)?;
-    let fingerprint = ModelManifest::read(out_dir)?.compute_fingerprint()?;
+    let fingerprint = fingerprint(out_dir)?;
     table.insert("fingerprint".into(), fingerprint.clone().into());
     write(&table)?;
     Ok(fingerprint)

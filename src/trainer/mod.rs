@@ -8,7 +8,9 @@
 //! projections, [`train`] fits them with a symmetric InfoNCE loss, and
 //! [`merge`] folds them back into the initializers and writes a model
 //! directory the daemon loads as it is (new sha256s and fingerprint).
-//! [`fusion`] trains the rig fusion model on frozen CLIP embeddings.
+//! [`fusion`] trains the rig fusion model on frozen CLIP embeddings;
+//! [`blip`] fine-tunes a BLIP captioner the same way (candle BLIP from the
+//! ONNX initializers, teacher-forced captioning loss, merge).
 //!
 //! Usage:
 //! ```text
@@ -19,11 +21,16 @@
 //! trainer merge --model models/clip-tiny --adapter runs/a/adapter --out models/clip-tiny-ft
 //! trainer train-fusion --clip models/clip-tiny --fusion models/fusion-tiny \
 //!     --data rigs.jsonl --out runs/f                 # see [`fusion`]
+//! trainer train-captioner --model models/blip-tiny --data data/train.jsonl \
+//!     --out runs/c --merge                            # see [`blip`]
+//! trainer merge-captioner --model models/blip-tiny --adapter runs/c/adapter \
+//!     --out models/blip-tiny-ft
 //! ```
 
 pub mod autocaption;
 pub mod bdd100k;
 pub mod bench;
+pub mod blip;
 pub mod cider;
 pub mod clip;
 pub mod config;

@@ -315,7 +315,7 @@ pub fn batch_loss(
     };
     let img = normalize_rows(&model.get_image_features(&pixels, fwd)?)?;
     let txt = normalize_rows(&model.get_text_features(&batcher.ids(idx)?, fwd)?)?;
-    let scale = adapter.log_logit_scale.as_tensor().exp()?;
+    let scale = adapter.temperature()?.as_tensor().exp()?;
     let logits = img.matmul(&txt.t()?)?.broadcast_mul(&scale)?;
     let logits = (logits + batcher.duplicate_mask(idx)?)?;
     let loss = ((diag_cross_entropy(&logits)? + diag_cross_entropy(&logits.t()?)?)? * 0.5)?;
@@ -561,12 +561,10 @@ pub fn resume_from<S: DeserializeOwned, C: PartialEq>(
 }
 
 fn clamp_temperature(adapter: &LoraAdapter, max_scale: f32) -> Result<(), TrainerError> {
-    let v = adapter.log_logit_scale.as_tensor().to_scalar::<f32>()?;
+    let t = adapter.temperature()?;
+    let v = t.as_tensor().to_scalar::<f32>()?;
     if v > max_scale.ln() {
-        adapter.log_logit_scale.set(&Tensor::new(
-            max_scale.ln(),
-            adapter.log_logit_scale.device(),
-        )?)?;
+        t.set(&Tensor::new(max_scale.ln(), t.device())?)?;
     }
     Ok(())
 }

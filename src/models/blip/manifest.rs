@@ -11,6 +11,7 @@ use crate::models::manifest::{
     FileEntry, check_fingerprint, check_format_version, file_entry, fingerprint, float_list,
     read_toml, verify_files,
 };
+use crate::models::preprocess::{ImagePreprocessor, Resample};
 
 /// Roles of the files of a BLIP model directory.
 pub mod roles {
@@ -129,6 +130,20 @@ impl BlipManifest {
                 float_list(&p.std)
             ),
         )
+    }
+
+    /// The preprocessing: both sides resized to `size` (bicubic, no crop),
+    /// then normalised.
+    pub fn image_preprocessor(&self) -> ImagePreprocessor {
+        let p = &self.preprocess;
+        ImagePreprocessor {
+            shortest_edge: p.size,
+            crop_size: p.size,
+            stretch: true,
+            resample: Resample::Bicubic,
+            mean: p.mean.map(|x| x as f32),
+            std: p.std.map(|x| x as f32),
+        }
     }
 
     /// The entry of a file role.

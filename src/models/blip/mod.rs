@@ -29,7 +29,7 @@ use crate::caption::decode::{GenerationSettings, StepModel, generate};
 use crate::caption::{Caption, CaptionError, Captioner};
 use crate::models::clip::{PIXEL_VALUES, open_checked};
 use crate::models::manifest::MANIFEST_FILE;
-use crate::models::preprocess::{ImagePreprocessor, Resample, RgbFrame};
+use crate::models::preprocess::{ImagePreprocessor, RgbFrame};
 use crate::models::{ModelError, OrtRuntime};
 
 const CROSS_KV: &str = "cross_kv";
@@ -72,16 +72,8 @@ impl BlipCaptioner {
     ) -> Result<Self, ModelError> {
         let manifest = BlipManifest::read_verified(dir)?;
         let b = &manifest.blip;
-        let p = &manifest.preprocess;
-        let preprocessor = ImagePreprocessor {
-            shortest_edge: p.size,
-            crop_size: p.size,
-            stretch: true,
-            resample: Resample::Bicubic,
-            mean: p.mean.map(|x| x as f32),
-            std: p.std.map(|x| x as f32),
-        };
-        let s = p.size as i64;
+        let preprocessor = manifest.image_preprocessor();
+        let s = manifest.preprocess.size as i64;
         let (l, h, t, d) = (
             b.num_layers as i64,
             b.num_heads as i64,
