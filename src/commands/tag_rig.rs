@@ -73,6 +73,9 @@ impl StillRig {
                 });
             }
         }
+        // The fusion model's order (front, front_left, ...), not the order
+        // a shell glob lists the files in.
+        roles.sort_by_key(|r| fuser.slot_of(&r.role).unwrap_or(usize::MAX));
         let anchor = roles
             .iter()
             .find(|r| r.role == "front")

@@ -85,6 +85,15 @@ impl RigFuser {
         }
     }
 
+    /// A role's slot in the fusion model (its canonical order); `None`
+    /// without a model or for a role it lacks.
+    pub fn slot_of(&self, role: &str) -> Option<usize> {
+        match self {
+            Self::Model(m) => m.role_slot(role),
+            Self::MeanOfViews { .. } => None,
+        }
+    }
+
     /// Every role of `layout` must have a slot in the fusion model.
     pub fn check_roles(&self, layout: &RigLayout) -> Result<(), String> {
         let Self::Model(m) = self else {
