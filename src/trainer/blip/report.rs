@@ -180,9 +180,9 @@ pub fn html(r: &CaptionEvalReport, loss_svg: Option<&str>) -> String {
         if let Some(t) = &s.thumbnail {
             let _ = write!(h, "<img src=\"{}\" alt=\"{}\"><br>", esc(t), esc(&name));
         }
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<span title=\"{}\">{}</span></td><td>{}</td><td>{}</td><td class=\"ref\">{}</td></tr>\n",
+            "<span title=\"{}\">{}</span></td><td>{}</td><td>{}</td><td class=\"ref\">{}</td></tr>",
             esc(&s.image),
             esc(&name),
             esc(&s.base),
