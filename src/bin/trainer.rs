@@ -24,6 +24,8 @@ use serde::de::DeserializeOwned;
 mod autocaption;
 #[path = "trainer/captioner.rs"]
 mod captioner;
+#[path = "trainer/eval_captioner.rs"]
+mod eval_captioner;
 #[path = "trainer/fusion.rs"]
 mod fusion;
 
@@ -97,6 +99,9 @@ enum Command {
     MergeCaptioner(captioner::MergeCaptionerArgs),
     /// Captioner training steps per second on synthetic batches.
     BenchCaptioner(captioner::BenchCaptionerArgs),
+    /// BLEU-1..4 and CIDEr-D of the base and the fine-tuned captioner on the
+    /// held-out split; report.json and report.html.
+    EvalCaptioner(eval_captioner::EvalCaptionerArgs),
     /// Train a rig fusion model on captioned multi-camera rigs (CLIP frozen).
     TrainFusion(fusion::TrainFusionArgs),
     /// Text-to-rig recall of a fusion model against the mean of the views
@@ -351,6 +356,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainCaptioner(args) => captioner::run_train(args, &device),
         Command::MergeCaptioner(args) => captioner::run_merge(args, &device),
         Command::BenchCaptioner(args) => captioner::run_bench(args, &device),
+        Command::EvalCaptioner(args) => eval_captioner::run(args, &device),
         Command::TrainFusion(args) => fusion::run_train(args, &device),
         Command::EvalFusion(args) => fusion::run_eval(args, &device),
         Command::BenchFusion(args) => fusion::run_bench(args, &device),

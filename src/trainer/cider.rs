@@ -20,7 +20,7 @@
 //! With a single image every reference n-gram has `df` = 1 = the image
 //! count, so every weight is 0 and the score is 0, as in the reference.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::eval::words;
 
@@ -36,7 +36,9 @@ pub struct CiderD {
     pub per_image: Vec<f64>,
 }
 
-type Counts = HashMap<Vec<String>, usize>;
+// Ordered maps: sums run in the same order every time, so equal inputs
+// give bit-identical scores.
+type Counts = BTreeMap<Vec<String>, usize>;
 
 fn counts(sentence: &str) -> Counts {
     let w = words(sentence);
@@ -52,13 +54,13 @@ fn counts(sentence: &str) -> Counts {
 /// A sentence's tf-idf vectors (one per n), their norms and its length
 /// (bigram count, see the module notes).
 struct Vector {
-    weights: [HashMap<Vec<String>, f64>; N],
+    weights: [BTreeMap<Vec<String>, f64>; N],
     norms: [f64; N],
     length: f64,
 }
 
 fn vector(c: &Counts, df: &HashMap<&Vec<String>, usize>, log_images: f64) -> Vector {
-    let mut weights: [HashMap<Vec<String>, f64>; N] = Default::default();
+    let mut weights: [BTreeMap<Vec<String>, f64>; N] = Default::default();
     let mut norms = [0.0; N];
     let mut length = 0.0;
     for (g, &tf) in c {

@@ -54,7 +54,12 @@ fn escape(s: &str) -> String {
 
 /// Training and validation loss against the optimizer step.
 pub fn loss_curve_svg(history: &[HistoryPoint]) -> String {
-    let mut svg = header("Loss (symmetric InfoNCE)");
+    loss_curve_svg_titled(history, "Loss (symmetric InfoNCE)")
+}
+
+/// [`loss_curve_svg`] under another title (another loss).
+pub fn loss_curve_svg_titled(history: &[HistoryPoint], title: &str) -> String {
+    let mut svg = header(title);
     let train: Vec<(f64, f64)> = history
         .iter()
         .map(|p| (p.step as f64, p.train_loss as f64))

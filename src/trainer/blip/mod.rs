@@ -22,6 +22,7 @@
 pub mod decoder;
 pub mod loss;
 pub mod merge;
+pub mod report;
 pub mod train;
 pub mod vision;
 
