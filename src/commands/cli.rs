@@ -110,6 +110,10 @@ pub struct CaptionArgs {
     /// BLIP model directory [default: `[captions] model`].
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Text decoder precision (int8 needs `python models/modeldir.py int8
+    /// DIR`) [default: `[captions] precision`].
+    #[arg(long, value_enum)]
+    pub precision: Option<roadrep::caption::CaptionPrecision>,
     /// Images per vision-encoder run (the decoding loop runs per image). On
     /// CPU, 8 were no faster than 1 at BLIP-base size and held ~0.8 GB more.
     #[arg(long, default_value_t = 1)]
