@@ -242,7 +242,11 @@ pub struct BenchCaptionArgs {
     /// Thread counts to compare (repeatable).
     #[arg(long, default_values_t = [1usize, 2])]
     pub threads: Vec<usize>,
-    /// Captions timed per thread count.
+    /// Text decoder precisions to measure side by side (int8 needs
+    /// `python models/modeldir.py int8 DIR`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fp32,int8")]
+    pub precision: Vec<roadrep::caption::CaptionPrecision>,
+    /// Captions timed per thread count and precision.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Tokens per caption (decoding never stops early here).

@@ -103,7 +103,7 @@ pub fn run(a: AutocaptionArgs) -> Result<()> {
         captions.generation(),
         captions.precision,
     )
-        .with_context(|| format!("captioner '{}'", dir.display()))?;
+    .with_context(|| format!("captioner '{}'", dir.display()))?;
     let mut out = Output::open(&a.out, captioner.fingerprint())?;
     if out.cut_bytes > 0 {
         tracing::warn!(

@@ -76,7 +76,13 @@ impl BlipCaptioner {
         intra_threads: usize,
         settings: GenerationSettings,
     ) -> Result<Self, ModelError> {
-        Self::load_with_precision(dir, runtime, intra_threads, settings, CaptionPrecision::Fp32)
+        Self::load_with_precision(
+            dir,
+            runtime,
+            intra_threads,
+            settings,
+            CaptionPrecision::Fp32,
+        )
     }
 
     /// As [`BlipCaptioner::load`], with the text decoder of `precision`
@@ -382,6 +388,26 @@ impl BlipCaptioner {
             &settings,
             &mut || {},
         )
+    }
+
+    /// The decoder's argmax after each position of `ids` (prompt
+    /// included), teacher-forced: `out[i]` is the token it would put after
+    /// `ids[..=i]`, for `i >= prompt length - 1` (earlier entries: 0).
+    pub fn argmax_along(
+        &self,
+        pixel_values: &Array4<f32>,
+        ids: &[u32],
+    ) -> Result<Vec<u32>, CaptionError> {
+        let n = self.prompt_ids.len().min(ids.len());
+        let mut state = self.state(self.encode_image(pixel_values)?);
+        let mut out = vec![0; n.saturating_sub(1)];
+        let mut logits = state.forward(&[&ids[..n]])?.swap_remove(0);
+        out.push(crate::caption::decode::argmax(&logits));
+        for &t in &ids[n..] {
+            logits = state.forward(&[&[t]])?.swap_remove(0);
+            out.push(crate::caption::decode::argmax(&logits));
+        }
+        Ok(out)
     }
 
     /// Mean milliseconds of one decoder step (one new token) over a
