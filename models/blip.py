@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from modeldir import rename_initializers, set_output_shapes  # noqa: E402
+from modeldir import add_int8, rename_initializers, set_output_shapes  # noqa: E402
 from modeldir import write_manifest as modeldir_write_manifest  # noqa: E402
 
 OPSET = 17
@@ -907,6 +907,10 @@ def main(args) -> None:
         manifest = write_manifest(work, name, source, model, preprocess)
         manifest["name"] = name
         smoke_test(work, dims)
+        if not args.no_int8:
+            # text_decoder.int8.onnx ([captions] precision = "int8"); derived,
+            # so the fingerprint does not change.
+            add_int8(work)
         if args.reference_out:
             ref_tmp = Path(tmp) / "reference"
             write_references(model, tok, hf_tok, ref_tmp, preprocess, manifest, work, decode_probes)

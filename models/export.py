@@ -30,7 +30,8 @@ CLIP directory --clip (models/fusion.py: fusion.onnx, config.json).
 
 With --blip the same sources give a BLIP captioning directory instead
 (models/blip.py: vision_encoder.onnx, text_decoder.onnx with a KV cache,
-BERT tokenizer; Salesforce/blip-image-captioning-base, BLIP-base).
+text_decoder.int8.onnx unless --no-int8, BERT tokenizer;
+Salesforce/blip-image-captioning-base, BLIP-base).
 
 With --reference-out DIR the script also writes reference outputs computed by
 transformers (token ids, preprocessing, embeddings, zero-shot tags) that the
@@ -598,7 +599,7 @@ def main() -> None:
     src.add_argument("--random-full", action="store_true", help="ViT-B/32 (with --blip: BLIP-base) architecture, random weights (benchmarks)")
     ap.add_argument("--out", required=True, help="model directory to write")
     ap.add_argument("--seed", type=int, help="random weights' seed (CLIP: 0; BLIP tiny: the tuned seed)")
-    ap.add_argument("--no-int8", action="store_true", help="skip the INT8 image encoder")
+    ap.add_argument("--no-int8", action="store_true", help="skip the INT8 image encoder (with --blip: the INT8 text decoder)")
     ap.add_argument("--inline-weights", action="store_true",
                     help="keep the fp32 encoders' weights inside their .onnx files (default: in .onnx.data "
                          "files beside them, which ORT holds once instead of twice; --tiny is always inline)")

@@ -9,6 +9,15 @@ name-keeping export directly leaves its MatMuls in fp32) and records it in
 `manifest.toml`. The fingerprint does not change: derived files are not
 part of it. Use it on a directory `trainer merge` wrote.
 
+On a BLIP directory (manifest `kind = "blip"`) it derives
+`text_decoder.int8.onnx` (role `text_decoder_int8`) the same way: a cached
+decoder step is memory-bound on its fp32 weights, so only the MatMul
+weights are quantized (INT8, dynamic); the LM head's Gemm is rewritten as
+MatMul + Add first (the dynamic quantizer skips Gemm), embeddings stay fp32
+and the KV-cache inputs and outputs keep their names, float32 and shapes.
+The vision encoder stays fp32 (`trainer merge-captioner` or
+`export.py --blip` wrote the directory).
+
     python models/modeldir.py external MODEL_DIR
 
 moves the fp32 encoders' weights to `image_encoder.onnx.data` and
@@ -28,6 +37,8 @@ from pathlib import Path
 
 INT8_ROLE = "image_encoder_int8"
 INT8_FILE = "image_encoder.int8.onnx"
+# BLIP: the fp32 role, its INT8 derivative's role and file.
+BLIP_INT8 = ("text_decoder", "text_decoder_int8", "text_decoder.int8.onnx")
 
 
 def sha256_file(path: Path) -> str:
@@ -165,8 +176,12 @@ def set_output_shapes(path: Path, shapes: dict[str, list]) -> None:
     onnx.save(m, str(path))
 
 
-def derive_int8(src: Path, dst: Path) -> None:
-    """ORT-optimize (basic level) then dynamically quantize to INT8."""
+def derive_int8(src: Path, dst: Path, matmul_only: bool = False) -> None:
+    """ORT-optimize (basic level) then dynamically quantize to INT8.
+
+    `matmul_only` (the BLIP decoder): quantize MatMul weights alone, after
+    rewriting constant-weight Gemms as MatMul + Add; Gather (embeddings)
+    stays fp32."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -176,7 +191,49 @@ def derive_int8(src: Path, dst: Path) -> None:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         so.optimized_model_filepath = str(optimized)
         ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-        quantize_dynamic(str(optimized), str(dst), weight_type=QuantType.QInt8)
+        if matmul_only:
+            gemm_to_matmul(optimized)
+            quantize_dynamic(str(optimized), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        else:
+            quantize_dynamic(str(optimized), str(dst), weight_type=QuantType.QInt8)
+
+
+def gemm_to_matmul(path: Path) -> None:
+    """Rewrites each `Gemm(A, W, c)` with initializer W (alpha = beta = 1,
+    no transA) as `MatMul(A, W')` + `Add(c)`, W' = W (transposed if transB)
+    stored as a new initializer, in place: onnxruntime's dynamic quantizer
+    quantizes MatMul, not Gemm."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {i.name: i for i in m.graph.initializer}
+    nodes = []
+    for n in m.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if (n.op_type != "Gemm" or n.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(n)
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        if attrs.get("transB", 0):
+            w = w.T.copy()
+        w_name = n.input[1] + ".matmul"
+        m.graph.initializer.append(numpy_helper.from_array(w, w_name))
+        if len(n.input) > 2 and n.input[2]:
+            mm_out = n.output[0] + ".matmul"
+            nodes.append(helper.make_node("MatMul", [n.input[0], w_name], [mm_out], name=n.name + "/MatMul"))
+            nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=n.name + "/Add"))
+        else:
+            nodes.append(helper.make_node("MatMul", [n.input[0], w_name], [n.output[0]], name=n.name + "/MatMul"))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    used = {i for n in m.graph.node for i in n.input}
+    kept = [i for i in m.graph.initializer if i.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(kept)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
 
 
 # fp32 encoders whose weights `externalize` moves to `<file>.data`; the data
@@ -235,20 +292,28 @@ def externalize(model_dir: Path) -> None:
 
 
 def add_int8(model_dir: Path) -> None:
-    """Derives the INT8 image encoder of `model_dir` and records it."""
+    """Derives the INT8 graph of `model_dir` (CLIP: image encoder; BLIP:
+    text decoder) and records it."""
     manifest_path = model_dir / "manifest.toml"
     try:
         manifest = tomllib.loads(manifest_path.read_text())
-        src = model_dir / manifest["files"]["image_encoder"]["path"]
+        kind = manifest.get("kind", "clip")
+        role, int8_role, int8_file = ("image_encoder", INT8_ROLE, INT8_FILE) if kind != "blip" else BLIP_INT8
+        src = model_dir / manifest["files"][role]["path"]
     except (OSError, KeyError, tomllib.TOMLDecodeError) as e:
         sys.exit(f"modeldir.py: '{manifest_path}': {e}")
-    if sha256_file(src) != manifest["files"]["image_encoder"]["sha256"]:
+    if sha256_file(src) != manifest["files"][role]["sha256"]:
         sys.exit(f"modeldir.py: '{src}' does not match its manifest")
-    dst = model_dir / INT8_FILE
-    derive_int8(src, dst)
+    dst = model_dir / int8_file
+    derive_int8(src, dst, matmul_only=kind == "blip")
     ins, outs = onnx_io(dst)
-    manifest["files"][INT8_ROLE] = {"path": INT8_FILE, "sha256": sha256_file(dst), "inputs": ins, "outputs": outs}
-    manifest_path.write_text(dump_manifest(manifest))
+    if kind == "blip":
+        # The step must stay a drop-in for the fp32 one: same names, dtypes, shapes.
+        want = manifest["files"][role]
+        if (ins, outs) != (want["inputs"], want["outputs"]):
+            sys.exit(f"modeldir.py: '{dst}' changed the decoder's inputs/outputs: {ins} {outs}")
+    manifest["files"][int8_role] = {"path": int8_file, "sha256": sha256_file(dst), "inputs": ins, "outputs": outs}
+    manifest_path.write_text(dump_manifest(manifest, writer="models/modeldir.py"))
     print(f"{dst}: written, manifest updated")
 
 

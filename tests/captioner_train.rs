@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor, Var};
-use roadrep::caption::GenerationSettings;
+use roadrep::caption::{CaptionPrecision, GenerationSettings};
 use roadrep::models::{BlipCaptioner, RgbFrame};
 use roadrep::trainer::blip::loss::{CaptionTokenizer, TokenBatch};
 use roadrep::trainer::blip::merge::merge_captioner;
@@ -297,6 +297,11 @@ fn zero_adapter_merges_to_identical_files() {
             "{f}"
         );
     }
+    // The base's INT8 decoder would run the old weights: not carried over.
+    assert!(model_dir().join("text_decoder.int8.onnx").is_file());
+    assert!(!dir.join("text_decoder.int8.onnx").exists());
+    let manifest = std::fs::read_to_string(dir.join("manifest.toml")).unwrap();
+    assert!(!manifest.contains("text_decoder_int8"), "{manifest}");
     captioner(&dir);
 }
 
@@ -578,9 +583,20 @@ fn cli_trains_and_merges_a_captioner() {
         out.join("adapter").to_str().unwrap(),
         "--out",
         merged.to_str().unwrap(),
+        "--int8",
     ]);
     assert!(stdout.contains("merged"), "{stdout}");
     captioner(&merged);
+    // --int8 derived the merged decoder's INT8 graph (models/modeldir.py).
+    assert!(merged.join("text_decoder.int8.onnx").is_file());
+    BlipCaptioner::load_with_precision(
+        &merged,
+        &common::runtime(),
+        1,
+        GenerationSettings::default(),
+        CaptionPrecision::Int8,
+    )
+    .unwrap();
     assert_eq!(
         std::fs::read(out.join("model/text_decoder.onnx")).unwrap(),
         std::fs::read(merged.join("text_decoder.onnx")).unwrap()

@@ -1,18 +1,22 @@
 //! `roadrep bench caption`: the cost of one caption next to the cost of its
-//! vision encoder, and captions/s, measured in one process.
+//! vision encoder, and captions/s, measured in one process, for the fp32
+//! and the INT8 text decoder side by side; and how often the INT8 decoder's
+//! top-1 token agrees with fp32 along fp32's greedy captions.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::caption::{CaptionError, GenerationSettings};
+use crate::caption::{CaptionError, CaptionPrecision, GenerationSettings};
 use crate::models::BlipCaptioner;
 use crate::models::{ModelError, OrtRuntime};
 
 /// One thread count's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct CaptionBenchRow {
+    /// Text decoder precision (the vision encoder is fp32).
+    pub precision: CaptionPrecision,
     /// ONNX Runtime intra-op threads.
     pub threads: usize,
     /// Vision encoder + cross-attention K/V, ms per image.
@@ -47,8 +51,46 @@ pub struct CaptionBenchReport {
     pub layers: usize,
     /// Captions timed per configuration.
     pub runs: usize,
-    /// Rows per thread count.
+    /// Rows per thread count and precision.
     pub rows: Vec<CaptionBenchRow>,
+    /// INT8 vs fp32 top-1 tokens (when both were measured).
+    pub agreement: Option<TokenAgreement>,
+}
+
+/// INT8 decoder vs fp32 on the bench's images: fp32's greedy caption of
+/// each (forced to `tokens` new tokens), and whether the INT8 decoder's
+/// argmax at each position (same prefix, teacher-forced) is fp32's token.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenAgreement {
+    /// Images captioned.
+    pub images: usize,
+    /// Positions compared.
+    pub tokens: usize,
+    /// Positions whose INT8 argmax is fp32's token.
+    pub agreeing: usize,
+    /// Images whose free-running INT8 greedy caption equals fp32's.
+    pub identical_captions: usize,
+}
+
+/// Images of the agreement check: generated patterns, `s`² RGB.
+fn bench_images(s: usize) -> Vec<Vec<u8>> {
+    let pattern = |f: &dyn Fn(usize, usize, usize) -> usize| -> Vec<u8> {
+        (0..s * s * 3)
+            .map(|i| (f(i / 3 / s, i / 3 % s, i % 3) % 256) as u8)
+            .collect()
+    };
+    vec![
+        (0..s * s * 3).map(|i| ((i * 37) % 251) as u8).collect(),
+        pattern(&|y, x, c| (x * 255 / s) * (c == 0) as usize + (y * 255 / s) * (c == 2) as usize),
+        pattern(&|y, x, c| {
+            if (y / 32 + x / 32) % 2 == 0 {
+                40 + 60 * c
+            } else {
+                220 - 50 * c
+            }
+        }),
+        pattern(&|y, x, c| (y * 7 + x * 13 + c * 85) ^ (x * y / 97)),
+    ]
 }
 
 /// The model directory `bench caption` uses by default.
@@ -61,23 +103,28 @@ pub fn default_caption_model() -> PathBuf {
     }
 }
 
-/// Measures `runs` captions of a generated image per thread count.
+/// Measures `runs` captions of a generated image per thread count and
+/// decoder precision, then the INT8/fp32 token agreement (both measured).
 pub fn bench_caption(
     runtime: &OrtRuntime,
     dir: &Path,
     threads: &[usize],
+    precisions: &[CaptionPrecision],
     runs: usize,
     max_new_tokens: usize,
     log: impl Fn(&str),
 ) -> Result<CaptionBenchReport, CaptionError> {
     let mut rows = Vec::new();
     let mut header = None;
-    for &t in threads {
+    let configs = threads
+        .iter()
+        .flat_map(|&t| precisions.iter().map(move |&p| (t, p)));
+    for (t, precision) in configs {
         let settings = GenerationSettings {
             max_new_tokens,
             ..Default::default()
         };
-        let captioner = BlipCaptioner::load(dir, runtime, t, settings)?;
+        let captioner = BlipCaptioner::load_with_precision(dir, runtime, t, settings, precision)?;
         let b = captioner.manifest().blip.clone();
         let s = captioner.manifest().preprocess.size as usize;
         header.get_or_insert((captioner.manifest().name.clone(), b.clone(), s));
@@ -112,6 +159,7 @@ pub fn bench_caption(
         }
         let beam3_ms = started.elapsed().as_secs_f64() * 1e3 / runs as f64;
         let row = CaptionBenchRow {
+            precision,
             threads: t,
             vision_ms,
             decoder_step_ms: steps,
@@ -123,16 +171,24 @@ pub fn bench_caption(
             beam3_tokens,
         };
         log(&format!(
-            "{t} threads: vision {vision_ms:.1} ms, step {steps:.2} ms, caption {caption_ms:.1} ms"
+            "{precision:?}, {t} threads: vision {vision_ms:.1} ms, step {steps:.2} ms, caption {caption_ms:.1} ms"
         ));
         rows.push(row);
     }
     let (model, b, s) = header.ok_or_else(|| {
         CaptionError::Model(ModelError::Manifest {
             path: dir.to_path_buf(),
-            message: "no thread counts to measure".into(),
+            message: "no thread counts or precisions to measure".into(),
         })
     })?;
+    let agreement = if precisions.contains(&CaptionPrecision::Fp32)
+        && precisions.contains(&CaptionPrecision::Int8)
+    {
+        let t = threads.iter().copied().max().unwrap_or(1);
+        Some(token_agreement(runtime, dir, t, max_new_tokens)?)
+    } else {
+        None
+    };
     Ok(CaptionBenchReport {
         model,
         image_size: s as u32,
@@ -140,6 +196,54 @@ pub fn bench_caption(
         layers: b.num_layers,
         runs,
         rows,
+        agreement,
+    })
+}
+
+/// [`TokenAgreement`] of `dir`'s INT8 decoder on [`bench_images`].
+pub fn token_agreement(
+    runtime: &OrtRuntime,
+    dir: &Path,
+    threads: usize,
+    tokens: usize,
+) -> Result<TokenAgreement, CaptionError> {
+    let settings = GenerationSettings {
+        max_new_tokens: tokens,
+        ..Default::default()
+    };
+    let fp32 = BlipCaptioner::load_with_precision(
+        dir,
+        runtime,
+        threads,
+        settings.clone(),
+        CaptionPrecision::Fp32,
+    )?;
+    let int8 = BlipCaptioner::load_with_precision(
+        dir,
+        runtime,
+        threads,
+        settings,
+        CaptionPrecision::Int8,
+    )?;
+    let s = fp32.manifest().preprocess.size as usize;
+    let images = bench_images(s);
+    let (mut compared, mut agreeing, mut identical) = (0, 0, 0);
+    for rgb in &images {
+        let pixels = fp32.pixels(rgb)?;
+        let reference = fp32.caption_forced(&pixels, tokens)?;
+        let n = fp32.prompt_ids().len();
+        let predicted = int8.argmax_along(&pixels, &reference)?;
+        for (want, got) in reference[n..].iter().zip(&predicted[n - 1..]) {
+            compared += 1;
+            agreeing += usize::from(want == got);
+        }
+        identical += usize::from(int8.caption_forced(&pixels, tokens)? == reference);
+    }
+    Ok(TokenAgreement {
+        images: images.len(),
+        tokens: compared,
+        agreeing,
+        identical_captions: identical,
     })
 }
 
@@ -156,10 +260,14 @@ impl CaptionBenchReport {
             self.runs,
             self.rows.first().map_or(0, |r| r.tokens)
         );
-        out.push_str("| threads | vision encoder + cross K/V (ms) | decoder step (ms) | caption (ms) | caption / vision | captions/s | 3-beam caption (ms, tokens) |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+        out.push_str("| decoder | threads | vision encoder + cross K/V (ms) | decoder step (ms) | caption (ms) | caption / vision | captions/s | 3-beam caption (ms, tokens) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
         for r in &self.rows {
             out.push_str(&format!(
-                "| {} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} ({}) |\n",
+                "| {} | {} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} ({}) |\n",
+                match r.precision {
+                    CaptionPrecision::Fp32 => "fp32",
+                    CaptionPrecision::Int8 => "int8",
+                },
                 r.threads,
                 r.vision_ms,
                 r.decoder_step_ms,
@@ -168,6 +276,17 @@ impl CaptionBenchReport {
                 r.captions_per_s,
                 r.beam3_ms,
                 r.beam3_tokens
+            ));
+        }
+        if let Some(a) = &self.agreement {
+            out.push_str(&format!(
+                "\nint8 vs fp32 top-1 token along fp32's greedy captions of {} images: {}/{} ({:.1}%); identical free-running captions: {}/{}\n",
+                a.images,
+                a.agreeing,
+                a.tokens,
+                100.0 * a.agreeing as f64 / a.tokens.max(1) as f64,
+                a.identical_captions,
+                a.images
             ));
         }
         out

@@ -598,7 +598,8 @@ fn bench(
     Ok(())
 }
 
-/// Derives `image_encoder.int8.onnx` of a merged directory with
+/// Derives the INT8 graph of a merged directory (CLIP:
+/// `image_encoder.int8.onnx`; BLIP: `text_decoder.int8.onnx`) with
 /// onnxruntime's dynamic quantizer (Python-only), through
 /// `models/modeldir.py`. The interpreter is `$ROADREP_PYTHON`, else the
 /// project's `.venv`, else `python3`.

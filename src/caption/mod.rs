@@ -51,6 +51,32 @@ pub struct CaptionConfig {
     /// the captioner's input size, ~440 KB for BLIP-base); when full, the
     /// oldest jobs are dropped and counted, never frames.
     pub max_backlog: usize,
+    /// Text decoder precision: `fp32` (reference) or `int8` (the derived
+    /// `text_decoder.int8.onnx`: a cached step reads ~4x fewer weight
+    /// bytes). The vision encoder stays fp32 either way.
+    pub precision: CaptionPrecision,
+}
+
+/// Which text decoder a BLIP captioner runs.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptionPrecision {
+    /// The fp32 export (reference numerics).
+    #[default]
+    Fp32,
+    /// The INT8 dynamically quantized derivative (`python
+    /// models/modeldir.py int8 DIR`): MatMul weights INT8, KV cache fp32.
+    Int8,
 }
 
 impl Default for CaptionConfig {
@@ -65,6 +91,7 @@ impl Default for CaptionConfig {
             intra_threads: 1,
             nice: 10,
             max_backlog: 500,
+            precision: CaptionPrecision::Fp32,
         }
     }
 }

@@ -102,6 +102,7 @@ pub fn run_caption(
         &runtime,
         &dir,
         &args.threads,
+        &args.precision,
         args.runs,
         args.tokens,
         |line| eprintln!("  {line}"),

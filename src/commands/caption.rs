@@ -35,15 +35,23 @@ pub fn run(config_path: Option<&Path>, args: &CaptionArgs) -> anyhow::Result<Exi
     if let Some(n) = args.max_new_tokens {
         captions.max_new_tokens = n;
     }
+    if let Some(p) = args.precision {
+        captions.precision = p;
+    }
     captions.validate().map_err(anyhow::Error::msg)?;
     let Some(dir) = &captions.model else {
         bail!("no captioner: set [captions] model in the config or pass --model DIR");
     };
     let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
     // A one-shot command has the machine to itself: every configured thread.
-    let captioner =
-        BlipCaptioner::load(dir, &runtime, config.intra_threads(), captions.generation())
-            .with_context(|| format!("captioner '{}'", dir.display()))?;
+    let captioner = BlipCaptioner::load_with_precision(
+        dir,
+        &runtime,
+        config.intra_threads(),
+        captions.generation(),
+        captions.precision,
+    )
+    .with_context(|| format!("captioner '{}'", dir.display()))?;
 
     let mut failed = 0usize;
     let mut results = Vec::new();

@@ -110,6 +110,10 @@ pub struct CaptionArgs {
     /// BLIP model directory [default: `[captions] model`].
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Text decoder precision (int8 needs `python models/modeldir.py int8
+    /// DIR`) [default: `[captions] precision`].
+    #[arg(long, value_enum)]
+    pub precision: Option<roadrep::caption::CaptionPrecision>,
     /// Images per vision-encoder run (the decoding loop runs per image). On
     /// CPU, 8 were no faster than 1 at BLIP-base size and held ~0.8 GB more.
     #[arg(long, default_value_t = 1)]
@@ -238,7 +242,11 @@ pub struct BenchCaptionArgs {
     /// Thread counts to compare (repeatable).
     #[arg(long, default_values_t = [1usize, 2])]
     pub threads: Vec<usize>,
-    /// Captions timed per thread count.
+    /// Text decoder precisions to measure side by side (int8 needs
+    /// `python models/modeldir.py int8 DIR`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fp32,int8")]
+    pub precision: Vec<roadrep::caption::CaptionPrecision>,
+    /// Captions timed per thread count and precision.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Tokens per caption (decoding never stops early here).

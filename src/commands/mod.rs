@@ -66,11 +66,12 @@ pub fn load_captioner(config: &RoadrepConfig) -> anyhow::Result<Option<Arc<BlipC
         return Ok(None);
     };
     let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
-    let captioner = BlipCaptioner::load(
+    let captioner = BlipCaptioner::load_with_precision(
         dir,
         &runtime,
         config.captions.intra_threads,
         config.captions.generation(),
+        config.captions.precision,
     )
     .with_context(|| "[captions] model")?;
     Ok(Some(Arc::new(captioner)))

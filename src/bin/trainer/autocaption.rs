@@ -96,8 +96,14 @@ pub fn run(a: AutocaptionArgs) -> Result<()> {
         Some(0) | None => config.intra_threads(),
         Some(n) => n,
     };
-    let captioner = BlipCaptioner::load(dir, &runtime, threads, captions.generation())
-        .with_context(|| format!("captioner '{}'", dir.display()))?;
+    let captioner = BlipCaptioner::load_with_precision(
+        dir,
+        &runtime,
+        threads,
+        captions.generation(),
+        captions.precision,
+    )
+    .with_context(|| format!("captioner '{}'", dir.display()))?;
     let mut out = Output::open(&a.out, captioner.fingerprint())?;
     if out.cut_bytes > 0 {
         tracing::warn!(

@@ -97,6 +97,10 @@ pub struct MergeCaptionerArgs {
     /// Name recorded in the new manifest (default: the folder name).
     #[arg(long)]
     name: Option<String>,
+    /// Also derive the merged directory's INT8 text decoder
+    /// (`models/modeldir.py int8`, Python with onnxruntime).
+    #[arg(long)]
+    int8: bool,
 }
 
 /// `trainer bench-captioner`.
@@ -203,6 +207,9 @@ pub fn run_merge(a: MergeCaptionerArgs, device: &Device) -> Result<()> {
         outcome.dir.display(),
         outcome.fingerprint
     );
+    if a.int8 {
+        crate::derive_int8(&outcome.dir)?;
+    }
     Ok(())
 }
 

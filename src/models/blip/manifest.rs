@@ -19,6 +19,9 @@ pub mod roles {
     pub const VISION_ENCODER: &str = "vision_encoder";
     /// Text decoder with a self-attention cache.
     pub const TEXT_DECODER: &str = "text_decoder";
+    /// INT8 text decoder derived from the fp32 one (`models/modeldir.py
+    /// int8`); not part of the fingerprint.
+    pub const TEXT_DECODER_INT8: &str = "text_decoder_int8";
     /// WordPiece `tokenizer.json`.
     pub const TOKENIZER: &str = "tokenizer";
 }
@@ -92,6 +95,12 @@ pub struct BlipPreprocess {
 impl BlipManifest {
     /// Reads `dir/manifest.toml` and checks the files and fingerprint.
     pub fn read_verified(dir: &Path) -> Result<Self, ModelError> {
+        Self::read_verified_except(dir, &[])
+    }
+
+    /// As [`BlipManifest::read_verified`], without hashing the files of the
+    /// `deferred` roles (a decoder that will not be opened).
+    pub fn read_verified_except(dir: &Path, deferred: &[&str]) -> Result<Self, ModelError> {
         let (m, path): (Self, _) = read_toml(dir)?;
         let bad = |message: String| ModelError::Manifest {
             path: path.clone(),
@@ -110,13 +119,20 @@ impl BlipManifest {
         if m.preprocess.size == 0 || m.preprocess.std.iter().any(|s| *s <= 0.0) {
             return Err(bad("preprocess needs size > 0 and std > 0".into()));
         }
-        verify_files(dir, &m.files)?;
+        let checked: BTreeMap<String, FileEntry> = m
+            .files
+            .iter()
+            .filter(|(role, _)| !deferred.contains(&role.as_str()))
+            .map(|(role, e)| (role.clone(), e.clone()))
+            .collect();
+        verify_files(dir, &checked)?;
         check_fingerprint(dir, &m.fingerprint, &m.compute_fingerprint()?)?;
         Ok(m)
     }
 
     /// sha256 over the graphs', the tokenizer's sha256 and the
-    /// preprocessing (the CLIP scheme, with `size` for the resize).
+    /// preprocessing (the CLIP scheme, with `size` for the resize). The
+    /// derived INT8 decoder is left out, as CLIP's INT8 encoder is.
     pub fn compute_fingerprint(&self) -> Result<String, ModelError> {
         let p = &self.preprocess;
         fingerprint(

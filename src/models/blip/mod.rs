@@ -10,7 +10,10 @@
 //!     keys/values over the image tokens, computed once per image;
 //!   - `text_decoder.onnx`: `input_ids [n,new]`, `past_self_kv
 //!     [L,2,n,H,past,Dh]`, `cross_kv` (batch 1 broadcasts over beams) ->
-//!     `logits [n,V]` of the last position, `present_self_kv`.
+//!     `logits [n,V]` of the last position, `present_self_kv`;
+//!   - optionally `text_decoder.int8.onnx` (role `text_decoder_int8`,
+//!     `python models/modeldir.py int8 DIR`): the same step with INT8
+//!     MatMul weights, loaded with [`CaptionPrecision::Int8`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -26,7 +29,7 @@ mod manifest;
 pub use manifest::{BlipManifest, BlipPreprocess, BlipSection, roles};
 
 use crate::caption::decode::{GenerationSettings, StepModel, generate};
-use crate::caption::{Caption, CaptionError, Captioner};
+use crate::caption::{Caption, CaptionError, CaptionPrecision, Captioner};
 use crate::models::clip::{PIXEL_VALUES, open_checked};
 use crate::models::manifest::MANIFEST_FILE;
 use crate::models::preprocess::{ImagePreprocessor, RgbFrame};
@@ -48,6 +51,7 @@ pub struct BlipCaptioner {
     vision: Mutex<Session>,
     decoder_path: PathBuf,
     decoder: Mutex<Session>,
+    precision: CaptionPrecision,
     tokenizer: Tokenizer,
     tokenizer_path: PathBuf,
     settings: GenerationSettings,
@@ -58,19 +62,57 @@ impl std::fmt::Debug for BlipCaptioner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlipCaptioner")
             .field("dir", &self.dir)
+            .field("precision", &self.precision)
             .finish()
     }
 }
 
 impl BlipCaptioner {
-    /// Verifies `dir` and opens both graphs with `intra_threads` threads.
+    /// Verifies `dir` and opens both graphs (fp32) with `intra_threads`
+    /// threads.
     pub fn load(
         dir: &Path,
         runtime: &OrtRuntime,
         intra_threads: usize,
         settings: GenerationSettings,
     ) -> Result<Self, ModelError> {
-        let manifest = BlipManifest::read_verified(dir)?;
+        Self::load_with_precision(
+            dir,
+            runtime,
+            intra_threads,
+            settings,
+            CaptionPrecision::Fp32,
+        )
+    }
+
+    /// As [`BlipCaptioner::load`], with the text decoder of `precision`
+    /// (the vision encoder is fp32 either way). INT8 needs the derived
+    /// `text_decoder_int8` file; a directory without it is refused with the
+    /// command that derives it.
+    pub fn load_with_precision(
+        dir: &Path,
+        runtime: &OrtRuntime,
+        intra_threads: usize,
+        settings: GenerationSettings,
+        precision: CaptionPrecision,
+    ) -> Result<Self, ModelError> {
+        // The decoder not used is not hashed.
+        let (decoder_role, unused) = match precision {
+            CaptionPrecision::Fp32 => (roles::TEXT_DECODER, roles::TEXT_DECODER_INT8),
+            CaptionPrecision::Int8 => (roles::TEXT_DECODER_INT8, roles::TEXT_DECODER),
+        };
+        let manifest = BlipManifest::read_verified_except(dir, &[unused])?;
+        if !manifest.files.contains_key(decoder_role) {
+            return Err(ModelError::Manifest {
+                path: dir.join(MANIFEST_FILE),
+                message: format!(
+                    "captions precision int8: '{}' has no INT8 text decoder ([files.{decoder_role}]); \
+                     derive it with `python models/modeldir.py int8 {}`",
+                    dir.display(),
+                    dir.display()
+                ),
+            });
+        }
         let b = &manifest.blip;
         let preprocessor = manifest.image_preprocessor();
         let s = manifest.preprocess.size as i64;
@@ -107,7 +149,7 @@ impl BlipCaptioner {
         let (decoder_path, decoder) = open_checked(
             runtime,
             dir,
-            manifest.file(dir, roles::TEXT_DECODER)?,
+            manifest.file(dir, decoder_role)?,
             intra_threads,
             &[
                 (INPUT_IDS, "int64", vec![None, None]),
@@ -145,6 +187,7 @@ impl BlipCaptioner {
             vision: Mutex::new(vision),
             decoder_path,
             decoder: Mutex::new(decoder),
+            precision,
             tokenizer,
             tokenizer_path,
             settings: GenerationSettings::default(),
@@ -191,6 +234,11 @@ impl BlipCaptioner {
             ids.push(b.bos_token_id);
         }
         Ok(ids)
+    }
+
+    /// Which text decoder runs.
+    pub fn precision(&self) -> CaptionPrecision {
+        self.precision
     }
 
     /// The manifest.
@@ -340,6 +388,26 @@ impl BlipCaptioner {
             &settings,
             &mut || {},
         )
+    }
+
+    /// The decoder's argmax after each position of `ids` (prompt
+    /// included), teacher-forced: `out[i]` is the token it would put after
+    /// `ids[..=i]`, for `i >= prompt length - 1` (earlier entries: 0).
+    pub fn argmax_along(
+        &self,
+        pixel_values: &Array4<f32>,
+        ids: &[u32],
+    ) -> Result<Vec<u32>, CaptionError> {
+        let n = self.prompt_ids.len().min(ids.len());
+        let mut state = self.state(self.encode_image(pixel_values)?);
+        let mut out = vec![0; n.saturating_sub(1)];
+        let mut logits = state.forward(&[&ids[..n]])?.swap_remove(0);
+        out.push(crate::caption::decode::argmax(&logits));
+        for &t in &ids[n..] {
+            logits = state.forward(&[&[t]])?.swap_remove(0);
+            out.push(crate::caption::decode::argmax(&logits));
+        }
+        Ok(out)
     }
 
     /// Mean milliseconds of one decoder step (one new token) over a

@@ -9,6 +9,10 @@
 //! so a zero adapter gives identical files and fingerprint. The manifest
 //! gets the new sha256s and the BLIP fingerprint (graphs, tokenizer,
 //! preprocessing), checked by the daemon's own verification.
+//!
+//! The base's INT8 text decoder would run the old weights, so it is neither
+//! copied nor listed; `trainer merge-captioner --int8` derives a new one
+//! (`models/modeldir.py int8 DIR`).
 
 use std::path::Path;
 
@@ -47,7 +51,10 @@ pub fn merge_captioner(
         )?);
     }
     for (role, entry) in &manifest.files {
-        if role == roles::VISION_ENCODER || role == roles::TEXT_DECODER {
+        if role == roles::VISION_ENCODER
+            || role == roles::TEXT_DECODER
+            || role == roles::TEXT_DECODER_INT8
+        {
             continue;
         }
         let src = base_dir.join(&entry.path);
@@ -66,7 +73,11 @@ pub fn merge_captioner(
         base_dir,
         out_dir,
         (name, &source, "trainer merge-captioner"),
-        |_| {},
+        |table| {
+            if let Some(toml::Value::Table(files)) = table.get_mut("files") {
+                files.remove(roles::TEXT_DECODER_INT8);
+            }
+        },
         |dir| {
             let path = dir.join(MANIFEST_FILE);
             let text = std::fs::read_to_string(&path).map_err(|e| TrainerError::io(&path, e))?;
