@@ -113,3 +113,30 @@ fn a_non_image_is_one_error_line_and_the_others_are_captioned() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("num_beams"));
 }
+
+/// `--precision int8` runs the tiny model's INT8 text decoder (its captions
+/// against fp32's: tests/caption_int8.rs).
+#[test]
+fn precision_int8_flag_loads_the_int8_decoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("frame.png");
+    image::RgbImage::from_pixel(160, 90, image::Rgb([200, 30, 30]))
+        .save(&p)
+        .unwrap();
+    let images = vec![p];
+    let fp32 = common::roadrep(
+        &args(&["caption", "--precision", "fp32"], &images),
+        dir.path(),
+    );
+    let int8 = common::roadrep(
+        &args(&["caption", "--precision", "int8"], &images),
+        dir.path(),
+    );
+    assert!(
+        int8.status.success(),
+        "{}",
+        String::from_utf8_lossy(&int8.stderr)
+    );
+    assert_eq!(lines(&int8).len(), 1);
+    eprintln!("fp32 {:?} int8 {:?}", lines(&fp32), lines(&int8));
+}
