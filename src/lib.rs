@@ -35,6 +35,8 @@
 //! - [`replay`], [`daemon`]: the two ways frames enter the pipeline
 //!   (recorded clips; supervised live streams with the HTTP API).
 //! - [`api`]: HTTP API (search, frames, timeline, health, metrics).
+//! - [`uplink`]: the vehicle's outbox and its MQTT publisher; the wire
+//!   contract with the fleet.
 //! - [`mod@bench`]: throughput measurements reported in `BENCHMARKS.md`.
 //! - [`rng`]: a small seeded random generator (k-means, benchmarks, trainer).
 //! - `trainer` (feature `trainer`, binary `trainer`): offline LoRA
@@ -57,5 +59,6 @@ pub mod search;
 pub mod segment;
 pub mod store;
 pub mod tagging;
+pub mod uplink;
 #[cfg(feature = "trainer")]
 pub mod trainer;
