@@ -43,6 +43,9 @@ fn main() -> ExitCode {
         Command::Bench(cli::BenchCommand::Rig(args)) => {
             commands::bench::run_rig(cli.config.as_deref(), args)
         }
+        Command::Bench(cli::BenchCommand::Uplink(args)) => {
+            commands::bench::run_uplink(cli.config.as_deref(), args)
+        }
         Command::Replay(args) => commands::replay::run(cli.config.as_deref(), args),
         Command::Segments(args) => commands::segments::run(
             cli.config.as_deref(),
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
             commands::segments::Style::Summary,
         ),
         Command::ExportFrames(args) => commands::export::run(cli.config.as_deref(), args),
+        Command::Uplink(args) => commands::uplink::run(cli.config.as_deref(), args),
         Command::VerifyModel { dir } => commands::verify_model(dir),
     };
     match result {
