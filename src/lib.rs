@@ -59,6 +59,6 @@ pub mod search;
 pub mod segment;
 pub mod store;
 pub mod tagging;
-pub mod uplink;
 #[cfg(feature = "trainer")]
 pub mod trainer;
+pub mod uplink;

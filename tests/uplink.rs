@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use roadrep::store::{
-    CaptionState, FrameKey, FrameRecord, NewSegment, OutboxSettings, SegmentRecord,
-    SegmentWrites, SetTag, Store, StoredFrame, TagRecord,
+    CaptionState, FrameKey, FrameRecord, NewSegment, OutboxSettings, SegmentRecord, SegmentWrites,
+    SetTag, Store, StoredFrame, TagRecord,
 };
 use roadrep::uplink::message::{Message, MessageKind, decode_embedding};
 
@@ -74,7 +74,9 @@ fn outbox_is_written_with_the_batch_in_sequence_and_survives_a_reopen() {
     let path = dir.path().join("s.sled");
     let store = open_with_outbox(&path, 1 << 20);
     let cam = store.stream_id("front").unwrap();
-    let frames: Vec<_> = (0..5).map(|i| frame(cam, 1_000 + i, 0.1 * i as f32)).collect();
+    let frames: Vec<_> = (0..5)
+        .map(|i| frame(cam, 1_000 + i, 0.1 * i as f32))
+        .collect();
     let segments = SegmentWrites {
         closed: vec![segment(cam, 1_000)],
         ..Default::default()
@@ -96,12 +98,14 @@ fn outbox_is_written_with_the_batch_in_sequence_and_survives_a_reopen() {
     assert_eq!(f.tags["weather"].class, "foggy");
     let e = decode_embedding(&f.embedding).unwrap();
     assert!((e[0].to_f32() - 0.2).abs() < 1e-3 && e.len() == 4);
-    let Message::Segment(s) =
-        Message::decode("roadrep/v1/segment", &entries[5].payload).unwrap()
+    let Message::Segment(s) = Message::decode("roadrep/v1/segment", &entries[5].payload).unwrap()
     else {
         panic!("a segment message")
     };
-    assert_eq!((s.seq, s.start_ns, s.caption_state.as_str()), (6, 1_000, "none"));
+    assert_eq!(
+        (s.seq, s.start_ns, s.caption_state.as_str()),
+        (6, 1_000, "none")
+    );
 
     // Acknowledged messages leave; the rest survive a reopen and the
     // numbering goes on after the highest number ever given.
@@ -109,10 +113,22 @@ fn outbox_is_written_with_the_batch_in_sequence_and_survives_a_reopen() {
     drop(store);
     let store = open_with_outbox(&path, 1 << 20);
     assert_eq!(store.outbox().unwrap().depth(), 4);
-    let left: Vec<u64> = store.outbox_after(0, 100).unwrap().iter().map(|e| e.seq).collect();
+    let left: Vec<u64> = store
+        .outbox_after(0, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
     assert_eq!(left, vec![3, 4, 5, 6]);
     assert_eq!(store.outbox_after(4, 1).unwrap()[0].seq, 5);
-    store.write(&[frame(cam, 2_000, 0.5)], &[], &SegmentWrites::default(), &[]).unwrap();
+    store
+        .write(
+            &[frame(cam, 2_000, 0.5)],
+            &[],
+            &SegmentWrites::default(),
+            &[],
+        )
+        .unwrap();
     let stats = store.outbox_stats().unwrap();
     assert_eq!((stats.depth, stats.frames, stats.next_seq), (5, 4, 8));
     assert!(stats.oldest_ms.is_some());
@@ -124,7 +140,9 @@ fn a_full_outbox_drops_frame_messages_oldest_first_and_keeps_segments() {
     // Sizes of one frame and one segment entry.
     let store = open_with_outbox(&dir.path().join("measure.sled"), 1 << 20);
     let cam = store.stream_id("front").unwrap();
-    store.write(&[frame(cam, 1, 0.1)], &[], &SegmentWrites::default(), &[]).unwrap();
+    store
+        .write(&[frame(cam, 1, 0.1)], &[], &SegmentWrites::default(), &[])
+        .unwrap();
     let frame_bytes = store.outbox_stats().unwrap().bytes;
     let segments = SegmentWrites {
         closed: vec![segment(cam, 1)],
@@ -138,7 +156,9 @@ fn a_full_outbox_drops_frame_messages_oldest_first_and_keeps_segments() {
     let store = open_with_outbox(&dir.path().join("s.sled"), bound);
     let cam = store.stream_id("front").unwrap();
     for i in 0..10 {
-        store.write(&[frame(cam, i, 0.1)], &[], &SegmentWrites::default(), &[]).unwrap();
+        store
+            .write(&[frame(cam, i, 0.1)], &[], &SegmentWrites::default(), &[])
+            .unwrap();
     }
     let frames = |store: &Store| -> Vec<u64> {
         let entries = store.outbox_after(0, 100).unwrap();
@@ -158,7 +178,10 @@ fn a_full_outbox_drops_frame_messages_oldest_first_and_keeps_segments() {
     assert!(left.iter().all(|s| *s > 10 - left.len() as u64));
     let kept = store.outbox_after(0, 100).unwrap();
     assert_eq!(kept.iter().filter(|e| !e.frame).count(), 2);
-    assert_eq!(store.outbox_stats().unwrap().dropped, 10 - left.len() as u64);
+    assert_eq!(
+        store.outbox_stats().unwrap().dropped,
+        10 - left.len() as u64
+    );
 }
 
 /// The shipped config with absolute paths, a store in `dir` and
@@ -168,7 +191,10 @@ fn vehicle_config(dir: &Path, vehicle: &str, broker_port: u16, extra: &str) -> P
     let text = std::fs::read_to_string(root.join("config/roadrep.toml"))
         .unwrap()
         .replace("\"../", &format!("\"{}/", root.display()))
-        .replace("\"labels.toml\"", &format!("\"{}/config/labels.toml\"", root.display()));
+        .replace(
+            "\"labels.toml\"",
+            &format!("\"{}/config/labels.toml\"", root.display()),
+        );
     let store = dir.join(format!("{vehicle}.sled"));
     let text = text.replace(
         &format!("\"{}/data/roadrep.sled\"", root.display()),
@@ -194,16 +220,22 @@ struct Collector {
 impl Collector {
     fn start(port: u16) -> Self {
         let mut options = rumqttc::MqttOptions::new("collector", "127.0.0.1", port);
-        options.set_clean_session(false).set_max_packet_size(1 << 20, 1 << 20);
+        options
+            .set_clean_session(false)
+            .set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut connection) = rumqttc::Client::new(options, 64);
-        client.subscribe("roadrep/#", rumqttc::QoS::AtLeastOnce).unwrap();
+        client
+            .subscribe("roadrep/#", rumqttc::QoS::AtLeastOnce)
+            .unwrap();
         let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = messages.clone();
         std::thread::spawn(move || {
             for event in connection.iter() {
                 match event {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                        sink.lock().unwrap().push((p.topic.clone(), p.payload.to_vec()));
+                        sink.lock()
+                            .unwrap()
+                            .push((p.topic.clone(), p.payload.to_vec()));
                     }
                     Ok(_) => {}
                     Err(_) => std::thread::sleep(Duration::from_millis(200)),
@@ -247,7 +279,13 @@ fn stored_counts(config: &Path) -> (usize, usize) {
     let c = roadrep::config::RoadrepConfig::from_file(config).unwrap();
     let m = roadrep::models::ModelManifest::read(&common::tiny_model_dir()).unwrap();
     let s = Store::open(&c.store.path, &m.fingerprint, m.clip.embed_dim).unwrap();
-    let frames = s.stats().unwrap().frames.iter().map(|(_, n)| *n as usize).sum();
+    let frames = s
+        .stats()
+        .unwrap()
+        .frames
+        .iter()
+        .map(|(_, n)| *n as usize)
+        .sum();
     let segments = s.segments(&Default::default()).unwrap().len();
     (frames, segments)
 }
@@ -269,20 +307,38 @@ fn a_replay_publishes_every_frame_and_segment_once_the_broker_answers() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     let unreachable: Vec<_> = stderr
         .lines()
-        .filter(|l| l.contains(&format!("127.0.0.1:{}", broker.port)) && l.contains("cannot be reached"))
+        .filter(|l| {
+            l.contains(&format!("127.0.0.1:{}", broker.port)) && l.contains("cannot be reached")
+        })
         .collect();
     assert_eq!(unreachable.len(), 1, "{stderr}");
     assert!(stderr.contains("wait in the outbox"), "{stderr}");
     let (frames, segments) = stored_counts(&config);
-    assert!(frames >= 20 && segments >= 2, "{frames} frames, {segments} segments");
-    let status = common::roadrep(&["-c", config.to_str().unwrap(), "uplink", "status", "--json"], &cache);
+    assert!(
+        frames >= 20 && segments >= 2,
+        "{frames} frames, {segments} segments"
+    );
+    let status = common::roadrep(
+        &["-c", config.to_str().unwrap(), "uplink", "status", "--json"],
+        &cache,
+    );
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let depth = report["outbox"]["depth"].as_u64().unwrap();
     assert!(depth as usize >= frames + segments, "{report}");
 
     // Back up: `uplink send` empties the outbox into the broker.
     broker.restart();
-    let o = common::roadrep(&["-c", config.to_str().unwrap(), "uplink", "send", "--timeout-secs", "30"], &cache);
+    let o = common::roadrep(
+        &[
+            "-c",
+            config.to_str().unwrap(),
+            "uplink",
+            "send",
+            "--timeout-secs",
+            "30",
+        ],
+        &cache,
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::thread::sleep(Duration::from_secs(1));
     let messages = collector.decoded();
@@ -303,11 +359,16 @@ fn a_replay_publishes_every_frame_and_segment_once_the_broker_answers() {
         segment_keys.values().all(|s| s == "done"),
         "captions followed their segments: {segment_keys:?}"
     );
-    let status = common::roadrep(&["-c", config.to_str().unwrap(), "uplink", "status", "--json"], &cache);
+    let status = common::roadrep(
+        &["-c", config.to_str().unwrap(), "uplink", "status", "--json"],
+        &cache,
+    );
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(report["outbox"]["depth"], 0, "{report}");
     assert!(
-        messages.iter().any(|m| matches!(m, Message::Status(s) if !s.online)),
+        messages
+            .iter()
+            .any(|m| matches!(m, Message::Status(s) if !s.online)),
         "a clean stop says offline"
     );
 }

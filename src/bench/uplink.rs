@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::rng::SplitMix64;
 use crate::store::{
-    CaptionState, FrameKey, FrameRecord, NewSegment, OutboxSettings, SegmentRecord,
-    SegmentWrites, SetTag, Store, StoreError, StoredFrame, TagRecord,
+    CaptionState, FrameKey, FrameRecord, NewSegment, OutboxSettings, SegmentRecord, SegmentWrites,
+    SetTag, Store, StoreError, StoredFrame, TagRecord,
 };
 use crate::tagging::LabelSets;
 use crate::uplink::message::{MessageKind, topic};

@@ -60,7 +60,8 @@ pub fn run(config_path: Option<&Path>, args: &UplinkArgs) -> anyhow::Result<Exit
 
 fn from_daemon(config: &RoadrepConfig) -> anyhow::Result<Option<UplinkReport>> {
     let listen = &config.api.listen;
-    let mut request = client::agent(Duration::from_secs(10)).get(format!("http://{listen}/api/uplink"));
+    let mut request =
+        client::agent(Duration::from_secs(10)).get(format!("http://{listen}/api/uplink"));
     if let Some(auth) = client::authorization(config)? {
         request = request.header("Authorization", auth);
     }
@@ -92,10 +93,7 @@ fn print_report(r: &UplinkReport) {
         o.bytes as f64 / 1e6,
         o.dropped
     );
-    println!(
-        "sent since start: {}, reconnects: {}",
-        r.sent, r.reconnects
-    );
+    println!("sent since start: {}, reconnects: {}", r.sent, r.reconnects);
 }
 
 /// The publisher of a replay (or `uplink send`): runs beside it on its

@@ -148,13 +148,21 @@ pub(super) enum PendingMessage {
 impl PendingMessage {
     fn encode(&self, seq: u64, now_ms: u64) -> ([u8; 9], Vec<u8>) {
         let (frame, kind, payload) = match self {
-            Self::Frame(m) => (true, MessageKind::Frame, json(&FrameMessage { seq, ..m.clone() })),
+            Self::Frame(m) => (
+                true,
+                MessageKind::Frame,
+                json(&FrameMessage { seq, ..m.clone() }),
+            ),
             Self::Segment(m) => (
                 false,
                 MessageKind::Segment,
                 json(&SegmentMessage { seq, ..m.clone() }),
             ),
-            Self::Rig(m) => (false, MessageKind::Rig, json(&RigMessage { seq, ..m.clone() })),
+            Self::Rig(m) => (
+                false,
+                MessageKind::Rig,
+                json(&RigMessage { seq, ..m.clone() }),
+            ),
         };
         let mut value = Vec::with_capacity(HEADER_LEN + payload.len());
         value.push(kind_byte(kind));
@@ -369,8 +377,7 @@ impl super::Store {
     pub(super) fn caption_message(
         &self,
         stream_id: u32,
-    ) -> Result<Option<impl Fn(&super::SegmentRecord) -> PendingMessage + use<>>, StoreError>
-    {
+    ) -> Result<Option<impl Fn(&super::SegmentRecord) -> PendingMessage + use<>>, StoreError> {
         let Some(outbox) = &self.uplink else {
             return Ok(None);
         };
@@ -467,7 +474,11 @@ impl super::Store {
     pub fn outbox_acked(&self, entries: &[OutboxEntry]) -> Result<(), StoreError> {
         let (mut n, mut bytes) = (0, 0);
         for e in entries {
-            if let Some(v) = self.outbox.remove(e.key()).map_err(|e| self.unwritable(e))? {
+            if let Some(v) = self
+                .outbox
+                .remove(e.key())
+                .map_err(|e| self.unwritable(e))?
+            {
                 n += 1;
                 bytes += v.len() as u64;
             }

@@ -93,7 +93,8 @@ fn default_drain() -> u64 {
 impl UplinkConfig {
     /// Checks values a broker would refuse later, naming the field.
     pub fn validate(&self) -> Result<(), String> {
-        super::message::check_vehicle_id(&self.vehicle).map_err(|e| format!("uplink.vehicle: {e}"))?;
+        super::message::check_vehicle_id(&self.vehicle)
+            .map_err(|e| format!("uplink.vehicle: {e}"))?;
         self.host_port()?;
         if self.max_outbox_mb == 0 {
             return Err("uplink.max_outbox_mb must be at least 1".into());
@@ -108,7 +109,9 @@ impl UplinkConfig {
             return Err("uplink.max_inflight must be at least 1".into());
         }
         if self.max_backoff_secs == 0 || self.status_interval_secs == 0 {
-            return Err("uplink.max_backoff_secs and status_interval_secs must be at least 1".into());
+            return Err(
+                "uplink.max_backoff_secs and status_interval_secs must be at least 1".into(),
+            );
         }
         if self.client_cert.is_some() != self.client_key.is_some() {
             return Err("uplink.client_cert and uplink.client_key go together".into());
@@ -188,7 +191,10 @@ mod tests {
         assert!(!c.uses_tls() && c.frames && c.max_outbox_mb == 256);
         for (text, field) in [
             ("vehicle = \"v/7\"\nbroker = \"h:1\"\n", "uplink.vehicle"),
-            ("vehicle = \"v7\"\nbroker = \"nohost\"\n", "uplink.broker 'nohost'"),
+            (
+                "vehicle = \"v7\"\nbroker = \"nohost\"\n",
+                "uplink.broker 'nohost'",
+            ),
             (
                 "vehicle = \"v7\"\nbroker = \"h:1\"\nmax_outbox_mb = 0\n",
                 "uplink.max_outbox_mb",
@@ -197,7 +203,10 @@ mod tests {
                 "vehicle = \"v7\"\nbroker = \"h:1\"\nclient_cert = \"c.pem\"\n",
                 "client_key",
             ),
-            ("vehicle = \"v7\"\nbroker = \"h:1\"\npassword = \"p\"\n", "username"),
+            (
+                "vehicle = \"v7\"\nbroker = \"h:1\"\npassword = \"p\"\n",
+                "username",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(field), "{e}");

@@ -109,7 +109,11 @@ pub(super) fn status_payload(
         v: message::PAYLOAD_VERSION,
         vehicle: vehicle.to_string(),
         online,
-        time_ns: if online { crate::ingest::source::now_ns() } else { 0 },
+        time_ns: if online {
+            crate::ingest::source::now_ns()
+        } else {
+            0
+        },
         streams,
         outbox_depth: depth,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -310,7 +314,10 @@ pub(super) fn tls_files(
         .unwrap_or_else(|| super::config::SYSTEM_CA_BUNDLE.into());
     let ca = read("uplink.ca", &ca_path)?;
     let client_auth = match (&config.client_cert, &config.client_key) {
-        (Some(c), Some(k)) => Some((read("uplink.client_cert", c)?, read("uplink.client_key", k)?)),
+        (Some(c), Some(k)) => Some((
+            read("uplink.client_cert", c)?,
+            read("uplink.client_key", k)?,
+        )),
         _ => None,
     };
     // rumqttc builds its rustls config on the process-wide provider.
