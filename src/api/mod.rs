@@ -65,6 +65,8 @@ pub struct ApiState {
     pub segmenter: crate::segment::SegmenterConfig,
     /// Where `POST /api/reload` asks the daemon to re-read its config.
     pub reload: Option<tokio::sync::mpsc::Sender<crate::daemon::ReloadRequest>>,
+    /// The uplink, when `[uplink]` is set.
+    pub uplink: Option<Arc<crate::uplink::LinkBoard>>,
 }
 
 /// Image uploads read at once: each body (up to 32 MiB) is buffered, so
@@ -114,6 +116,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/segments", get(routes::segments))
         .route("/api/summary", get(routes::summary))
         .route("/api/reload", post(routes::reload))
+        .route("/api/uplink", get(routes::uplink))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES))

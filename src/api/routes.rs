@@ -447,3 +447,19 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
         message: format!("{method} is not allowed on {}", uri.path()),
     }
 }
+
+/// `/api/uplink`: the link to the broker and the outbox (404 without
+/// `[uplink]`).
+pub async fn uplink(
+    State(state): State<ApiState>,
+) -> Result<Json<crate::uplink::UplinkReport>, ApiError> {
+    let Some(link) = state.uplink.clone() else {
+        return Err(ApiError {
+            status: axum::http::StatusCode::NOT_FOUND,
+            message: "no [uplink] in the daemon's config".into(),
+        });
+    };
+    let store = state.store.get().ok();
+    let report = blocking(&state, move || Ok(link.report(store.as_ref()))).await?;
+    Ok(Json(report))
+}

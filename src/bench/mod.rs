@@ -16,6 +16,8 @@
 //!   embeddings: latency, recall@10, build and load times, memory.
 //! - [`rig`]: the fusion model per rig record next to the CLIP cost of its
 //!   views, and what rig assembly adds to a replay (waits, throughput).
+//! - [`uplink`]: bytes per uplink message, and the outbox's cost to the
+//!   batch write.
 
 pub mod caption;
 pub mod clip;
@@ -25,6 +27,7 @@ pub mod replay;
 pub mod rig;
 mod rig_replay;
 pub mod search;
+pub mod uplink;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

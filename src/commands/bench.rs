@@ -11,7 +11,7 @@ use roadrep::models::OrtRuntime;
 
 use super::cli::{
     BenchCaptionArgs, BenchClipArgs, BenchPrecisionArgs, BenchReplayArgs, BenchRigArgs,
-    BenchSearchArgs,
+    BenchSearchArgs, BenchUplinkArgs,
 };
 
 pub fn run_clip(config_path: Option<&Path>, args: &BenchClipArgs) -> anyhow::Result<ExitCode> {
@@ -250,6 +250,31 @@ pub fn run_rig(config_path: Option<&Path>, args: &BenchRigArgs) -> anyhow::Resul
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.to_markdown());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_uplink(config_path: Option<&Path>, args: &BenchUplinkArgs) -> anyhow::Result<ExitCode> {
+    let config = RoadrepConfig::load(config_path)?;
+    anyhow::ensure!(
+        args.frames > 0 && args.dim > 0,
+        "--frames and --dim must be at least 1"
+    );
+    roadrep::uplink::message::check_vehicle_id(&args.vehicle)?;
+    let settings = roadrep::bench::uplink::UplinkBenchSettings {
+        frames: args.frames,
+        dim: args.dim,
+        batch: args.batch,
+        segment_every: args.segment_every,
+        vehicle: args.vehicle.clone(),
+        dir: args.dir.clone().unwrap_or_else(std::env::temp_dir),
+    };
+    let labels = roadrep::tagging::LabelSets::from_file(&config.tagging.labels)?;
+    let report = roadrep::bench::uplink::bench_uplink(&settings, &labels)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", roadrep::bench::uplink::markdown(&report));
     }
     Ok(ExitCode::SUCCESS)
 }

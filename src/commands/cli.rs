@@ -58,6 +58,8 @@ pub enum Command {
     /// summaries across vehicles (`-c` names a fleet.toml).
     #[command(subcommand)]
     Fleet(super::cli_fleet::FleetCommand),
+    /// The fleet uplink (`[uplink]`): the outbox and the link to the broker.
+    Uplink(UplinkArgs),
     /// Verify a model directory against its manifest.
     VerifyModel {
         /// Model directory.
@@ -141,6 +143,34 @@ pub enum BenchCommand {
     Rig(BenchRigArgs),
     /// Fleet index in PostgreSQL/pgvector: insert rows/s, HNSW build, filtered search latency and recall.
     Fleet(super::cli_fleet::BenchFleetArgs),
+    /// Uplink bytes per frame and segment message; batch-write cost of the outbox.
+    Uplink(BenchUplinkArgs),
+}
+
+/// `roadrep bench uplink`
+#[derive(Debug, Args)]
+pub struct BenchUplinkArgs {
+    /// Frames written (with and without the outbox).
+    #[arg(long, default_value_t = 20_000)]
+    pub frames: usize,
+    /// Embedding dimension (ViT-B/32: 512).
+    #[arg(long, default_value_t = 512)]
+    pub dim: usize,
+    /// Frames per batch write.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// A segment closes every this many frames.
+    #[arg(long, default_value_t = 60)]
+    pub segment_every: usize,
+    /// Vehicle id.
+    #[arg(long, default_value = "truck-0042")]
+    pub vehicle: String,
+    /// Directory for the temporary stores [default: the system's temp dir].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `roadrep bench rig`
@@ -319,6 +349,30 @@ pub struct ReplayArgs {
     /// Store directory [default: store.path].
     #[arg(long)]
     pub store: Option<PathBuf>,
+}
+
+/// `roadrep uplink`
+#[derive(Debug, Args)]
+pub struct UplinkArgs {
+    #[command(subcommand)]
+    pub command: UplinkCommand,
+}
+
+/// `roadrep uplink ...`
+#[derive(Debug, Subcommand)]
+pub enum UplinkCommand {
+    /// The link (from the running daemon) and what waits in the outbox.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the outbox now (no daemon running); exit 1 if some is left.
+    Send {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
 }
 
 /// `roadrep segments` / `roadrep summary`

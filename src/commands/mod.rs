@@ -15,6 +15,7 @@ pub mod search_rig;
 pub mod segments;
 pub mod tag;
 pub mod tag_rig;
+pub mod uplink;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

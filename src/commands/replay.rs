@@ -48,7 +48,17 @@ pub fn replay_clips(
         .as_deref()
         .map(|name| super::rig::replay_plan(config, name, args, sample_fps))
         .transpose()?;
-    let parts = super::load_parts(config, &store_path)?;
+    let mut parts = super::load_parts(config, &store_path)?;
+    // Attached before the pipeline takes its store handle, so its writes
+    // queue their messages.
+    let uplink = match &config.uplink {
+        Some(u) => Some(super::uplink::ReplayUplink::start(
+            u,
+            &mut parts.store,
+            args.camera.iter().cloned().collect(),
+        )?),
+        None => None,
+    };
     let rigs = match &rig {
         Some(plan) => {
             let fuser = super::load_fuser(config, &parts.model)?;
@@ -197,6 +207,9 @@ pub fn replay_clips(
         report.totals.batches,
         report.totals.inference_secs
     );
+    if let (Some(u), Some(c)) = (uplink, &config.uplink) {
+        u.finish(std::time::Duration::from_secs(c.drain_secs), &stop);
+    }
     Ok((report, parts.store))
 }
 

@@ -67,6 +67,9 @@ pub struct RoadrepConfig {
     /// Multi-camera rigs (`[[rigs]]`); the streams name their rig and role.
     #[serde(default)]
     pub rigs: Vec<crate::fuse::config::RigConfig>,
+    /// Shipping to the fleet over MQTT (none: local only).
+    #[serde(default)]
+    pub uplink: Option<crate::uplink::config::UplinkConfig>,
 }
 
 /// `[store]`
@@ -326,6 +329,9 @@ impl RoadrepConfig {
             }
         }
         config.rig_layouts().map_err(&invalid)?;
+        if let Some(uplink) = &config.uplink {
+            uplink.validate().map_err(&invalid)?;
+        }
         Ok(config)
     }
 
@@ -388,6 +394,9 @@ impl RoadrepConfig {
         }
         if let Some(p) = self.tagging.cache_dir.as_mut() {
             fix(p);
+        }
+        if let Some(uplink) = self.uplink.as_mut() {
+            uplink.resolve_paths(base);
         }
     }
 

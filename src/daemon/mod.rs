@@ -220,6 +220,18 @@ pub async fn run(
         tagger: tagger.clone(),
         captioner,
     };
+    let mut store = store;
+    let uplink = match &config.uplink {
+        Some(c) => {
+            let link =
+                crate::uplink::LinkBoard::new(c).map_err(|e| DaemonError::Config(e.to_string()))?;
+            store
+                .attach_outbox(link.outbox().clone())
+                .map_err(|e| DaemonError::Config(e.to_string()))?;
+            Some(link)
+        }
+        None => None,
+    };
     // From here the slot holds the only long-lived store handle.
     let store = Arc::new(StoreSlot::new(
         store,
@@ -240,6 +252,7 @@ pub async fn run(
         reload: Some(reload_tx.clone()),
         segmenter: config.segments.clone(),
         rigs: rig_status,
+        uplink: uplink.clone(),
     };
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let limits = crate::api::server::ConnectionLimits {
@@ -253,6 +266,13 @@ pub async fn run(
         crate::api::server::serve(listener, router(state), limits, graceful).await;
     });
     let hangups = spawn_hangup_listener(reload_tx);
+    let publisher = uplink.map(|link| {
+        crate::uplink::RunningUplink::start(
+            link,
+            store.clone(),
+            crate::uplink::task::daemon_streams(statuses.clone()),
+        )
+    });
 
     let mut running = Some(start_streams(
         &plans, &models, &settings, &store, &statuses,
@@ -329,6 +349,9 @@ pub async fn run(
     tracing::info!("Shutting down: stopping ingest.");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     totals.add(stop_streams(running.take()).await);
+    if let Some(p) = publisher {
+        p.stop().await;
+    }
     if let Some(h) = hangups {
         h.abort();
     }

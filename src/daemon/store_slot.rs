@@ -41,6 +41,8 @@ pub struct StoreSlot {
     fingerprint: String,
     embed_dim: usize,
     search: SearchConfig,
+    /// The uplink's outbox of the store, attached again on reopen.
+    outbox: Option<std::sync::Arc<crate::store::Outbox>>,
 }
 
 /// The store is closed until it can be written again.
@@ -69,6 +71,7 @@ impl StoreSlot {
     pub fn new(store: Store, fingerprint: &str, embed_dim: usize, search: SearchConfig) -> Self {
         Self {
             path: store.path().to_path_buf(),
+            outbox: store.outbox().cloned(),
             state: RwLock::new(SlotState::Open(store)),
             fingerprint: fingerprint.to_string(),
             embed_dim,
@@ -128,7 +131,10 @@ impl StoreSlot {
     pub fn try_reopen(&self) -> Result<Store, StoreError> {
         let result =
             Store::open_with_index(&self.path, &self.fingerprint, self.embed_dim, &self.search)
-                .and_then(|s| {
+                .and_then(|mut s| {
+                    if let Some(outbox) = &self.outbox {
+                        s.attach_outbox(outbox.clone())?;
+                    }
                     s.probe_writable()?;
                     Ok(s)
                 });

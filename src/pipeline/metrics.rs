@@ -58,3 +58,16 @@ pub const RIG_ASSEMBLY_SECONDS: &str = "roadrep_rig_assembly_seconds";
 pub const RIG_FUSION_SECONDS: &str = "roadrep_rig_fusion_seconds";
 /// Counter: rig records lost to a fusion model error, label `rig`.
 pub const RIG_RECORDS_FAILED: &str = "roadrep_rig_records_failed_total";
+/// Counter: frame messages dropped from the uplink's outbox because it
+/// was full (`[uplink] max_outbox_mb`).
+pub const UPLINK_DROPPED: &str = "roadrep_uplink_dropped_total";
+/// Gauge: messages in the uplink's outbox.
+pub const UPLINK_OUTBOX_DEPTH: &str = "roadrep_uplink_outbox_messages";
+/// Gauge: age of the oldest unsent message, seconds (0 when empty).
+pub const UPLINK_OLDEST_AGE: &str = "roadrep_uplink_oldest_unsent_seconds";
+/// Counter: messages the broker acknowledged, label `kind`.
+pub const UPLINK_SENT: &str = "roadrep_uplink_sent_total";
+/// Counter: connections to the broker made after the first.
+pub const UPLINK_RECONNECTS: &str = "roadrep_uplink_reconnects_total";
+/// Gauge: 1 while connected to the broker.
+pub const UPLINK_CONNECTED: &str = "roadrep_uplink_connected";

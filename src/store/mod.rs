@@ -35,32 +35,35 @@
 //!   directory)
 //! - `rigs`: rig registry, rig records and their fused embeddings (see
 //!   [`rigs`])
+//! - `outbox`: the uplink's messages until the broker acknowledges them
+//!   (see [`outbox`])
 //!
 //! A batch of frames and the checkpoint that covers them are written in one
 //! transaction, so after a crash the checkpoint never claims frames that are
 //! not stored, and a resumed replay neither skips nor duplicates frames.
 //! Segments closed by a batch, the open-segment markers and their keyframe
-//! candidates' images go in the same transaction.
+//! candidates' images go in the same transaction, and so do the uplink
+//! messages that describe them.
 //! Writing a frame that exists replaces it (replay is idempotent).
 
 mod disk;
 pub mod index;
 mod keyframes;
 pub mod keys;
+pub mod outbox;
 mod query;
 pub mod rigs;
 pub mod schema;
 mod segments;
 mod thumbnails;
+mod write;
 
 use std::path::{Path, PathBuf};
-
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use index::{IndexMode, IndexState, IndexStatus, SearchConfig};
 pub use keyframes::KeyframeImageWrite;
 pub use keys::FrameKey;
+pub use outbox::{Outbox, OutboxEntry, OutboxSettings, OutboxStats};
 pub use query::{
     FrameEntry, FrameFilter, SearchHit, SearchMethod, SearchOutcome, SearchPath, StoreStats,
 };
@@ -198,6 +201,11 @@ pub struct Store {
     caption_index: sled::Tree,
     embedding_log: sled::Tree,
     rigs: sled::Tree,
+    outbox: sled::Tree,
+    /// The uplink's outbox, when attached ([`Store::attach_outbox`]).
+    uplink: Option<std::sync::Arc<Outbox>>,
+    /// Fingerprint of the store's CLIP model.
+    fingerprint: String,
     /// The approximate search index of `embeddings`.
     index: std::sync::Arc<index::SearchIndex>,
     /// Wakes the captioner when a job is queued.
@@ -304,6 +312,9 @@ impl Store {
             caption_index: tree(CAPTION_INDEX_TREE)?,
             embedding_log,
             rigs: tree(rigs::RIGS_TREE)?,
+            outbox: tree(outbox::OUTBOX_TREE)?,
+            uplink: None,
+            fingerprint: model_fingerprint.to_string(),
             index,
             caption_signal: Default::default(),
             caption_backlog: Default::default(),
@@ -417,136 +428,6 @@ impl Store {
             out.push(String::from_utf8_lossy(&k[4..]).into_owned());
         }
         Ok(out)
-    }
-
-    /// Writes frames and checkpoints in one transaction. Returns how many
-    /// frames were new (the rest replaced identical keys).
-    pub fn write_batch(
-        &self,
-        frames: &[StoredFrame],
-        checkpoints: &[CheckpointUpdate],
-    ) -> Result<usize, StoreError> {
-        self.write(frames, checkpoints, &SegmentWrites::default(), &[])
-    }
-
-    /// [`Store::write_batch`] plus the segments the batch closed, the
-    /// open-segment markers and the rig records it completed, all in one
-    /// transaction.
-    pub fn write(
-        &self,
-        frames: &[StoredFrame],
-        checkpoints: &[CheckpointUpdate],
-        segments: &SegmentWrites,
-        rigs: &[RigWrite],
-    ) -> Result<usize, StoreError> {
-        for f in frames {
-            if f.embedding.len() != self.embed_dim {
-                return Err(StoreError::Dimension {
-                    expected: self.embed_dim,
-                    actual: f.embedding.len(),
-                });
-            }
-        }
-        // One write at a time from here to its frames being in the search
-        // index, so the index applies writes in their log order.
-        let mut order = self.index.lock_writes();
-        let first_seq = order.next_seq;
-        let logged = self.index.enabled();
-        let result = (
-            &self.frames,
-            &self.embeddings,
-            &self.tags,
-            &self.tag_index,
-            &self.checkpoints,
-            &self.segments,
-            &self.segment_open,
-            &self.caption_queue,
-            &self.caption_index,
-            &self.segment_keyframes,
-            &self.thumbnails,
-            &self.keyframes,
-            &self.embedding_log,
-            &self.rigs,
-        )
-            .transaction(
-                |(
-                    frames_t,
-                    emb_t,
-                    tags_t,
-                    index_t,
-                    ckpt_t,
-                    seg_t,
-                    open_t,
-                    queue_t,
-                    words_t,
-                    kf_t,
-                    thumbs_t,
-                    pictures_t,
-                    log_t,
-                    rigs_t,
-                )| {
-                    let mut new = 0;
-                    for (seq, f) in (first_seq..).zip(frames) {
-                        let key = f.key.encode();
-                        if logged {
-                            log_t.insert(&seq.to_be_bytes(), &key)?;
-                        }
-                        if frames_t.insert(&key, schema::encode(&f.record))?.is_none() {
-                            new += 1;
-                        }
-                        emb_t.insert(&key, schema::encode_embedding(&f.embedding))?;
-                        // A replay without thumbnails keeps the earlier one.
-                        if let Some(jpeg) = &f.thumbnail {
-                            thumbs_t.insert(&key, jpeg.as_ref())?;
-                        }
-                        // Replace the index entries of earlier tags of this frame.
-                        if let Some(old) = tags_t.insert(&key, schema::encode(&f.tags))? {
-                            let old: TagRecord = schema::decode(TAGS_TREE, &old)
-                                .map_err(ConflictableTransactionError::Abort)?;
-                            for t in &old.sets {
-                                index_t.remove(keys::tag_index_key(&t.set, &t.top, &f.key))?;
-                            }
-                        }
-                        for t in &f.tags.sets {
-                            index_t.insert(
-                                keys::tag_index_key(&t.set, &t.top, &f.key),
-                                &t.score.to_be_bytes(),
-                            )?;
-                        }
-                    }
-                    for c in checkpoints {
-                        ckpt_t.insert(
-                            keys::checkpoint_key(c.stream_id, &c.source_id),
-                            schema::encode(&c.checkpoint),
-                        )?;
-                    }
-                    let queued = segments::write_segments(
-                        segments, seg_t, open_t, queue_t, words_t, pictures_t,
-                    )?;
-                    keyframes::write(&segments.keyframes, kf_t)?;
-                    rigs::write(rigs, rigs_t)?;
-                    Ok((new, queued))
-                },
-            );
-        match result {
-            Ok((n, queued)) => {
-                if logged {
-                    order.next_seq += frames.len() as u64;
-                }
-                let save = self.index.applied(&mut order, frames);
-                drop(order);
-                if save {
-                    self.index.save()?;
-                }
-                self.add_caption_backlog(queued);
-                if segments.closed.iter().any(|s| s.caption_image.is_some()) {
-                    self.caption_signal.notify();
-                }
-                Ok(n)
-            }
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(self.unwritable(e)),
-        }
     }
 }
 

@@ -446,24 +446,32 @@ impl Store {
         state: CaptionState,
     ) -> Result<(), StoreError> {
         let key = segment.encode();
-        // Ok(true): the job left the queue.
-        let result = (&self.segments, &self.caption_queue, &self.caption_index).transaction(
-            |(seg_t, queue_t, index_t)| {
+        let message = self.caption_message(segment.stream_id)?;
+        let now_ms = super::outbox::now_ms();
+        // Ok((true, ..)): the job left the queue; then what was queued for
+        // the uplink.
+        let result = (
+            &self.segments,
+            &self.caption_queue,
+            &self.caption_index,
+            &self.outbox,
+        )
+            .transaction(|(seg_t, queue_t, index_t, outbox_t)| {
                 if let Some(job) = queue_t.get(key)? {
                     let job: CaptionJob = schema::decode(CAPTION_QUEUE_TREE, &job)
                         .map_err(ConflictableTransactionError::Abort)?;
                     if job.keyframe_ns != keyframe_ns {
-                        return Ok(false);
+                        return Ok((false, (0, 0)));
                     }
                 }
                 let removed = queue_t.remove(&key)?.is_some();
                 let Some(v) = seg_t.get(key)? else {
-                    return Ok(removed);
+                    return Ok((removed, (0, 0)));
                 };
                 let mut record: SegmentRecord = schema::decode(SEGMENTS_TREE, &v)
                     .map_err(ConflictableTransactionError::Abort)?;
                 if record.keyframe_ns != keyframe_ns {
-                    return Ok(removed);
+                    return Ok((removed, (0, 0)));
                 }
                 if let Some(old) = record.caption.text() {
                     for w in caption_words(old) {
@@ -477,15 +485,18 @@ impl Store {
                 }
                 record.caption = state.clone();
                 seg_t.insert(&key, schema::encode(&record))?;
-                Ok(removed)
-            },
-        );
+                let sent = match &message {
+                    Some(m) => super::outbox::write(&[m(&record)], outbox_t, now_ms)?,
+                    None => (0, 0),
+                };
+                Ok((removed, sent))
+            });
         match result {
-            Ok(removed) => {
+            Ok((removed, (messages, bytes))) => {
                 if removed {
                     self.add_caption_backlog(-1);
                 }
-                Ok(())
+                self.queued(messages, bytes)
             }
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(self.err(e)),

@@ -326,7 +326,12 @@ mod tests {
         let t = topic("truck-7", MessageKind::Segment);
         assert_eq!(t, "roadrep/truck-7/segment");
         assert_eq!(parse_topic(&t).unwrap(), ("truck-7", MessageKind::Segment));
-        for bad in ["roadrep/a/b", "other/a/frame", "roadrep/a/frame/x", "roadrep/+/frame"] {
+        for bad in [
+            "roadrep/a/b",
+            "other/a/frame",
+            "roadrep/a/frame/x",
+            "roadrep/+/frame",
+        ] {
             let e = parse_topic(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }

@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::path::{Path, PathBuf};
 
 use roadrep::models::{ClipModel, ClipOptions, ImagePrecision, OrtRuntime};

@@ -1,0 +1,531 @@
+//! The uplink's outbox: what is to be sent to the fleet, written in the same
+//! transaction as the frames, segments and rig records it describes, and
+//! removed only when the broker has acknowledged it.
+//!
+//! Tree `outbox`:
+//! - `n` -> next sequence number (u64 BE); numbers are never reused
+//! - `d` -> frame messages dropped because the outbox was full (u64 BE)
+//! - `f` + seq -> a frame message (dropped oldest first when full)
+//! - `k` + seq -> a message that is kept however full the outbox is
+//!   (segments, captions, rig records)
+//!
+//! A value is the message kind (1 byte), the time it was queued (ms since
+//! the Unix epoch, u64 BE) and the JSON payload of [`crate::uplink::message`]
+//! with its sequence number in it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+
+use super::{NewSegment, RigWrite, StoreError, StoredFrame, segments::SegmentWrites};
+use crate::uplink::message::{
+    self as wire, FrameMessage, MessageKind, PAYLOAD_VERSION, RigMessage, SegmentMessage,
+    SegmentTag, TagValue,
+};
+
+/// The `outbox` tree.
+pub const OUTBOX_TREE: &str = "outbox";
+const NEXT_SEQ: &[u8] = b"n";
+const DROPPED: &[u8] = b"d";
+const FRAME_PREFIX: u8 = b'f';
+const KEPT_PREFIX: u8 = b'k';
+const HEADER_LEN: usize = 9;
+
+/// What the store needs to know to fill the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxSettings {
+    /// Vehicle id (payloads name it).
+    pub vehicle: String,
+    /// Bound of the queued payloads in bytes; frame messages beyond it are
+    /// dropped oldest first.
+    pub max_bytes: u64,
+    /// Whether frame messages are queued at all (segments always are).
+    pub frames: bool,
+}
+
+/// The outbox of a store: its settings, counters and the signal that wakes
+/// the publisher. Shared by the store (and its reopened successors) and the
+/// publisher.
+#[derive(Debug)]
+pub struct Outbox {
+    settings: OutboxSettings,
+    depth: AtomicU64,
+    bytes: AtomicU64,
+    wake: tokio::sync::Notify,
+}
+
+impl Outbox {
+    /// A new, not yet attached, outbox.
+    pub fn new(settings: OutboxSettings) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            depth: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &OutboxSettings {
+        &self.settings
+    }
+
+    /// Messages queued.
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when something was queued since the last call.
+    pub async fn queued(&self) {
+        self.wake.notified().await
+    }
+
+    fn added(&self, entries: u64, bytes: u64) {
+        self.depth.fetch_add(entries, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    fn removed(&self, entries: u64, bytes: u64) {
+        let sub = |a: &AtomicU64, n: u64| {
+            let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+        };
+        sub(&self.depth, entries);
+        sub(&self.bytes, bytes);
+    }
+}
+
+/// A queued message, read for sending.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    /// Sequence number.
+    pub seq: u64,
+    /// Its kind (the topic's last level).
+    pub kind: MessageKind,
+    /// When it was queued, ms since the Unix epoch.
+    pub queued_ms: u64,
+    /// JSON payload.
+    pub payload: Vec<u8>,
+    /// Whether it is a frame message (droppable).
+    pub frame: bool,
+}
+
+impl OutboxEntry {
+    fn key(&self) -> [u8; 9] {
+        entry_key(self.frame, self.seq)
+    }
+}
+
+/// What the outbox holds.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OutboxStats {
+    /// Messages queued.
+    pub depth: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Frame messages among them.
+    pub frames: u64,
+    /// When the oldest was queued (ms since the Unix epoch).
+    pub oldest_ms: Option<u64>,
+    /// Frame messages dropped because the outbox was full, ever.
+    pub dropped: u64,
+    /// The next sequence number.
+    pub next_seq: u64,
+}
+
+/// A message to queue, before it has its number.
+#[derive(Debug, Clone)]
+pub(super) enum PendingMessage {
+    Frame(FrameMessage),
+    Segment(SegmentMessage),
+    Rig(RigMessage),
+}
+
+impl PendingMessage {
+    fn encode(&self, seq: u64, now_ms: u64) -> ([u8; 9], Vec<u8>) {
+        let (frame, kind, payload) = match self {
+            Self::Frame(m) => (
+                true,
+                MessageKind::Frame,
+                json(&FrameMessage { seq, ..m.clone() }),
+            ),
+            Self::Segment(m) => (
+                false,
+                MessageKind::Segment,
+                json(&SegmentMessage { seq, ..m.clone() }),
+            ),
+            Self::Rig(m) => (
+                false,
+                MessageKind::Rig,
+                json(&RigMessage { seq, ..m.clone() }),
+            ),
+        };
+        let mut value = Vec::with_capacity(HEADER_LEN + payload.len());
+        value.push(kind_byte(kind));
+        value.extend_from_slice(&now_ms.to_be_bytes());
+        value.extend_from_slice(&payload);
+        (entry_key(frame, seq), value)
+    }
+}
+
+fn json<T: serde::Serialize>(m: &T) -> Vec<u8> {
+    serde_json::to_vec(m).expect("messages serialize")
+}
+
+fn kind_byte(kind: MessageKind) -> u8 {
+    match kind {
+        MessageKind::Frame => b'F',
+        MessageKind::Segment => b'S',
+        MessageKind::Rig => b'R',
+        MessageKind::Status => b'T',
+    }
+}
+
+fn entry_key(frame: bool, seq: u64) -> [u8; 9] {
+    let mut k = [if frame { FRAME_PREFIX } else { KEPT_PREFIX }; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn be_u64(v: &[u8]) -> u64 {
+    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Queues `pending` inside a transaction. Returns (entries, bytes) added.
+pub(super) fn write(
+    pending: &[PendingMessage],
+    t: &TransactionalTree,
+    now_ms: u64,
+) -> Result<(u64, u64), ConflictableTransactionError<StoreError>> {
+    if pending.is_empty() {
+        return Ok((0, 0));
+    }
+    let first = t.get(NEXT_SEQ)?.map_or(1, |v| be_u64(&v));
+    let mut bytes = 0;
+    for (seq, m) in (first..).zip(pending) {
+        let (key, value) = m.encode(seq, now_ms);
+        bytes += value.len() as u64;
+        t.insert(&key, value)?;
+    }
+    t.insert(NEXT_SEQ, &(first + pending.len() as u64).to_be_bytes())?;
+    Ok((pending.len() as u64, bytes))
+}
+
+fn tags_of(tags: &super::TagRecord) -> BTreeMap<String, TagValue> {
+    tags.sets
+        .iter()
+        .map(|t| {
+            (
+                t.set.clone(),
+                TagValue {
+                    class: t.top.clone(),
+                    score: t.score,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The segment message of a segment record (`seq` is set when queued).
+pub(super) fn segment_message(
+    vehicle: &str,
+    camera: &str,
+    r: &super::SegmentRecord,
+) -> SegmentMessage {
+    let tags: Vec<SegmentTag> = r
+        .tags
+        .iter()
+        .map(|t| SegmentTag {
+            set: t.set.clone(),
+            class: t.class.clone(),
+            share: t.share,
+        })
+        .collect();
+    let caption_state = match &r.caption {
+        super::CaptionState::Done { .. } => "done",
+        super::CaptionState::Pending => "pending",
+        super::CaptionState::Failed { .. } => "failed",
+        super::CaptionState::None => "none",
+    };
+    let mut summary = tags
+        .iter()
+        .map(|t| t.class.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Some(c) = r.caption.text() {
+        summary.push_str(&format!(": \"{c}\""));
+    }
+    SegmentMessage {
+        v: PAYLOAD_VERSION,
+        vehicle: vehicle.to_string(),
+        seq: 0,
+        camera: camera.to_string(),
+        start_ns: r.start_ns,
+        end_ns: r.end_ns,
+        frames: r.frames,
+        keyframe_ns: r.keyframe_ns,
+        source: r.source_label.clone(),
+        tags,
+        caption: r.caption.text().map(str::to_string),
+        caption_state: caption_state.into(),
+        summary,
+    }
+}
+
+impl super::Store {
+    /// Attaches the uplink's outbox: from now on writes queue messages for
+    /// it. Counts what the outbox already holds.
+    pub fn attach_outbox(&mut self, outbox: Arc<Outbox>) -> Result<(), StoreError> {
+        let (mut depth, mut bytes) = (0, 0);
+        for prefix in [FRAME_PREFIX, KEPT_PREFIX] {
+            for kv in self.outbox.scan_prefix([prefix]) {
+                let (_, v) = kv.map_err(|e| self.err(e))?;
+                depth += 1;
+                bytes += v.len() as u64;
+            }
+        }
+        outbox.depth.store(depth, Ordering::Relaxed);
+        outbox.bytes.store(bytes, Ordering::Relaxed);
+        self.uplink = Some(outbox);
+        Ok(())
+    }
+
+    /// The attached outbox.
+    pub fn outbox(&self) -> Option<&Arc<Outbox>> {
+        self.uplink.as_ref()
+    }
+
+    /// The messages a write queues (none without an outbox).
+    pub(super) fn pending_messages(
+        &self,
+        frames: &[StoredFrame],
+        segments: &SegmentWrites,
+        rigs: &[RigWrite],
+    ) -> Result<Vec<PendingMessage>, StoreError> {
+        let Some(outbox) = &self.uplink else {
+            return Ok(Vec::new());
+        };
+        let s = &outbox.settings;
+        let mut out = Vec::new();
+        if (s.frames && !frames.is_empty()) || !segments.closed.is_empty() {
+            let cameras = self.stream_names()?;
+            let camera = |id: u32| cameras.get(&id).cloned().unwrap_or_else(|| id.to_string());
+            if s.frames {
+                for f in frames {
+                    out.push(PendingMessage::Frame(FrameMessage {
+                        v: PAYLOAD_VERSION,
+                        vehicle: s.vehicle.clone(),
+                        seq: 0,
+                        camera: camera(f.key.stream_id),
+                        time_ns: f.key.ts_ns,
+                        pts_ns: f.record.pts_ns,
+                        source: f.record.source_label.clone(),
+                        model: self.fingerprint.clone(),
+                        embedding: wire::encode_embedding(&f.embedding),
+                        tags: tags_of(&f.tags),
+                    }));
+                }
+            }
+            for NewSegment {
+                stream_id, record, ..
+            } in &segments.closed
+            {
+                out.push(PendingMessage::Segment(segment_message(
+                    &s.vehicle,
+                    &camera(*stream_id),
+                    record,
+                )));
+            }
+        }
+        if !rigs.is_empty() {
+            let names: HashMap<u32, String> = self.rigs()?.into_iter().collect();
+            for r in rigs {
+                let (present, absent): (Vec<_>, Vec<_>) =
+                    r.record.views.iter().partition(|v| v.present);
+                out.push(PendingMessage::Rig(RigMessage {
+                    v: PAYLOAD_VERSION,
+                    vehicle: s.vehicle.clone(),
+                    seq: 0,
+                    rig: names
+                        .get(&r.rig_id)
+                        .cloned()
+                        .unwrap_or_else(|| r.rig_id.to_string()),
+                    anchor_ns: r.record.anchor_ns,
+                    anchor_role: r.record.anchor_role.clone(),
+                    present: present.iter().map(|v| v.role.clone()).collect(),
+                    absent: absent.iter().map(|v| v.role.clone()).collect(),
+                    model: r.record.fusion_model.clone(),
+                    embedding: wire::encode_embedding(&r.embedding),
+                    tags: tags_of(&r.record.tags),
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The captioned segment's message (none without an outbox).
+    pub(super) fn caption_message(
+        &self,
+        stream_id: u32,
+    ) -> Result<Option<impl Fn(&super::SegmentRecord) -> PendingMessage + use<>>, StoreError> {
+        let Some(outbox) = &self.uplink else {
+            return Ok(None);
+        };
+        let vehicle = outbox.settings.vehicle.clone();
+        let camera = self
+            .stream_names()?
+            .remove(&stream_id)
+            .unwrap_or_else(|| stream_id.to_string());
+        Ok(Some(move |r: &super::SegmentRecord| {
+            PendingMessage::Segment(segment_message(&vehicle, &camera, r))
+        }))
+    }
+
+    /// After a committed write: counts what it queued and drops the oldest
+    /// frame messages if the outbox is over its bound.
+    pub(super) fn queued(&self, entries: u64, bytes: u64) -> Result<(), StoreError> {
+        let Some(outbox) = &self.uplink else {
+            return Ok(());
+        };
+        if entries > 0 {
+            outbox.added(entries, bytes);
+        }
+        let max = outbox.settings.max_bytes;
+        if outbox.bytes.load(Ordering::Relaxed) <= max {
+            return Ok(());
+        }
+        let (mut dropped, mut freed) = (0u64, 0u64);
+        let over = outbox.bytes.load(Ordering::Relaxed) - max;
+        for kv in self.outbox.scan_prefix([FRAME_PREFIX]) {
+            if freed >= over {
+                break;
+            }
+            let (k, _) = kv.map_err(|e| self.err(e))?;
+            // The publisher may have removed it (acknowledged) meanwhile.
+            if let Some(v) = self.outbox.remove(&k).map_err(|e| self.unwritable(e))? {
+                dropped += 1;
+                freed += v.len() as u64;
+            }
+        }
+        if dropped > 0 {
+            outbox.removed(dropped, freed);
+            self.outbox
+                .fetch_and_update(DROPPED, |old| {
+                    Some((old.map_or(0, be_u64) + dropped).to_be_bytes().to_vec())
+                })
+                .map_err(|e| self.unwritable(e))?;
+            metrics::counter!(crate::pipeline::metrics::UPLINK_DROPPED).increment(dropped);
+        }
+        Ok(())
+    }
+
+    /// Up to `max` queued messages with a sequence number above `after`, in
+    /// sequence order.
+    pub fn outbox_after(&self, after: u64, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut out = Vec::new();
+        for prefix in [FRAME_PREFIX, KEPT_PREFIX] {
+            let from = entry_key(prefix == FRAME_PREFIX, after.saturating_add(1));
+            let to = entry_key(prefix == FRAME_PREFIX, u64::MAX);
+            for kv in self.outbox.range(from..=to).take(max) {
+                let (k, v) = kv.map_err(|e| self.err(e))?;
+                out.push(self.decode_entry(&k, &v)?);
+            }
+        }
+        out.sort_by_key(|e| e.seq);
+        out.truncate(max);
+        Ok(out)
+    }
+
+    fn decode_entry(&self, k: &[u8], v: &[u8]) -> Result<OutboxEntry, StoreError> {
+        let corrupt = |message: &str| StoreError::Corrupt {
+            tree: OUTBOX_TREE.into(),
+            message: message.into(),
+        };
+        if k.len() != 9 || v.len() < HEADER_LEN {
+            return Err(corrupt("short entry"));
+        }
+        let kind = match v[0] {
+            b'F' => MessageKind::Frame,
+            b'S' => MessageKind::Segment,
+            b'R' => MessageKind::Rig,
+            b'T' => MessageKind::Status,
+            _ => return Err(corrupt("unknown message kind")),
+        };
+        Ok(OutboxEntry {
+            seq: be_u64(&k[1..]),
+            kind,
+            queued_ms: be_u64(&v[1..HEADER_LEN]),
+            payload: v[HEADER_LEN..].to_vec(),
+            frame: k[0] == FRAME_PREFIX,
+        })
+    }
+
+    /// Removes acknowledged messages.
+    pub fn outbox_acked(&self, entries: &[OutboxEntry]) -> Result<(), StoreError> {
+        let (mut n, mut bytes) = (0, 0);
+        for e in entries {
+            if let Some(v) = self
+                .outbox
+                .remove(e.key())
+                .map_err(|e| self.unwritable(e))?
+            {
+                n += 1;
+                bytes += v.len() as u64;
+            }
+        }
+        if let Some(outbox) = &self.uplink {
+            outbox.removed(n, bytes);
+        }
+        Ok(())
+    }
+
+    /// When the oldest queued message was queued (ms since the Unix
+    /// epoch); a cheap look at the first entry of each class.
+    pub fn outbox_oldest_ms(&self) -> Result<Option<u64>, StoreError> {
+        let mut oldest: Option<u64> = None;
+        for prefix in [FRAME_PREFIX, KEPT_PREFIX] {
+            if let Some(kv) = self.outbox.scan_prefix([prefix]).next() {
+                let (k, v) = kv.map_err(|e| self.err(e))?;
+                let t = self.decode_entry(&k, &v)?.queued_ms;
+                oldest = Some(oldest.map_or(t, |o| o.min(t)));
+            }
+        }
+        Ok(oldest)
+    }
+
+    /// What the outbox holds (a scan of it).
+    pub fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let mut stats = OutboxStats::default();
+        let get = |k: &[u8]| -> Result<u64, StoreError> {
+            Ok(self
+                .outbox
+                .get(k)
+                .map_err(|e| self.err(e))?
+                .map_or(0, |v| be_u64(&v)))
+        };
+        stats.dropped = get(DROPPED)?;
+        stats.next_seq = get(NEXT_SEQ)?.max(1);
+        for prefix in [FRAME_PREFIX, KEPT_PREFIX] {
+            for kv in self.outbox.scan_prefix([prefix]) {
+                let (_, v) = kv.map_err(|e| self.err(e))?;
+                stats.depth += 1;
+                stats.bytes += v.len() as u64;
+                if prefix == FRAME_PREFIX {
+                    stats.frames += 1;
+                }
+            }
+        }
+        stats.oldest_ms = self.outbox_oldest_ms()?;
+        Ok(stats)
+    }
+}
