@@ -170,7 +170,11 @@ pub async fn run(
     let max_batch = config.ingest.max_batch;
     let options = mqtt_options(&config.broker, 2 * max_batch + 16)?;
     let (client, eventloop) = AsyncClient::new(options, 2 * max_batch + 16);
-    let (tx, mut rx) = mpsc::channel::<Publish>(4 * max_batch);
+    // Unbounded on purpose: the broker bounds it (at most its
+    // max_inflight_messages unacknowledged messages per client), and a
+    // bounded channel deadlocks: a full one stops the event loop, which
+    // then stops draining the acknowledgements this loop waits to send.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Publish>();
     let filters = topic_filters(&config.broker);
     let target = broker_target(&config.broker);
     let events = tokio::spawn(drive(eventloop, client.clone(), filters, target, tx));
@@ -302,7 +306,7 @@ async fn drive(
     client: AsyncClient,
     filters: Vec<String>,
     target: String,
-    tx: mpsc::Sender<Publish>,
+    tx: mpsc::UnboundedSender<Publish>,
 ) {
     let client = Arc::new(client);
     let mut backoff = Duration::from_millis(250);
@@ -310,7 +314,7 @@ async fn drive(
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send(p).await.is_err() {
+                if tx.send(p).is_err() {
                     return;
                 }
             }
