@@ -190,12 +190,19 @@ impl Publisher {
 }
 
 fn write_config(dir: &Path, broker_port: u16, pg_url: &str, extra: &str) -> PathBuf {
-    let path = dir.join(format!("fleet-{broker_port}-{}.toml", extra.len()));
+    static CONFIGS: AtomicUsize = AtomicUsize::new(0);
+    let n = CONFIGS.fetch_add(1, Ordering::SeqCst);
+    let path = dir.join(format!("fleet-{n}.toml"));
     let listen = format!("127.0.0.1:{}", common::free_port());
+    let client_id = if extra.contains("client_id") {
+        String::new()
+    } else {
+        format!("client_id = \"fleet-test-{broker_port}\"\n")
+    };
     std::fs::write(
         &path,
         format!(
-            "[broker]\nport = {broker_port}\nclient_id = \"fleet-test-{broker_port}\"\n{extra}\n\
+            "[broker]\nport = {broker_port}\n{client_id}{extra}\n\
              [postgres]\nurl = \"{pg_url}\"\n\
              [ingest]\nmax_batch = 20\n\
              [model]\ndir = \"{}\"\n\
@@ -640,4 +647,129 @@ fn unreachable_servers_are_named_on_one_line() {
         .filter(|l| l.contains(&format!("port={pg_port}")))
         .count();
     assert_eq!(pg_lines, 1, "{text}");
+}
+
+#[test]
+fn tls_broker_and_two_workers_sharing_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    let (broker, tls) = Broker::start_tls();
+    let url = pg.url();
+    let tls_section = format!(
+        "[broker.tls]\nca = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+        tls.ca.display(),
+        tls.client_cert.display(),
+        tls.client_key.display()
+    );
+    let worker = |id: &str| {
+        write_config(
+            dir.path(),
+            broker.port,
+            &url,
+            &format!("client_id = \"{id}\"\nshared_group = \"ingest\"\n{tls_section}"),
+        )
+    };
+    let (c1, c2) = (worker("w1"), worker("w2"));
+    let o = roadrep(&c1, &["init"], dir.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (l1, l2) = (dir.path().join("w1.log"), dir.path().join("w2.log"));
+    let mut w1 = spawn(&c1, &["ingest"], &l1);
+    let mut w2 = spawn(&c2, &["ingest"], &l2);
+    let connected = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("Connected to the broker")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(connected(&l1) && connected(&l2)) {
+        assert!(Instant::now() < deadline, "{}", broker.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Subscriptions follow the connection: give them a moment.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut o = rumqttc::MqttOptions::new("tls-vehicle", "127.0.0.1", broker.port);
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Simple {
+            ca: std::fs::read(&tls.ca).unwrap(),
+            alpn: None,
+            client_auth: Some((
+                std::fs::read(&tls.client_cert).unwrap(),
+                std::fs::read(&tls.client_key).unwrap(),
+            )),
+        },
+    ));
+    let (client, mut connection) = rumqttc::Client::new(o, 1000);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let count_acks = acked.clone();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    count_acks.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                _ => {}
+            }
+        }
+    });
+    let (q, fp) = (query_embedding(), fingerprint());
+    for i in 0..200i64 {
+        let f = Frame {
+            vehicle: "v5",
+            camera: "front",
+            time_ns: T0 + i * SEC,
+            weather: "clear",
+            scene: "city",
+            sim: 0.5,
+        };
+        let payload = serde_json::to_vec(&frame_message(&f, &q, i as u64, &fp)).unwrap();
+        client
+            .publish(
+                topic("v5", MessageKind::Frame),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .unwrap();
+    }
+    wait_for(&url, "SELECT count(*) FROM frames", 200, "over TLS", &l1);
+    kill(&mut w1, libc::SIGTERM);
+    kill(&mut w2, libc::SIGTERM);
+    // Each worker took a share (their totals are logged at the stop).
+    for log in [&l1, &l2] {
+        let text = without_colours(&std::fs::read_to_string(log).unwrap());
+        let stopped = text
+            .lines()
+            .find(|l| l.contains("Fleet ingest stopped."))
+            .unwrap_or_else(|| panic!("{text}"))
+            .to_string();
+        let frames: u64 = stopped
+            .split("frames=")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        assert!(frames > 0 && frames < 200, "{stopped}");
+    }
+    drop(client);
+}
+
+/// Log text without ANSI colour codes (the log colours its fields).
+fn without_colours(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

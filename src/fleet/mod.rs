@@ -8,7 +8,7 @@
 //!                                     fleet search / summary / serve
 //! ```
 //!
-//! - [`config`]: `fleet.toml`.
+//! - [`config`] (`fleet.toml`): broker, database, batching, index, model.
 //! - [`schema`]: tables, time partitions, one HNSW index per model.
 //! - [`db`]: connections, and errors that name the database.
 //! - [`writer`]: decoded messages -> batched, idempotent inserts.
