@@ -37,6 +37,9 @@
 //! - [`api`]: HTTP API (search, frames, timeline, health, metrics).
 //! - [`uplink`]: the vehicle's outbox and its MQTT publisher; the wire
 //!   contract with the fleet.
+//! - [`fleet`]: the fleet side: MQTT ingest into PostgreSQL/pgvector
+//!   (partitions, one HNSW index per model), search and summaries across
+//!   vehicles, `roadrep fleet serve`.
 //! - [`mod@bench`]: throughput measurements reported in `BENCHMARKS.md`.
 //! - [`rng`]: a small seeded random generator (k-means, benchmarks, trainer).
 //! - `trainer` (feature `trainer`, binary `trainer`): offline LoRA
@@ -49,6 +52,7 @@ pub mod bench;
 pub mod caption;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
 pub mod fuse;
 pub mod ingest;
 pub mod models;

@@ -16,7 +16,16 @@ fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run) {
+    // Long-running servers keep Rust's default (see restore_sigpipe).
+    let serving = matches!(
+        cli.command,
+        Command::Run
+            | Command::Fleet(
+                commands::cli_fleet::FleetCommand::Ingest(_)
+                    | commands::cli_fleet::FleetCommand::Serve
+            )
+    );
+    if !serving {
         restore_sigpipe();
     }
     init_logging(cli.log_format, cli.verbose);
@@ -43,6 +52,10 @@ fn main() -> ExitCode {
         Command::Bench(cli::BenchCommand::Rig(args)) => {
             commands::bench::run_rig(cli.config.as_deref(), args)
         }
+        Command::Bench(cli::BenchCommand::Fleet(args)) => {
+            commands::fleet::run_bench(cli.config.as_deref(), args)
+        }
+        Command::Fleet(command) => commands::fleet::run(cli.config.as_deref(), command),
         Command::Bench(cli::BenchCommand::Uplink(args)) => {
             commands::bench::run_uplink(cli.config.as_deref(), args)
         }

@@ -21,6 +21,7 @@
 
 pub mod caption;
 pub mod clip;
+pub mod fleet;
 pub mod precision;
 pub mod replay;
 pub mod rig;

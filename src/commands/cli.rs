@@ -54,6 +54,10 @@ pub enum Command {
     Summary(SegmentsArgs),
     /// Export stored frames (JPEG + captions from their tags) as a training set.
     ExportFrames(ExportArgs),
+    /// The fleet side: MQTT ingest into PostgreSQL/pgvector, search and
+    /// summaries across vehicles (`-c` names a fleet.toml).
+    #[command(subcommand)]
+    Fleet(super::cli_fleet::FleetCommand),
     /// The fleet uplink (`[uplink]`): the outbox and the link to the broker.
     Uplink(UplinkArgs),
     /// Verify a model directory against its manifest.
@@ -137,6 +141,8 @@ pub enum BenchCommand {
     Precision(BenchPrecisionArgs),
     /// Rig records: fusion per record vs. CLIP of its views, assembly waits, replay with vs. without the rig.
     Rig(BenchRigArgs),
+    /// Fleet index in PostgreSQL/pgvector: insert rows/s, HNSW build, filtered search latency and recall.
+    Fleet(super::cli_fleet::BenchFleetArgs),
     /// Uplink bytes per frame and segment message; batch-write cost of the outbox.
     Uplink(BenchUplinkArgs),
 }

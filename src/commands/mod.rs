@@ -3,8 +3,10 @@
 pub mod bench;
 pub mod caption;
 pub mod cli;
+pub mod cli_fleet;
 pub mod client;
 pub mod export;
+pub mod fleet;
 pub mod replay;
 pub mod rig;
 pub mod run;
