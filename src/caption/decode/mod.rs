@@ -1,6 +1,6 @@
 //! Greedy and beam-search decoding, as transformers' `generate` does them
 //! (transformers 5, batch of one image), so captions match it token for
-//! token:
+//! token, for one image or several per decoder run ([`generate_batch`]):
 //! - greedy: the repetition penalty applies to the raw logits, then argmax
 //!   (first index on ties);
 //! - beam search: log-softmax, then the repetition penalty on the
@@ -10,7 +10,10 @@
 //! - the repetition penalty covers every token of the row, prompt included;
 //! - `max_new_tokens` counts tokens after the prompt; the end token is kept.
 
+mod beam;
+
 use super::CaptionError;
+use beam::BeamImage;
 
 /// Decoding settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,180 +61,144 @@ pub fn generate(
     settings: &GenerationSettings,
     pace: &mut dyn FnMut(),
 ) -> Result<Vec<u32>, CaptionError> {
-    if settings.num_beams <= 1 {
-        greedy(model, prompt, eos, settings, pace)
-    } else {
-        beam_search(model, prompt, eos, settings, pace)
-    }
+    let mut out = generate_batch(model, 1, prompt, eos, settings, pace)?;
+    out.pop()
+        .ok_or_else(|| CaptionError::Image("the decoder returned no caption".into()))
 }
 
-fn greedy(
+/// Generates the captions of `images` images in one decoding loop: every
+/// decoder run advances all unfinished images by one token. The first call
+/// has one prompt row per image; after it, the unfinished images' rows come
+/// in image order, `width` consecutive rows each (1 greedy, `num_beams`
+/// beam search). An image that finishes leaves the batch (`select` drops
+/// its rows), so the others no longer pay for it.
+///
+/// Each image only ever reads its own rows' logits, so its caption is the
+/// one [`generate`] gives for it alone, as long as the model computes each
+/// row independently of the others (the BLIP decoders do: see
+/// `models/blip/batch.rs`).
+pub fn generate_batch(
     model: &mut dyn StepModel,
+    images: usize,
     prompt: &[u32],
     eos: u32,
     settings: &GenerationSettings,
     pace: &mut dyn FnMut(),
-) -> Result<Vec<u32>, CaptionError> {
-    let mut ids = prompt.to_vec();
-    pace();
-    let mut logits = first_row(model.forward(&[prompt])?)?;
-    loop {
-        repetition_penalty(&mut logits, &ids, settings.repetition_penalty);
-        let next = argmax(&logits);
-        ids.push(next);
-        if next == eos || ids.len() - prompt.len() >= settings.max_new_tokens {
-            return Ok(ids);
-        }
-        pace();
-        logits = first_row(model.forward(&[&[next]])?)?;
+) -> Result<Vec<Vec<u32>>, CaptionError> {
+    if images == 0 {
+        return Ok(Vec::new());
     }
-}
-
-/// One candidate continuation of a beam step.
-#[derive(Debug, Clone, Copy)]
-struct Candidate {
-    score: f32,
-    beam: usize,
-    token: u32,
-}
-
-fn beam_search(
-    model: &mut dyn StepModel,
-    prompt: &[u32],
-    eos: u32,
-    settings: &GenerationSettings,
-    pace: &mut dyn FnMut(),
-) -> Result<Vec<u32>, CaptionError> {
-    const MASKED: f32 = -1.0e9;
-    let beams = settings.num_beams;
-    let keep = 2 * beams;
-    let prompt_len = prompt.len();
-    let max_len = prompt_len + settings.max_new_tokens;
-    let lp = settings.length_penalty;
-
-    // Every beam starts as the prompt; only the first one counts at first.
-    let mut running: Vec<(Vec<u32>, f32)> = (0..beams)
-        .map(|i| (prompt.to_vec(), if i == 0 { 0.0 } else { MASKED }))
+    let beams = settings.num_beams.max(1);
+    let mut state: Vec<ImageState> = (0..images)
+        .map(|_| {
+            if beams == 1 {
+                ImageState::Greedy(prompt.to_vec())
+            } else {
+                ImageState::Beam(Box::new(BeamImage::new(prompt, eos, settings)))
+            }
+        })
         .collect();
-    // (sequence, score, finished)
-    let mut finished: Vec<(Vec<u32>, f32, bool)> =
-        (0..beams).map(|_| (Vec::new(), MASKED, false)).collect();
-    let mut improvable = true;
+    let mut done: Vec<Option<Vec<u32>>> = vec![None; images];
+    // Images still in the model, in row order, and rows per image now.
+    let mut active: Vec<usize> = (0..images).collect();
+    let mut width = 1;
 
     pace();
-    let first = first_row(model.forward(&[prompt])?)?;
-    model.select(&vec![0; beams])?;
-    let mut logits = vec![first; beams];
-    let mut cur_len = prompt_len;
-    loop {
-        let mut candidates = Vec::with_capacity(beams * logits[0].len());
-        for (b, row) in logits.iter().enumerate() {
-            let mut scores = log_softmax(row);
-            repetition_penalty(&mut scores, &running[b].0, settings.repetition_penalty);
-            let base = running[b].1;
-            candidates.extend(scores.iter().enumerate().map(|(t, s)| Candidate {
-                score: s + base,
-                beam: b,
-                token: t as u32,
-            }));
-        }
-        let top = top_k(candidates, keep);
-        let ends: Vec<bool> = top
-            .iter()
-            .map(|c| c.token == eos || cur_len + 1 >= max_len)
-            .collect();
-
-        // Beams that go on: the best candidates that did not end.
-        let mut going: Vec<(f32, usize)> = top
-            .iter()
-            .zip(&ends)
-            .enumerate()
-            .map(|(j, (c, end))| (c.score + if *end { MASKED } else { 0.0 }, j))
-            .collect();
-        going.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        going.truncate(beams);
-
-        // Hypotheses that ended among the first `beams` candidates compete
-        // with the finished ones, length-normalised.
-        let norm = ((cur_len + 1 - prompt_len) as f64).powf(lp as f64) as f32;
-        let mut merged: Vec<(Vec<u32>, f32, bool)> = std::mem::take(&mut finished);
-        for (j, (c, end)) in top.iter().zip(&ends).enumerate() {
-            let mut score = c.score / norm;
-            if !improvable {
-                score += MASKED;
-            }
-            let done = *end && j < beams;
-            if !done {
-                score += MASKED;
-            }
-            let mut seq = running[c.beam].0.clone();
-            seq.push(c.token);
-            merged.push((seq, score, done));
-        }
-        let mut order: Vec<usize> = (0..merged.len()).collect();
-        order.sort_by(|&a, &b| merged[b].1.total_cmp(&merged[a].1).then(a.cmp(&b)));
-        finished = order
+    let prompts = vec![prompt; images];
+    let mut logits = model.forward(&prompts)?;
+    if beams > 1 {
+        // Every beam starts from its image's prompt row.
+        model.select(&expand(images, beams))?;
+        logits = logits
             .into_iter()
-            .take(beams)
-            .map(|i| merged[i].clone())
+            .flat_map(|row| std::iter::repeat_n(row, beams))
             .collect();
-
-        let next: Vec<(Vec<u32>, f32)> = going
-            .iter()
-            .map(|&(score, j)| {
-                let c = top[j];
-                let mut seq = running[c.beam].0.clone();
-                seq.push(c.token);
-                (seq, score)
-            })
-            .collect();
-        let sources: Vec<usize> = going.iter().map(|&(_, j)| top[j].beam).collect();
-        running = next;
-        cur_len += 1;
-
-        // transformers' heuristic: stop once no running beam can beat the
-        // worst finished one (only when every slot has finished).
-        let best_possible = running[0].1 / ((cur_len - prompt_len) as f64).powf(lp as f64) as f32;
-        let worst = finished.iter().map(|f| f.1).fold(f32::INFINITY, f32::min);
-        improvable &= finished
-            .iter()
-            .any(|f| best_possible > if f.2 { worst } else { MASKED });
-        if !improvable || ends.iter().all(|e| *e) {
+        width = beams;
+    }
+    loop {
+        if logits.len() != active.len() * width {
+            return Err(CaptionError::Image(format!(
+                "the decoder returned {} logit rows for {} rows",
+                logits.len(),
+                active.len() * width
+            )));
+        }
+        let mut from = Vec::with_capacity(logits.len());
+        let mut still = Vec::with_capacity(active.len());
+        for (k, &image) in active.iter().enumerate() {
+            let rows = &mut logits[k * width..(k + 1) * width];
+            let sources = match &mut state[image] {
+                ImageState::Greedy(ids) => {
+                    repetition_penalty(&mut rows[0], ids, settings.repetition_penalty);
+                    let next = argmax(&rows[0]);
+                    ids.push(next);
+                    let end = next == eos || ids.len() - prompt.len() >= settings.max_new_tokens;
+                    (!end).then(|| vec![0])
+                }
+                ImageState::Beam(search) => search.step(rows),
+            };
+            match sources {
+                Some(sources) => {
+                    from.extend(sources.iter().map(|s| k * width + s));
+                    still.push(image);
+                }
+                None => {
+                    // An empty placeholder: finished images are not visited again.
+                    let finished =
+                        std::mem::replace(&mut state[image], ImageState::Greedy(Vec::new()));
+                    done[image] = Some(finished.into_ids());
+                }
+            }
+        }
+        if still.is_empty() {
             break;
         }
-        model.select(&sources)?;
-        pace();
-        let last: Vec<[u32; 1]> = running
+        // Greedy with nobody finished: the cache is already in order.
+        if !from.iter().copied().eq(0..logits.len()) {
+            model.select(&from)?;
+        }
+        active = still;
+        let next: Vec<[u32; 1]> = active
             .iter()
-            .map(|(s, _)| [*s.last().expect("prompt is not empty")])
+            .flat_map(|&i| state[i].last_tokens())
+            .map(|t| [t])
             .collect();
-        let rows: Vec<&[u32]> = last.iter().map(|r| r.as_slice()).collect();
+        let rows: Vec<&[u32]> = next.iter().map(|r| r.as_slice()).collect();
+        pace();
         logits = model.forward(&rows)?;
     }
-    Ok(finished.swap_remove(0).0)
+    Ok(done.into_iter().map(Option::unwrap_or_default).collect())
 }
 
-fn first_row(mut rows: Vec<Vec<f32>>) -> Result<Vec<f32>, CaptionError> {
-    if rows.is_empty() {
-        return Err(CaptionError::Image("the decoder returned no logits".into()));
-    }
-    Ok(rows.swap_remove(0))
+/// Row `i` of the result continues row `i / per` (each row repeated `per`
+/// times).
+fn expand(rows: usize, per: usize) -> Vec<usize> {
+    (0..rows)
+        .flat_map(|r| std::iter::repeat_n(r, per))
+        .collect()
 }
 
-/// The `k` best candidates, best first (ties: lower index first).
-fn top_k(mut candidates: Vec<Candidate>, k: usize) -> Vec<Candidate> {
-    let k = k.min(candidates.len());
-    let cmp = |a: &Candidate, b: &Candidate| {
-        b.score
-            .total_cmp(&a.score)
-            .then((a.beam, a.token).cmp(&(b.beam, b.token)))
-    };
-    if k < candidates.len() {
-        candidates.select_nth_unstable_by(k, cmp);
-        candidates.truncate(k);
+/// Where one image's decoding stands.
+enum ImageState {
+    /// The tokens so far, prompt included.
+    Greedy(Vec<u32>),
+    Beam(Box<BeamImage>),
+}
+
+impl ImageState {
+    fn last_tokens(&self) -> Vec<u32> {
+        match self {
+            ImageState::Greedy(ids) => ids.last().copied().into_iter().collect(),
+            ImageState::Beam(search) => search.last_tokens().collect(),
+        }
     }
-    candidates.sort_by(cmp);
-    candidates
+
+    fn into_ids(self) -> Vec<u32> {
+        match self {
+            ImageState::Greedy(ids) => ids,
+            ImageState::Beam(search) => search.into_best(),
+        }
+    }
 }
 
 /// transformers' `RepetitionPenaltyLogitsProcessor`: every token already in
@@ -371,6 +338,120 @@ mod tests {
         let mut paced = 0;
         generate(&mut m, &[0, 3], EOS, &settings(2, 5), &mut || paced += 1).unwrap();
         assert_eq!(paced, m.calls);
+    }
+
+    /// Bigram tables per image: rows remember their image through
+    /// `select`, as the BLIP decoder's cache and cross K/V do.
+    struct PerImage {
+        tables: Vec<Vec<Vec<f32>>>,
+        /// Image of each current row.
+        row_image: Vec<usize>,
+        /// Rows of each forward call.
+        calls: Vec<usize>,
+    }
+
+    impl PerImage {
+        fn new(images: &[usize]) -> Self {
+            let base = model().table;
+            // Image 0: `model()`, 0 -> 1 -> 4; 1: 0 -> 3 -> 3 ... (never
+            // ends); 2: 0 -> 2 -> 4; 3: 0 -> 4 at once.
+            let tables = images
+                .iter()
+                .map(|&k| {
+                    let mut t = base.clone();
+                    match k {
+                        0 => {}
+                        1 => t[0].reverse(),
+                        2 => t[0].swap(1, 2),
+                        _ => t[0].swap(1, 4),
+                    }
+                    t
+                })
+                .collect();
+            Self {
+                tables,
+                row_image: Vec::new(),
+                calls: Vec::new(),
+            }
+        }
+    }
+
+    impl StepModel for PerImage {
+        fn forward(&mut self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>, CaptionError> {
+            if self.row_image.is_empty() {
+                self.row_image = (0..rows.len()).collect();
+            }
+            assert_eq!(rows.len(), self.row_image.len());
+            self.calls.push(rows.len());
+            Ok(rows
+                .iter()
+                .zip(&self.row_image)
+                .map(|(r, &i)| self.tables[i][*r.last().unwrap() as usize].clone())
+                .collect())
+        }
+        fn select(&mut self, from: &[usize]) -> Result<(), CaptionError> {
+            self.row_image = from.iter().map(|&r| self.row_image[r]).collect();
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_batch_gives_each_image_its_caption_alone() {
+        let images = [0, 1, 2, 0, 3];
+        for beams in [1, 2, 3] {
+            for max in [1, 3, 8] {
+                let s = settings(beams, max);
+                let alone: Vec<Vec<u32>> = images
+                    .iter()
+                    .map(|&k| {
+                        generate(&mut PerImage::new(&[k]), &[0], EOS, &s, &mut || {}).unwrap()
+                    })
+                    .collect();
+                let mut m = PerImage::new(&images);
+                let batch =
+                    generate_batch(&mut m, images.len(), &[0], EOS, &s, &mut || {}).unwrap();
+                assert_eq!(batch, alone, "beams {beams}, max {max}");
+            }
+        }
+        // The images do differ (else the test shows nothing).
+        let s = settings(1, 8);
+        let alone: Vec<Vec<u32>> = [0, 1, 3]
+            .iter()
+            .map(|&k| generate(&mut PerImage::new(&[k]), &[0], EOS, &s, &mut || {}).unwrap())
+            .collect();
+        assert_ne!(alone[0], alone[1]);
+        assert_ne!(alone[1].len(), alone[2].len());
+    }
+
+    #[test]
+    fn finished_images_leave_the_batch() {
+        let images = [0, 1, 3];
+        let s = settings(1, 8);
+        let new_tokens: Vec<usize> = images
+            .iter()
+            .map(|&k| {
+                generate(&mut PerImage::new(&[k]), &[0], EOS, &s, &mut || {})
+                    .unwrap()
+                    .len()
+                    - 1
+            })
+            .collect();
+        let mut m = PerImage::new(&images);
+        generate_batch(&mut m, images.len(), &[0], EOS, &s, &mut || {}).unwrap();
+        // Alone, an image with n new tokens takes n calls (the prefill, then
+        // one per token but the last); in the batch, call c has its row
+        // while c < n.
+        let want: Vec<usize> = (0..*new_tokens.iter().max().unwrap())
+            .map(|c| new_tokens.iter().filter(|&&n| n > c).count())
+            .collect();
+        assert!(want.windows(2).any(|w| w[1] < w[0]), "{new_tokens:?}");
+        assert_eq!(m.calls, want);
+        assert_eq!(
+            generate_batch(&mut m, 0, &[0], EOS, &s, &mut || {})
+                .unwrap()
+                .len(),
+            0
+        );
     }
 
     #[test]
