@@ -13,8 +13,10 @@ On a BLIP directory (manifest `kind = "blip"`) it derives
 `text_decoder.int8.onnx` (role `text_decoder_int8`) the same way: a cached
 decoder step is memory-bound on its fp32 weights, so only the MatMul
 weights are quantized (INT8, dynamic); the LM head's Gemm is rewritten as
-MatMul + Add first (the dynamic quantizer skips Gemm), embeddings stay fp32
-and the KV-cache inputs and outputs keep their names, float32 and shapes.
+MatMul + Add first (the dynamic quantizer skips Gemm), activations are
+quantized per row (so the rows of a batch do not change each other's
+numbers), embeddings stay fp32 and the KV-cache inputs and outputs keep
+their names, float32 and shapes.
 The vision encoder stays fp32 (`trainer merge-captioner` or
 `export.py --blip` wrote the directory).
 
@@ -193,9 +195,169 @@ def derive_int8(src: Path, dst: Path, matmul_only: bool = False) -> None:
         ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
         if matmul_only:
             gemm_to_matmul(optimized)
-            quantize_dynamic(str(optimized), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+            # reduce_range: 7-bit weights. x86 CPUs without VNNI multiply u8 x
+            # s8 pairs into saturating int16 sums; full-range weights
+            # overflowed them (first-step logits of the tiny model 7% off
+            # fp32 with 8-bit weights, 1.5% with 7-bit).
+            quantize_dynamic(str(optimized), str(dst), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul"], reduce_range=True)
+            quantize_activations_per_row(dst)
+            split_cross_kv_input(dst)
         else:
             quantize_dynamic(str(optimized), str(dst), weight_type=QuantType.QInt8)
+
+
+CROSS_KV = "cross_kv"
+
+
+def cross_kv_inputs(layers: int) -> list[str]:
+    """Names of the per-layer cross K/V inputs `split_cross_kv_input` makes
+    (src/models/blip/step.rs feeds them)."""
+    return [f"cross_{kv}.{i}" for i in range(layers) for kv in "kv"]
+
+
+def split_cross_kv_input(path: Path) -> None:
+    """Replaces the decoder input `cross_kv [L,2,B,H,T,Dh]` with one input
+    per layer and K/V, `cross_k.{i}` / `cross_v.{i}` `[B,H,T,Dh]`, in place.
+
+    Why: the graph picks each layer's keys and values out of `cross_kv`
+    with Gathers, which ONNX Runtime runs as Splits that copy the whole
+    tensor twice at every step (BLIP-base: 2 x 42.5 MB per keyframe per
+    token, more than the INT8 weights a step reads). Separate inputs are
+    views of the caller's one buffer: nothing is copied."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    cons = {}
+    for n in g.node:
+        for i in n.input:
+            cons.setdefault(i, []).append(n)
+
+    def gather_index(n) -> int:
+        axis = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "axis"), 0)
+        if n.op_type != "Gather" or axis != 0 or n.input[1] not in consts or consts[n.input[1]].ndim != 0:
+            raise ValueError(f"{path}: {n.name} ({n.op_type}) is not a scalar Gather on axis 0")
+        return int(consts[n.input[1]])
+
+    old = next(i for i in g.input if i.name == CROSS_KV)
+    dims = old.type.tensor_type.shape.dim
+    layers = dims[0].dim_value
+    renamed, dropped = {}, set()
+    for layer_gather in cons[CROSS_KV]:
+        i = gather_index(layer_gather)
+        dropped.add(id(layer_gather))
+        for kv_gather in cons[layer_gather.output[0]]:
+            j = gather_index(kv_gather)
+            dropped.add(id(kv_gather))
+            renamed[kv_gather.output[0]] = f"cross_{'kv'[j]}.{i}"
+    if sorted(renamed.values()) != sorted(cross_kv_inputs(layers)):
+        raise ValueError(f"{path}: cross_kv is not read as [layer][k|v]: {sorted(renamed.values())}")
+    nodes = [n for n in g.node if id(n) not in dropped]
+    for n in nodes:
+        for k, name in enumerate(n.input):
+            if name in renamed:
+                n.input[k] = renamed[name]
+    del g.node[:]
+    g.node.extend(nodes)
+    at = list(g.input).index(old)
+    shape = [d.dim_param or d.dim_value for d in dims[2:]]
+    new = [helper.make_tensor_value_info(name, old.type.tensor_type.elem_type, shape) for name in cross_kv_inputs(layers)]
+    g.input.remove(old)
+    for k, v in enumerate(new):
+        g.input.insert(at + k, v)
+    # Constants only the Gathers used.
+    used = {i for n in g.node for i in n.input}
+    kept = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+
+
+def quantize_activations_per_row(path: Path) -> None:
+    """Rewrites each `DynamicQuantizeLinear` (one scale and zero point for
+    the whole activation tensor) as the same quantization per row (last
+    axis), in place, and each `MatMulInteger` it feeds to take the per-row
+    zero point: `(q - zp) W = q W - zp colsum(W)` (ONNX Runtime's
+    MatMulInteger takes only a scalar zero point for A).
+
+    Why: with a per-tensor scale, the rows of a batch change each other's
+    quantization, so a keyframe decoded beside others would get another
+    caption than alone. Per row, each row's numbers are its own (the
+    decoder then captions several keyframes per run exactly as one at a
+    time). Weights stay symmetric INT8 (zero point 0)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    consts = []
+
+    def const(name: str, value) -> str:
+        consts.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    zero = const("rowq/zero", np.float32(0.0))
+    levels = const("rowq/levels", np.float32(255.0))
+    tiny = const("rowq/tiny", np.float32(np.finfo(np.float32).tiny))
+    top = const("rowq/top", np.float32(255.0))
+    zp_of = {}  # quantized output -> its per-row int32 zero point
+    nodes = []
+    for n in g.node:
+        if n.op_type == "DynamicQuantizeLinear":
+            x, (q, scale, zp) = n.input[0], n.output
+            t = n.output[0] + "/rowq"
+            nodes += [
+                helper.make_node("ReduceMax", [x], [t + "/max"], axes=[-1], keepdims=1),
+                helper.make_node("ReduceMin", [x], [t + "/min"], axes=[-1], keepdims=1),
+                # The range always includes 0 (as DynamicQuantizeLinear's).
+                helper.make_node("Max", [t + "/max", zero], [t + "/hi"]),
+                helper.make_node("Min", [t + "/min", zero], [t + "/lo"]),
+                helper.make_node("Sub", [t + "/hi", t + "/lo"], [t + "/range"]),
+                helper.make_node("Div", [t + "/range", levels], [t + "/scale0"]),
+                # An all-zero row: any scale quantizes it to 0.
+                helper.make_node("Max", [t + "/scale0", tiny], [scale]),
+                helper.make_node("Neg", [t + "/lo"], [t + "/neglo"]),
+                helper.make_node("Div", [t + "/neglo", scale], [t + "/zp0"]),
+                helper.make_node("Round", [t + "/zp0"], [t + "/zpf"]),
+                helper.make_node("Div", [x, scale], [t + "/xs"]),
+                helper.make_node("Round", [t + "/xs"], [t + "/xr"]),
+                helper.make_node("Add", [t + "/xr", t + "/zpf"], [t + "/xq"]),
+                helper.make_node("Clip", [t + "/xq", zero, top], [t + "/xc"]),
+                helper.make_node("Cast", [t + "/xc"], [q], to=TensorProto.UINT8),
+                helper.make_node("Cast", [t + "/zpf"], [zp], to=TensorProto.INT32),
+            ]
+            zp_of[q] = zp
+        elif n.op_type == "MatMulInteger" and n.input[0] in zp_of:
+            a, w, a_zp, w_zp = n.input
+            if a_zp != zp_of[a]:
+                raise ValueError(f"{path}: {n.name} takes another zero point than its input's")
+            if w not in inits or np.any(numpy_helper.to_array(inits[w_zp]) != 0):
+                raise ValueError(f"{path}: {n.name}: weights not constant symmetric INT8")
+            wq = numpy_helper.to_array(inits[w]).astype(np.int32)
+            colsum = const(w + "/colsum", wq.sum(axis=0).astype(np.int32))
+            out = n.output[0]
+            nodes += [
+                helper.make_node("MatMulInteger", [a, w, "", w_zp], [out + "/raw"], name=n.name),
+                helper.make_node("Mul", [a_zp, colsum], [out + "/zpcol"]),
+                helper.make_node("Sub", [out + "/raw", out + "/zpcol"], [out]),
+            ]
+        else:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(consts)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
 
 
 def gemm_to_matmul(path: Path) -> None:
@@ -308,9 +470,17 @@ def add_int8(model_dir: Path) -> None:
     derive_int8(src, dst, matmul_only=kind == "blip")
     ins, outs = onnx_io(dst)
     if kind == "blip":
-        # The step must stay a drop-in for the fp32 one: same names, dtypes, shapes.
+        # The step must stay a drop-in for the fp32 one: same names, dtypes,
+        # shapes, but for cross_kv, split per layer and K/V.
         want = manifest["files"][role]
-        if (ins, outs) != (want["inputs"], want["outputs"]):
+        want_ins = []
+        for i in want["inputs"]:
+            if i["name"] != CROSS_KV:
+                want_ins.append(i)
+                continue
+            want_ins += [{"name": n, "dtype": i["dtype"], "shape": i["shape"][2:]}
+                         for n in cross_kv_inputs(i["shape"][0])]
+        if (ins, outs) != (want_ins, want["outputs"]):
             sys.exit(f"modeldir.py: '{dst}' changed the decoder's inputs/outputs: {ins} {outs}")
     manifest["files"][int8_role] = {"path": int8_file, "sha256": sha256_file(dst), "inputs": ins, "outputs": outs}
     manifest_path.write_text(dump_manifest(manifest, writer="models/modeldir.py"))

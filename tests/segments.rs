@@ -381,7 +381,7 @@ fn a_stuck_captioner_never_delays_tagging_and_its_backlog_is_caught_up() {
     let captioner = Arc::new(BlockedCaptioner::new());
     // Its own load handle: the stuck captioner must not hold tagging back
     // whatever the pipeline's load says.
-    let worker = CaptionWorker::spawn(captioner.clone(), store.clone(), 10, PipelineLoad::new());
+    let worker = CaptionWorker::spawn(captioner.clone(), store.clone(), 10, 4, PipelineLoad::new());
 
     // Every frame is tagged and stored while the captioner is stuck.
     let s = settings(&clip, Some(captioner.pre.clone()));
@@ -458,6 +458,79 @@ fn a_full_caption_backlog_drops_the_oldest_keyframes_never_frames() {
     );
     assert!(
         states[2..].iter().all(|c| **c == CaptionState::Pending),
+        "{states:?}"
+    );
+}
+
+/// A captioner whose batches fail as a whole (as a model run can) and whose
+/// first single caption fails too: the worker must fall back to one at a
+/// time and pin the failure on that one keyframe.
+struct FlakyCaptioner {
+    pre: ImagePreprocessor,
+    batches: Mutex<Vec<usize>>,
+    singles: AtomicU64,
+}
+
+impl Captioner for FlakyCaptioner {
+    fn preprocessor(&self) -> &ImagePreprocessor {
+        &self.pre
+    }
+    fn fingerprint(&self) -> &str {
+        "flaky-test-captioner"
+    }
+    fn caption(&self, _: &[u8], _: &mut dyn FnMut()) -> Result<Caption, CaptionError> {
+        if self.singles.fetch_add(1, Ordering::Relaxed) == 0 {
+            return Err(CaptionError::Image("first single caption fails".into()));
+        }
+        Ok(Caption {
+            text: "a caption".into(),
+            ids: Vec::new(),
+        })
+    }
+    fn caption_batch(
+        &self,
+        images: &[&[u8]],
+        _: &mut dyn FnMut(),
+    ) -> Result<Vec<Caption>, CaptionError> {
+        self.batches.lock().unwrap().push(images.len());
+        Err(CaptionError::Image("the batch failed".into()))
+    }
+}
+
+#[test]
+fn the_caption_worker_batches_jobs_and_pins_a_failure_on_its_keyframe() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = clip_in(dir.path());
+    let p = pipeline();
+    let store = open(&p, &dir.path().join("store"));
+    let pre = BlockedCaptioner::new().pre.clone();
+    // No worker yet: every closed segment queues its keyframe.
+    assert!(run(&p, &store, &settings(&clip, Some(pre.clone())), &Quiet));
+    assert_eq!(store.caption_backlog(), SCENES.len());
+
+    let captioner = Arc::new(FlakyCaptioner {
+        pre,
+        batches: Mutex::new(Vec::new()),
+        singles: AtomicU64::new(0),
+    });
+    let worker = CaptionWorker::spawn(captioner.clone(), store.clone(), 10, 3, PipelineLoad::new());
+    let totals = worker.drain(&AtomicBool::new(false), &|_, _| {});
+    // Batches of at most 3, oldest first: 3, then 1.
+    assert_eq!(*captioner.batches.lock().unwrap(), [3, 1]);
+    assert_eq!((totals.captioned, totals.failed), (3, 1));
+    assert_eq!(store.caption_backlog(), 0, "every job left the queue");
+    let states: Vec<CaptionState> = store
+        .segments(&SegmentFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|s| s.record.caption)
+        .collect();
+    assert!(
+        matches!(&states[0], CaptionState::Failed { error } if error.contains("first single caption fails")),
+        "{states:?}"
+    );
+    assert!(
+        states[1..].iter().all(|s| s.text() == Some("a caption")),
         "{states:?}"
     );
 }

@@ -1,7 +1,8 @@
 //! `roadrep bench caption`: the cost of one caption next to the cost of its
-//! vision encoder, and captions/s, measured in one process, for the fp32
-//! and the INT8 text decoder side by side; and how often the INT8 decoder's
-//! top-1 token agrees with fp32 along fp32's greedy captions.
+//! vision encoder, and captions/s, with 1, 2, 4, 8 keyframes per model run,
+//! measured in one process, for the fp32 and the INT8 text decoder side by
+//! side; and how often the INT8 decoder's top-1 token agrees with fp32
+//! along fp32's greedy captions.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,30 +13,30 @@ use crate::caption::{CaptionError, CaptionPrecision, GenerationSettings};
 use crate::models::BlipCaptioner;
 use crate::models::{ModelError, OrtRuntime};
 
-/// One thread count's figures.
+/// The figures of one thread count, precision and batch size.
 #[derive(Debug, Clone, Serialize)]
 pub struct CaptionBenchRow {
     /// Text decoder precision (the vision encoder is fp32).
     pub precision: CaptionPrecision,
     /// ONNX Runtime intra-op threads.
     pub threads: usize,
-    /// Vision encoder + cross-attention K/V, ms per image.
+    /// Keyframes per model run (one vision-encoder run over all of them,
+    /// then one decoder run per token for all of them).
+    pub batch: usize,
+    /// Vision encoder + cross-attention K/V, ms per image (run over
+    /// `batch` images at once).
     pub vision_ms: f64,
-    /// Cross-attention K/V alone is part of `vision_ms`; one decoder step
-    /// (one token, cache of the prompt and earlier tokens), ms.
+    /// One decoder run (one token for each of `batch` rows, cache of the
+    /// prompt and earlier tokens), ms.
     pub decoder_step_ms: f64,
     /// Tokens generated per caption (forced to `max_new_tokens`).
     pub tokens: usize,
-    /// Whole caption (vision + prefill + steps), ms.
+    /// Whole caption (vision + prefill + steps), ms per caption.
     pub caption_ms: f64,
     /// Captions per second.
     pub captions_per_s: f64,
-    /// Caption cost over vision encoder cost.
+    /// Caption cost over vision encoder cost, per caption.
     pub caption_over_vision: f64,
-    /// A 3-beam caption (stops at the end token or `tokens`), ms.
-    pub beam3_ms: f64,
-    /// Tokens the 3-beam caption generated.
-    pub beam3_tokens: usize,
 }
 
 /// The report.
@@ -49,9 +50,9 @@ pub struct CaptionBenchReport {
     pub image_tokens: usize,
     /// Decoder layers.
     pub layers: usize,
-    /// Captions timed per configuration.
+    /// Model runs (batches) timed per configuration.
     pub runs: usize,
-    /// Rows per thread count and precision.
+    /// Rows per thread count, precision and batch size.
     pub rows: Vec<CaptionBenchRow>,
     /// INT8 vs fp32 top-1 tokens (when both were measured).
     pub agreement: Option<TokenAgreement>,
@@ -103,13 +104,16 @@ pub fn default_caption_model() -> PathBuf {
     }
 }
 
-/// Measures `runs` captions of a generated image per thread count and
-/// decoder precision, then the INT8/fp32 token agreement (both measured).
+/// Measures, per thread count and decoder precision, `runs` model runs of
+/// each batch size (generated images, captions forced to
+/// `max_new_tokens`), then the INT8/fp32 token agreement (both measured).
+#[allow(clippy::too_many_arguments)]
 pub fn bench_caption(
     runtime: &OrtRuntime,
     dir: &Path,
     threads: &[usize],
     precisions: &[CaptionPrecision],
+    batches: &[usize],
     runs: usize,
     max_new_tokens: usize,
     log: impl Fn(&str),
@@ -128,52 +132,42 @@ pub fn bench_caption(
         let b = captioner.manifest().blip.clone();
         let s = captioner.manifest().preprocess.size as usize;
         header.get_or_insert((captioner.manifest().name.clone(), b.clone(), s));
-        let rgb: Vec<u8> = (0..s * s * 3).map(|i| ((i * 37) % 251) as u8).collect();
-        let pixels = captioner.pixels(&rgb)?;
-        // Warm-up (ORT allocates on the first runs).
-        captioner.encode_image(&pixels)?;
-        let started = Instant::now();
-        for _ in 0..runs {
+        let images = bench_images(s);
+        for &n in batches {
+            let batch: Vec<&[u8]> = (0..n)
+                .map(|i| images[i % images.len()].as_slice())
+                .collect();
+            let pixels = captioner.pixels_batch(&batch)?;
+            // Warm-up (ORT allocates on the first runs of each shape).
             captioner.encode_image(&pixels)?;
-        }
-        let vision_ms = started.elapsed().as_secs_f64() * 1e3 / runs as f64;
+            let started = Instant::now();
+            for _ in 0..runs {
+                captioner.encode_image(&pixels)?;
+            }
+            let vision_ms = started.elapsed().as_secs_f64() * 1e3 / (runs * n) as f64;
 
-        let steps = captioner.decoder_steps(&pixels, max_new_tokens, runs.max(1))?;
-        let started = Instant::now();
-        for _ in 0..runs {
-            captioner.caption_forced(&pixels, max_new_tokens)?;
+            let steps = captioner.decoder_steps(&pixels, max_new_tokens, runs)?;
+            let started = Instant::now();
+            for _ in 0..runs {
+                captioner.caption_forced_batch(&pixels, max_new_tokens)?;
+            }
+            let caption_ms = started.elapsed().as_secs_f64() * 1e3 / (runs * n) as f64;
+            log(&format!(
+                "{precision:?}, {t} threads, {n} per run: vision {vision_ms:.1} ms/image, \
+                 step {steps:.2} ms, caption {caption_ms:.1} ms/caption"
+            ));
+            rows.push(CaptionBenchRow {
+                precision,
+                threads: t,
+                batch: n,
+                vision_ms,
+                decoder_step_ms: steps,
+                tokens: max_new_tokens,
+                caption_ms,
+                captions_per_s: 1e3 / caption_ms,
+                caption_over_vision: caption_ms / vision_ms,
+            });
         }
-        let caption_ms = started.elapsed().as_secs_f64() * 1e3 / runs as f64;
-
-        let beam = GenerationSettings {
-            num_beams: 3,
-            max_new_tokens,
-            ..Default::default()
-        };
-        let prompt = captioner.prompt_ids().to_vec();
-        let started = Instant::now();
-        let mut beam3_tokens = 0;
-        for _ in 0..runs {
-            let c = captioner.caption_with(&pixels, &beam, &prompt, &mut || {})?;
-            beam3_tokens = c.ids.len() - prompt.len();
-        }
-        let beam3_ms = started.elapsed().as_secs_f64() * 1e3 / runs as f64;
-        let row = CaptionBenchRow {
-            precision,
-            threads: t,
-            vision_ms,
-            decoder_step_ms: steps,
-            tokens: max_new_tokens,
-            caption_ms,
-            captions_per_s: 1e3 / caption_ms,
-            caption_over_vision: caption_ms / vision_ms,
-            beam3_ms,
-            beam3_tokens,
-        };
-        log(&format!(
-            "{precision:?}, {t} threads: vision {vision_ms:.1} ms, step {steps:.2} ms, caption {caption_ms:.1} ms"
-        ));
-        rows.push(row);
     }
     let (model, b, s) = header.ok_or_else(|| {
         CaptionError::Model(ModelError::Manifest {
@@ -248,10 +242,11 @@ pub fn token_agreement(
 }
 
 impl CaptionBenchReport {
-    /// Markdown table for BENCHMARKS.md.
+    /// Markdown table for BENCHMARKS.md: one line per thread count and
+    /// batch size, the precisions side by side.
     pub fn to_markdown(&self) -> String {
         let mut out = format!(
-            "model {} ({}x{} -> {} image tokens, {} decoder layers), {} captions per row, {} tokens each\n\n",
+            "model {} ({}x{} -> {} image tokens, {} decoder layers), {} model runs per row, {} tokens per caption\n\n",
             self.model,
             self.image_size,
             self.image_size,
@@ -260,23 +255,48 @@ impl CaptionBenchReport {
             self.runs,
             self.rows.first().map_or(0, |r| r.tokens)
         );
-        out.push_str("| decoder | threads | vision encoder + cross K/V (ms) | decoder step (ms) | caption (ms) | caption / vision | captions/s | 3-beam caption (ms, tokens) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        let mut precisions: Vec<CaptionPrecision> = Vec::new();
+        let mut keys: Vec<(usize, usize)> = Vec::new();
         for r in &self.rows {
+            if !precisions.contains(&r.precision) {
+                precisions.push(r.precision);
+            }
+            if !keys.contains(&(r.threads, r.batch)) {
+                keys.push((r.threads, r.batch));
+            }
+        }
+        out.push_str("| threads | keyframes per run |");
+        let mut rule = String::from("|---:|---:|");
+        for p in &precisions {
+            let p = precision_name(*p);
             out.push_str(&format!(
-                "| {} | {} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} ({}) |\n",
-                match r.precision {
-                    CaptionPrecision::Fp32 => "fp32",
-                    CaptionPrecision::Int8 => "int8",
-                },
-                r.threads,
-                r.vision_ms,
-                r.decoder_step_ms,
-                r.caption_ms,
-                r.caption_over_vision,
-                r.captions_per_s,
-                r.beam3_ms,
-                r.beam3_tokens
+                " {p}: vision ms/keyframe | {p}: decoder run ms | {p}: caption ms | {p}: caption / vision | {p}: captions/s |"
             ));
+            rule.push_str("---:|---:|---:|---:|---:|");
+        }
+        out.push('\n');
+        out.push_str(&rule);
+        out.push('\n');
+        for (t, n) in keys {
+            out.push_str(&format!("| {t} | {n} |"));
+            for p in &precisions {
+                match self
+                    .rows
+                    .iter()
+                    .find(|r| r.threads == t && r.batch == n && r.precision == *p)
+                {
+                    Some(r) => out.push_str(&format!(
+                        " {:.1} | {:.2} | {:.1} | {:.2} | {:.2} |",
+                        r.vision_ms,
+                        r.decoder_step_ms,
+                        r.caption_ms,
+                        r.caption_over_vision,
+                        r.captions_per_s
+                    )),
+                    None => out.push_str(" | | | | |"),
+                }
+            }
+            out.push('\n');
         }
         if let Some(a) = &self.agreement {
             out.push_str(&format!(
@@ -290,5 +310,12 @@ impl CaptionBenchReport {
             ));
         }
         out
+    }
+}
+
+fn precision_name(p: CaptionPrecision) -> &'static str {
+    match p {
+        CaptionPrecision::Fp32 => "fp32",
+        CaptionPrecision::Int8 => "int8",
     }
 }

@@ -55,6 +55,12 @@ pub struct CaptionConfig {
     /// `text_decoder.int8.onnx`: a cached step reads ~4x fewer weight
     /// bytes). The vision encoder stays fp32 either way.
     pub precision: CaptionPrecision,
+    /// Keyframes the caption worker captions per model run (one
+    /// vision-encoder run, one decoding loop): a cached decoder step reads
+    /// all decoder weights whatever the rows, so rows share that read (see
+    /// BENCHMARKS.md "BLIP captions"). Captions are the same as one at a
+    /// time.
+    pub batch_size: usize,
 }
 
 /// Which text decoder a BLIP captioner runs.
@@ -92,6 +98,7 @@ impl Default for CaptionConfig {
             nice: 10,
             max_backlog: 500,
             precision: CaptionPrecision::Fp32,
+            batch_size: 4,
         }
     }
 }
@@ -122,6 +129,12 @@ impl CaptionConfig {
         }
         if self.max_backlog == 0 {
             return Err("captions.max_backlog must be at least 1".into());
+        }
+        if self.batch_size == 0 || self.batch_size > 32 {
+            return Err(format!(
+                "captions.batch_size {} must be in 1..=32",
+                self.batch_size
+            ));
         }
         if !(0..=19).contains(&self.nice) {
             return Err(format!("captions.nice {} must be in 0..=19", self.nice));
@@ -170,4 +183,14 @@ pub trait Captioner: Send + Sync {
     /// Captions one resized image (packed RGB, `size`² × 3). `pace` is
     /// called before each model run; it may block to yield to tagging.
     fn caption(&self, rgb: &[u8], pace: &mut dyn FnMut()) -> Result<Caption, CaptionError>;
+    /// Captions several resized images, in order; a captioner that can
+    /// batches them into fewer model runs. Each caption is the one
+    /// [`Captioner::caption`] gives the image alone.
+    fn caption_batch(
+        &self,
+        images: &[&[u8]],
+        pace: &mut dyn FnMut(),
+    ) -> Result<Vec<Caption>, CaptionError> {
+        images.iter().map(|rgb| self.caption(rgb, pace)).collect()
+    }
 }

@@ -2,9 +2,10 @@
 //!
 //! The inference worker queues keyframes in the store (in the transaction
 //! that closes their segment) and never waits for captions. This worker, on
-//! its own thread at a higher nice value, takes the oldest job, captions it,
-//! and writes the caption, its word index entries and the job's removal in
-//! one transaction. Before every model run it waits until tagging is idle
+//! its own thread at a higher nice value, takes the oldest jobs (up to
+//! `[captions] batch_size`, captioned in one batch: one vision-encoder run
+//! and one decoding loop), and writes each caption, its word index entries
+//! and the job's removal in one transaction. Before every model run it waits until tagging is idle
 //! (no queued frames, no batch running), so a backlog builds up under load
 //! and is caught up when the load drops; jobs left at shutdown stay queued
 //! for the next run.
@@ -14,9 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::Captioner;
+use super::{CaptionError, Captioner};
 use crate::pipeline::{PipelineLoad, metrics};
-use crate::store::{CaptionState, Store};
+use crate::store::{CaptionJob, CaptionState, FrameKey, Store};
 
 /// Totals of a worker run.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -47,19 +48,24 @@ struct Flags {
     done: Arc<AtomicU64>,
     /// The pipeline whose tagging has priority.
     load: Arc<PipelineLoad>,
+    /// Most jobs captioned per model run (`[captions] batch_size`).
+    batch_size: usize,
 }
 
 impl CaptionWorker {
     /// Starts captioning `store`'s backlog with `captioner` on a thread with
-    /// nice value `nice` (Linux; elsewhere the default priority). Each model
-    /// run waits until the pipeline behind `load` is idle.
+    /// nice value `nice` (Linux; elsewhere the default priority), up to
+    /// `batch_size` keyframes per model run (the oldest jobs). Each model run
+    /// waits until the pipeline behind `load` is idle.
     pub fn spawn(
         captioner: Arc<dyn Captioner>,
         store: Store,
         nice: i32,
+        batch_size: usize,
         load: Arc<PipelineLoad>,
     ) -> CaptionWorkerHandle {
         let flags = Flags {
+            batch_size: batch_size.max(1),
             stop: Arc::new(AtomicBool::new(false)),
             drain: Arc::new(AtomicBool::new(false)),
             done: Arc::new(AtomicU64::new(0)),
@@ -110,7 +116,7 @@ impl CaptionWorkerHandle {
         self.join()
     }
 
-    /// Stops after the caption in progress; the rest stays queued.
+    /// Stops after the batch in progress; the rest stays queued.
     pub fn stop(self) -> CaptionTotals {
         self.stop.store(true, Ordering::Relaxed);
         self.join()
@@ -131,10 +137,10 @@ fn run(captioner: &dyn Captioner, store: &Store, flags: &Flags) -> CaptionTotals
         if flags.stop.load(Ordering::Relaxed) {
             break;
         }
-        let job = match store.next_caption_job() {
-            Ok(Some(job)) => job,
-            Ok(None) if flags.drain.load(Ordering::Relaxed) => break,
-            Ok(None) => {
+        let jobs = match store.next_caption_jobs(flags.batch_size) {
+            Ok(jobs) if !jobs.is_empty() => jobs,
+            Ok(_) if flags.drain.load(Ordering::Relaxed) => break,
+            Ok(_) => {
                 store.wait_for_caption_job(Duration::from_millis(500));
                 continue;
             }
@@ -143,51 +149,91 @@ fn run(captioner: &dyn Captioner, store: &Store, flags: &Flags) -> CaptionTotals
                 break;
             }
         };
-        let (key, job) = job;
         let started = Instant::now();
         let mut pace = || wait_for_idle(&flags.load, &flags.stop);
-        let state = if job.size != size {
+        let states = caption_jobs(captioner, &jobs, size, &mut pace);
+        // Each caption's share of the batch's time.
+        let secs = started.elapsed().as_secs_f64() / jobs.len() as f64;
+        for ((key, job), state) in jobs.iter().zip(states) {
+            let outcome = match &state {
+                CaptionState::Done { .. } => "ok",
+                _ => "failed",
+            };
+            if let CaptionState::Failed { error } = &state {
+                tracing::warn!(%error, stream_id = key.stream_id, ts_ns = key.ts_ns, "Caption failed.");
+                totals.failed += 1;
+            } else {
+                totals.captioned += 1;
+            }
+            // The job leaves the queue in this transaction, with its caption.
+            if let Err(error) = store.set_caption(key, job.keyframe_ns, state) {
+                tracing::error!(%error, "Cannot store a caption; captions stop.");
+                return totals;
+            }
+            totals.seconds += secs;
+            flags.done.fetch_add(1, Ordering::Relaxed);
+            ::metrics::counter!(metrics::CAPTIONS, "outcome" => outcome).increment(1);
+            ::metrics::histogram!(metrics::CAPTION_SECONDS).record(secs);
+        }
+        ::metrics::gauge!(metrics::CAPTION_BACKLOG).set(store.caption_backlog() as f64);
+    }
+    totals
+}
+
+/// The caption (or why none) of each job, in order: the jobs at the
+/// captioner's size in one batch; if the batch fails, one at a time, so a
+/// failure is pinned on the keyframe that causes it and the others still
+/// get their captions.
+fn caption_jobs(
+    captioner: &dyn Captioner,
+    jobs: &[(FrameKey, CaptionJob)],
+    size: u32,
+    pace: &mut dyn FnMut(),
+) -> Vec<CaptionState> {
+    let done = |text: String| CaptionState::Done {
+        text,
+        model: captioner.fingerprint().to_string(),
+    };
+    let failed = |e: CaptionError| CaptionState::Failed {
+        error: e.to_string(),
+    };
+    let mut states: Vec<Option<CaptionState>> = jobs
+        .iter()
+        .map(|(_, job)| {
             // Queued for another captioner (the model changed): the image is
             // at the wrong size, so this keyframe gets no caption.
-            CaptionState::Failed {
+            (job.size != size).then(|| CaptionState::Failed {
                 error: format!(
                     "keyframe queued at {}x{0}, the captioner takes {size}x{size}",
                     job.size
                 ),
+            })
+        })
+        .collect();
+    let todo: Vec<usize> = (0..jobs.len()).filter(|&i| states[i].is_none()).collect();
+    let images: Vec<&[u8]> = todo.iter().map(|&i| jobs[i].1.rgb.as_slice()).collect();
+    match captioner.caption_batch(&images, pace) {
+        Ok(captions) if captions.len() == todo.len() => {
+            for (&i, c) in todo.iter().zip(captions) {
+                states[i] = Some(done(c.text));
             }
-        } else {
-            match captioner.caption(&job.rgb, &mut pace) {
-                Ok(c) => CaptionState::Done {
-                    text: c.text,
-                    model: captioner.fingerprint().to_string(),
-                },
-                Err(e) => CaptionState::Failed {
-                    error: e.to_string(),
-                },
+        }
+        result => {
+            if let Err(error) = &result {
+                tracing::debug!(%error, jobs = todo.len(), "Caption batch failed; captioning one at a time.");
             }
-        };
-        let secs = started.elapsed().as_secs_f64();
-        let outcome = match &state {
-            CaptionState::Done { .. } => "ok",
-            _ => "failed",
-        };
-        if let CaptionState::Failed { error } = &state {
-            tracing::warn!(%error, stream_id = key.stream_id, ts_ns = key.ts_ns, "Caption failed.");
-            totals.failed += 1;
-        } else {
-            totals.captioned += 1;
+            for &i in &todo {
+                states[i] = Some(match captioner.caption(&jobs[i].1.rgb, pace) {
+                    Ok(c) => done(c.text),
+                    Err(e) => failed(e),
+                });
+            }
         }
-        if let Err(error) = store.set_caption(&key, job.keyframe_ns, state) {
-            tracing::error!(%error, "Cannot store a caption; captions stop.");
-            break;
-        }
-        totals.seconds += secs;
-        flags.done.fetch_add(1, Ordering::Relaxed);
-        ::metrics::counter!(metrics::CAPTIONS, "outcome" => outcome).increment(1);
-        ::metrics::histogram!(metrics::CAPTION_SECONDS).record(secs);
-        ::metrics::gauge!(metrics::CAPTION_BACKLOG).set(store.caption_backlog() as f64);
     }
-    totals
+    states
+        .into_iter()
+        .map(|s| s.expect("every job has a state"))
+        .collect()
 }
 
 /// Blocks while tagging has work (or until `stop`).

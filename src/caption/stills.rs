@@ -1,7 +1,7 @@
 //! Captions of still image files (`roadrep caption`, `trainer
 //! autocaption`): decoded, resized as the ingest keeps keyframes for the
-//! captioner, and captioned `batch` at a time (one vision-encoder run per
-//! batch, then the decoding loop per image).
+//! captioner, and captioned `batch` at a time (one vision-encoder run and
+//! one decoding loop per batch).
 
 use std::path::{Path, PathBuf};
 
@@ -37,7 +37,7 @@ fn prepare(captioner: &BlipCaptioner, path: &Path) -> Result<Vec<u8>, StillCapti
         })
 }
 
-/// Captions `paths` in order, `batch` images per vision-encoder run, and
+/// Captions `paths` in order, `batch` images per model run, and
 /// calls `each` once per path (in order) with its caption or why it has
 /// none. A model failure stops the run and is returned.
 pub fn caption_files<P: AsRef<Path>>(
@@ -55,7 +55,7 @@ pub fn caption_files<P: AsRef<Path>>(
             .iter()
             .filter_map(|r| r.as_ref().ok().map(Vec::as_slice))
             .collect();
-        let mut captions = captioner.caption_batch(&good)?.into_iter();
+        let mut captions = captioner.caption_batch(&good, &mut || {})?.into_iter();
         for (path, prepared) in chunk.iter().zip(prepared) {
             match prepared {
                 Ok(_) => {

@@ -90,8 +90,8 @@ pub fn run_caption(
     let config = RoadrepConfig::load(config_path)?;
     let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
     anyhow::ensure!(
-        args.runs > 0 && args.tokens > 0 && !args.threads.contains(&0),
-        "--runs, --tokens and --threads must be at least 1"
+        args.runs > 0 && args.tokens > 0 && !args.threads.contains(&0) && !args.batch.contains(&0),
+        "--runs, --tokens, --threads and --batch must be at least 1"
     );
     let dir = args
         .model
@@ -103,6 +103,7 @@ pub fn run_caption(
         &dir,
         &args.threads,
         &args.precision,
+        &args.batch,
         args.runs,
         args.tokens,
         |line| eprintln!("  {line}"),

@@ -120,9 +120,10 @@ pub struct CaptionArgs {
     /// DIR`) [default: `[captions] precision`].
     #[arg(long, value_enum)]
     pub precision: Option<roadrep::caption::CaptionPrecision>,
-    /// Images per vision-encoder run (the decoding loop runs per image). On
-    /// CPU, 8 were no faster than 1 at BLIP-base size and held ~0.8 GB more.
-    #[arg(long, default_value_t = 1)]
+    /// Images per model run: one vision-encoder run and one decoding loop
+    /// whose decoder runs advance all of them by a token (captions as one
+    /// at a time; see BENCHMARKS.md "BLIP captions").
+    #[arg(long, default_value_t = 4)]
     pub batch: usize,
 }
 
@@ -282,7 +283,11 @@ pub struct BenchCaptionArgs {
     /// `python models/modeldir.py int8 DIR`).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "fp32,int8")]
     pub precision: Vec<roadrep::caption::CaptionPrecision>,
-    /// Captions timed per thread count and precision.
+    /// Keyframes per model run to measure (`[captions] batch_size`).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub batch: Vec<usize>,
+    /// Model runs (batches) timed per thread count, precision and batch
+    /// size.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Tokens per caption (decoding never stops early here).

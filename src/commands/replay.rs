@@ -125,6 +125,7 @@ pub fn replay_clips(
             c as Arc<dyn Captioner>,
             parts.store.clone(),
             config.captions.nice,
+            config.captions.batch_size,
             pipeline.load(),
         )
     });

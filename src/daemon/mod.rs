@@ -115,6 +115,8 @@ pub struct DaemonSettings {
     pub max_file_attempts: u32,
     /// Nice value of the caption worker.
     pub caption_nice: i32,
+    /// Keyframes the caption worker captions per model run.
+    pub caption_batch_size: usize,
 }
 
 impl DaemonSettings {
@@ -139,6 +141,7 @@ impl DaemonSettings {
             },
             max_file_attempts: config.ingest.max_file_attempts.max(1),
             caption_nice: config.captions.nice,
+            caption_batch_size: config.captions.batch_size,
         }
     }
 }

@@ -78,7 +78,13 @@ impl RunningStreams {
             stop.clone(),
         );
         let captions = parts.captioner.clone().map(|c| {
-            CaptionWorker::spawn(c, store.clone(), settings.caption_nice, pipeline.load())
+            CaptionWorker::spawn(
+                c,
+                store.clone(),
+                settings.caption_nice,
+                settings.caption_batch_size,
+                pipeline.load(),
+            )
         });
         // The pipeline stays open to new streams (reload), so the worker
         // runs until stop, idling when every file has finished.

@@ -425,6 +425,21 @@ impl Store {
         Ok(Some((key, schema::decode(CAPTION_QUEUE_TREE, &v)?)))
     }
 
+    /// The `n` oldest queued caption jobs (by stream, then time); they stay
+    /// queued until [`Store::set_caption`] stores their captions.
+    pub fn next_caption_jobs(&self, n: usize) -> Result<Vec<(FrameKey, CaptionJob)>, StoreError> {
+        let mut jobs = Vec::with_capacity(n.min(64));
+        for kv in self.caption_queue.iter().take(n) {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            let key = FrameKey::decode(&k).ok_or_else(|| StoreError::Corrupt {
+                tree: CAPTION_QUEUE_TREE.into(),
+                message: "bad key".into(),
+            })?;
+            jobs.push((key, schema::decode(CAPTION_QUEUE_TREE, &v)?));
+        }
+        Ok(jobs)
+    }
+
     /// Waits up to `timeout` for a caption job to be queued (returns at
     /// once if one is).
     pub fn wait_for_caption_job(&self, timeout: Duration) {

@@ -246,7 +246,7 @@ pub struct Summary {
 }
 
 /// Captions the `sources` the output lacks, trying at most `limit` of them,
-/// `batch` per vision-encoder run, appending each line as it comes;
+/// `batch` per model run, appending each line as it comes;
 /// `on_caption` runs after each line, `on_bad` for each unreadable image.
 pub fn run(
     captioner: &BlipCaptioner,

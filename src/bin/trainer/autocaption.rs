@@ -39,9 +39,10 @@ pub struct AutocaptionArgs {
     /// $ROADREP_CONFIG, else config/roadrep.toml if present].
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Images per vision-encoder run (the decoding loop runs per image). On
-    /// CPU, 8 were no faster than 1 at BLIP-base size and held ~0.8 GB more.
-    #[arg(long, default_value_t = 1)]
+    /// Images per model run: one vision-encoder run and one decoding loop
+    /// whose decoder runs advance all of them by a token (captions as one
+    /// at a time; see BENCHMARKS.md "BLIP captions").
+    #[arg(long, default_value_t = 4)]
     batch: usize,
     /// Beam width (1 = greedy) [default: `[captions] num_beams`].
     #[arg(long)]

@@ -1,22 +1,27 @@
-//! Captions of several images per vision-encoder run.
+//! Captions of several images per model run: one vision-encoder run over
+//! all of them, then one decoding loop whose every decoder run advances all
+//! unfinished images by one token ([`generate_batch`]).
+//!
+//! Why it pays: a cached decoder step is a matrix-vector product per row
+//! that reads every decoder weight (BLIP-base: ~0.5 GB fp32, ~0.12 GB
+//! INT8), so it is memory-bound; further rows share that read. What stays
+//! per row is the attention over the image's 577 cross K/V rows.
+//!
+//! Captions are the ones each image gets alone: every row of the decoder
+//! graph is computed independently of the others (attention is per row,
+//! matrix products are row by row, the INT8 decoder quantizes activations
+//! per row; `tests/caption_batch.rs` checks it on the tiny model).
 
 use ndarray::{Array4, Axis};
-use ort::value::TensorRef;
 
-use super::{BlipCaptioner, CROSS_KV};
-use crate::caption::decode::generate;
+use super::BlipCaptioner;
+use crate::caption::decode::{GenerationSettings, generate_batch};
 use crate::caption::{Caption, CaptionError};
-use crate::models::ModelError;
-use crate::models::clip::PIXEL_VALUES;
 
 impl BlipCaptioner {
-    /// Captions several resized images (packed RGB, `size`² × 3 each) with
-    /// one vision-encoder run over all of them; the decoding loop then runs
-    /// per image (its cache and stopping point are per image).
-    pub fn caption_batch(&self, images: &[&[u8]]) -> Result<Vec<Caption>, CaptionError> {
-        if images.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Normalised pixels of several resized images (packed RGB, `size`² ×
+    /// 3 each): `[n, 3, S, S]`.
+    pub fn pixels_batch(&self, images: &[&[u8]]) -> Result<Array4<f32>, CaptionError> {
         let s = self.preprocessor.crop_size as usize;
         let mut pixels = Array4::<f32>::zeros((images.len(), 3, s, s));
         for (i, rgb) in images.iter().enumerate() {
@@ -24,39 +29,66 @@ impl BlipCaptioner {
                 .index_axis_mut(Axis(0), i)
                 .assign(&self.pixels(rgb)?.index_axis(Axis(0), 0));
         }
-        let err = |e: ort::Error| ModelError::Ort {
-            path: self.vision_path.clone(),
-            message: e.to_string(),
-        };
-        let input = TensorRef::from_array_view(pixels.view()).map_err(err)?;
-        let mut session = self.vision.lock().unwrap_or_else(|p| p.into_inner());
-        let outputs = session
-            .run(ort::inputs![PIXEL_VALUES => input])
-            .map_err(err)?;
-        // [L, 2, n, H, T, Dh]: image `i` is index `i` of axis 2. Each image's
-        // slice is copied out only while it is decoded (BLIP-base: 85 MB an
-        // image), not the whole batch at once.
-        let cross_kv = outputs[CROSS_KV].try_extract_array::<f32>().map_err(err)?;
-        let mut out = Vec::with_capacity(images.len());
-        for i in 0..images.len() {
-            let one = cross_kv
-                .index_axis(Axis(2), i)
-                .insert_axis(Axis(2))
-                .as_standard_layout()
-                .into_owned();
-            let mut state = self.state(one);
-            let ids = generate(
-                &mut state,
-                &self.prompt_ids,
-                self.manifest.blip.sep_token_id,
-                &self.settings,
-                &mut || {},
-            )?;
-            out.push(Caption {
-                text: self.decode(&ids)?,
-                ids,
-            });
+        Ok(pixels)
+    }
+
+    /// Captions preprocessed pixels `[n, 3, S, S]` with explicit settings
+    /// and decoder prompt ids: one vision-encoder run, then one decoding
+    /// loop for all `n`. `pace` is called before every model run.
+    pub fn caption_batch_with(
+        &self,
+        pixel_values: &Array4<f32>,
+        settings: &GenerationSettings,
+        prompt_ids: &[u32],
+        pace: &mut dyn FnMut(),
+    ) -> Result<Vec<Caption>, CaptionError> {
+        let n = pixel_values.shape()[0];
+        if n == 0 {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        pace();
+        let cross_kv = self.encode_image(pixel_values)?;
+        let mut state = self.state(cross_kv);
+        let all = generate_batch(
+            &mut state,
+            n,
+            prompt_ids,
+            self.manifest.blip.sep_token_id,
+            settings,
+            pace,
+        )?;
+        all.into_iter()
+            .map(|ids| {
+                Ok(Caption {
+                    text: self.decode(&ids)?,
+                    ids,
+                })
+            })
+            .collect()
+    }
+
+    /// Greedy captions of exactly `tokens` new tokens each (end token
+    /// ignored), `n` images per decoder run (benchmarks: random weights
+    /// end captions at arbitrary lengths).
+    pub fn caption_forced_batch(
+        &self,
+        pixel_values: &Array4<f32>,
+        tokens: usize,
+    ) -> Result<Vec<Vec<u32>>, CaptionError> {
+        let settings = GenerationSettings {
+            max_new_tokens: tokens,
+            ..Default::default()
+        };
+        let n = pixel_values.shape()[0];
+        let mut state = self.state(self.encode_image(pixel_values)?);
+        // An end token no vocabulary has: decoding runs to `tokens`.
+        generate_batch(
+            &mut state,
+            n,
+            &self.prompt_ids,
+            u32::MAX,
+            &settings,
+            &mut || {},
+        )
     }
 }

@@ -13,27 +13,33 @@
 //!     `logits [n,V]` of the last position, `present_self_kv`;
 //!   - optionally `text_decoder.int8.onnx` (role `text_decoder_int8`,
 //!     `python models/modeldir.py int8 DIR`): the same step with INT8
-//!     MatMul weights, loaded with [`CaptionPrecision::Int8`].
+//!     MatMul weights and activations quantized per row, taking the cross
+//!     K/V as one input per layer and K/V (`cross_k.0`, `cross_v.0`, ...:
+//!     views of the vision encoder's one `cross_kv` buffer, where the
+//!     single input cost two full copies per step inside the graph),
+//!     loaded with [`CaptionPrecision::Int8`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ndarray::{Array2, Array4, ArrayD, Axis, IxDyn};
+use ndarray::{Array4, ArrayD, Axis};
 use ort::session::Session;
 use ort::value::TensorRef;
 use tokenizers::Tokenizer;
 
 mod batch;
 mod manifest;
+mod step;
 
 pub use manifest::{BlipManifest, BlipPreprocess, BlipSection, roles};
 
-use crate::caption::decode::{GenerationSettings, StepModel, generate};
+use crate::caption::decode::{GenerationSettings, StepModel};
 use crate::caption::{Caption, CaptionError, CaptionPrecision, Captioner};
 use crate::models::clip::{PIXEL_VALUES, open_checked};
 use crate::models::manifest::MANIFEST_FILE;
 use crate::models::preprocess::{ImagePreprocessor, RgbFrame};
 use crate::models::{ModelError, OrtRuntime};
+use step::DecoderState;
 
 const CROSS_KV: &str = "cross_kv";
 const INPUT_IDS: &str = "input_ids";
@@ -51,6 +57,9 @@ pub struct BlipCaptioner {
     vision: Mutex<Session>,
     decoder_path: PathBuf,
     decoder: Mutex<Session>,
+    /// The decoder's per-layer cross K/V inputs, when it has them (the
+    /// derived INT8 decoder: `step::cross_input_names`).
+    cross_inputs: Option<Vec<String>>,
     precision: CaptionPrecision,
     tokenizer: Tokenizer,
     tokenizer_path: PathBuf,
@@ -146,24 +155,41 @@ impl BlipCaptioner {
                 ),
             ],
         )?;
+        // The derived INT8 decoder takes cross K/V per layer (no copies per
+        // step); the fp32 export one `cross_kv`.
+        let decoder_entry = manifest.file(dir, decoder_role)?;
+        let split_names = step::cross_input_names(b.num_layers);
+        let cross_inputs = decoder_entry
+            .inputs
+            .iter()
+            .any(|i| i.name == split_names[0])
+            .then_some(split_names);
+        let mut decoder_inputs = vec![
+            (INPUT_IDS, "int64", vec![None, None]),
+            (
+                PAST,
+                "float32",
+                vec![Some(l), Some(2), None, Some(h), None, Some(d)],
+            ),
+        ];
+        match &cross_inputs {
+            Some(names) => decoder_inputs.extend(
+                names
+                    .iter()
+                    .map(|n| (n.as_str(), "float32", vec![None, Some(h), Some(t), Some(d)])),
+            ),
+            None => decoder_inputs.push((
+                CROSS_KV,
+                "float32",
+                vec![Some(l), Some(2), None, Some(h), Some(t), Some(d)],
+            )),
+        }
         let (decoder_path, decoder) = open_checked(
             runtime,
             dir,
-            manifest.file(dir, decoder_role)?,
+            decoder_entry,
             intra_threads,
-            &[
-                (INPUT_IDS, "int64", vec![None, None]),
-                (
-                    PAST,
-                    "float32",
-                    vec![Some(l), Some(2), None, Some(h), None, Some(d)],
-                ),
-                (
-                    CROSS_KV,
-                    "float32",
-                    vec![Some(l), Some(2), None, Some(h), Some(t), Some(d)],
-                ),
-            ],
+            &decoder_inputs,
             &[
                 (LOGITS, "float32", vec![None, Some(b.vocab_size as i64)]),
                 (
@@ -187,6 +213,7 @@ impl BlipCaptioner {
             vision: Mutex::new(vision),
             decoder_path,
             decoder: Mutex::new(decoder),
+            cross_inputs,
             precision,
             tokenizer,
             tokenizer_path,
@@ -328,20 +355,9 @@ impl BlipCaptioner {
         prompt_ids: &[u32],
         pace: &mut dyn FnMut(),
     ) -> Result<Caption, CaptionError> {
-        pace();
-        let cross_kv = self.encode_image(pixel_values)?;
-        let mut state = self.state(cross_kv);
-        let ids = generate(
-            &mut state,
-            prompt_ids,
-            self.manifest.blip.sep_token_id,
-            settings,
-            pace,
-        )?;
-        Ok(Caption {
-            text: self.decode(&ids)?,
-            ids,
-        })
+        self.caption_batch_with(pixel_values, settings, prompt_ids, pace)?
+            .pop()
+            .ok_or_else(|| CaptionError::Image("no image to caption".into()))
     }
 
     /// Logits of the last prompt position at the first step (parity tests).
@@ -360,13 +376,13 @@ impl BlipCaptioner {
 /// at arbitrary lengths, so `generate` alone would not time `n` tokens).
 impl BlipCaptioner {
     fn state(&self, cross_kv: ArrayD<f32>) -> DecoderState<'_, std::sync::MutexGuard<'_, Session>> {
-        DecoderState {
-            session: self.decoder.lock().unwrap_or_else(|p| p.into_inner()),
-            path: &self.decoder_path,
+        DecoderState::new(
+            self.decoder.lock().unwrap_or_else(|p| p.into_inner()),
+            &self.decoder_path,
             cross_kv,
-            past: None,
-            shape: &self.manifest.blip,
-        }
+            self.cross_inputs.as_deref(),
+            &self.manifest.blip,
+        )
     }
 
     /// A greedy caption of exactly `tokens` new tokens (end token ignored).
@@ -375,19 +391,9 @@ impl BlipCaptioner {
         pixel_values: &Array4<f32>,
         tokens: usize,
     ) -> Result<Vec<u32>, CaptionError> {
-        let settings = GenerationSettings {
-            max_new_tokens: tokens,
-            ..Default::default()
-        };
-        let mut state = self.state(self.encode_image(pixel_values)?);
-        // An end token no vocabulary has: decoding runs to `tokens`.
-        generate(
-            &mut state,
-            &self.prompt_ids,
-            u32::MAX,
-            &settings,
-            &mut || {},
-        )
+        self.caption_forced_batch(pixel_values, tokens)?
+            .pop()
+            .ok_or_else(|| CaptionError::Image("no image to caption".into()))
     }
 
     /// The decoder's argmax after each position of `ids` (prompt
@@ -410,8 +416,9 @@ impl BlipCaptioner {
         Ok(out)
     }
 
-    /// Mean milliseconds of one decoder step (one new token) over a
-    /// `tokens`-token caption, after the prefill; repeated `runs` times.
+    /// Mean milliseconds of one decoder step (one new token for each of
+    /// the `n` images of `pixel_values`) over `tokens`-token captions,
+    /// after the prefill; repeated `runs` times.
     pub fn decoder_steps(
         &self,
         pixel_values: &Array4<f32>,
@@ -419,15 +426,20 @@ impl BlipCaptioner {
         runs: usize,
     ) -> Result<f64, CaptionError> {
         let cross_kv = self.encode_image(pixel_values)?;
+        let prompts = vec![self.prompt_ids.as_slice(); pixel_values.shape()[0]];
         let mut total = 0.0;
         let mut steps = 0usize;
         for _ in 0..runs {
             let mut state = self.state(cross_kv.clone());
-            let mut logits = state.forward(&[&self.prompt_ids])?.swap_remove(0);
+            let mut logits = state.forward(&prompts)?;
             let started = std::time::Instant::now();
             for _ in 1..tokens {
-                let next = crate::caption::decode::argmax(&logits);
-                logits = state.forward(&[&[next]])?.swap_remove(0);
+                let next: Vec<[u32; 1]> = logits
+                    .iter()
+                    .map(|l| [crate::caption::decode::argmax(l)])
+                    .collect();
+                let rows: Vec<&[u32]> = next.iter().map(|r| r.as_slice()).collect();
+                logits = state.forward(&rows)?;
                 steps += 1;
             }
             total += started.elapsed().as_secs_f64();
@@ -449,76 +461,13 @@ impl Captioner for BlipCaptioner {
         let pixels = self.pixels(rgb)?;
         self.caption_pixels(&pixels, pace)
     }
-}
 
-/// One caption's decoder state: the image's cross K/V and the growing
-/// self-attention cache.
-struct DecoderState<'a, S: std::ops::DerefMut<Target = Session>> {
-    session: S,
-    path: &'a Path,
-    cross_kv: ArrayD<f32>,
-    past: Option<ArrayD<f32>>,
-    shape: &'a BlipSection,
-}
-
-impl<S: std::ops::DerefMut<Target = Session>> StepModel for DecoderState<'_, S> {
-    fn forward(&mut self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>, CaptionError> {
-        let err = |e: ort::Error| ModelError::Ort {
-            path: self.path.to_path_buf(),
-            message: e.to_string(),
-        };
-        let n = rows.len();
-        let new = rows.first().map_or(0, |r| r.len());
-        let mut ids = Array2::<i64>::zeros((n, new));
-        for (i, row) in rows.iter().enumerate() {
-            for (j, &t) in row.iter().enumerate() {
-                ids[[i, j]] = t as i64;
-            }
-        }
-        let past = match self.past.take() {
-            Some(p) => p,
-            None => ArrayD::zeros(IxDyn(&[
-                self.shape.num_layers,
-                2,
-                n,
-                self.shape.num_heads,
-                0,
-                self.shape.head_dim,
-            ])),
-        };
-        let outputs = {
-            let ids_in = TensorRef::from_array_view(ids.view()).map_err(err)?;
-            let past_in = TensorRef::from_array_view(past.view()).map_err(err)?;
-            let cross_in = TensorRef::from_array_view(self.cross_kv.view()).map_err(err)?;
-            self.session
-                .run(ort::inputs![INPUT_IDS => ids_in, PAST => past_in, CROSS_KV => cross_in])
-                .map_err(err)?
-        };
-        let logits = outputs[LOGITS].try_extract_array::<f32>().map_err(err)?;
-        let rows_out = logits
-            .axis_iter(Axis(0))
-            .map(|r| r.iter().copied().collect())
-            .collect();
-        self.past = Some(
-            outputs[PRESENT]
-                .try_extract_array::<f32>()
-                .map_err(err)?
-                .as_standard_layout()
-                .into_owned(),
-        );
-        Ok(rows_out)
-    }
-
-    fn select(&mut self, from: &[usize]) -> Result<(), CaptionError> {
-        if let Some(past) = &self.past {
-            // `select` copies; only a non-standard result needs a second copy.
-            let picked = past.select(Axis(2), from);
-            self.past = Some(if picked.is_standard_layout() {
-                picked
-            } else {
-                picked.as_standard_layout().into_owned()
-            });
-        }
-        Ok(())
+    fn caption_batch(
+        &self,
+        images: &[&[u8]],
+        pace: &mut dyn FnMut(),
+    ) -> Result<Vec<Caption>, CaptionError> {
+        let pixels = self.pixels_batch(images)?;
+        self.caption_batch_with(&pixels, &self.settings, &self.prompt_ids, pace)
     }
 }
