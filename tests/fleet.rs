@@ -71,6 +71,15 @@ fn ingest_search_summary_and_api_across_two_vehicles() {
         &frame_message(&frames()[0], &q, 0, &fp),
     );
     publisher.send("v1", MessageKind::Frame, b"not json".to_vec());
+    // Refused by the writer (wrong dimension for its model) and by
+    // PostgreSQL (a NUL in text): set aside, the rest of the batch stored.
+    let mut short = frame_message(&frames()[1], &q, 30, &fp);
+    short.time_ns += 1;
+    short.embedding = encode_embedding(&q[..16]);
+    publisher.json("v2", MessageKind::Frame, &short);
+    let mut nul = frame_message(&frames()[2], &q, 31, &fp);
+    nul.camera = "re\u{0}ar".into();
+    publisher.json("v1", MessageKind::Frame, &nul);
     publisher.json("v1", MessageKind::Segment, &segment("v1", T0, None, 10));
     publisher.json(
         "v1",
@@ -119,8 +128,13 @@ fn ingest_search_summary_and_api_across_two_vehicles() {
         ),
         2
     );
-    let log_text = std::fs::read_to_string(&log).unwrap();
-    assert!(log_text.contains("roadrep/v1/frame"), "{log_text}");
+    let log_text = without_colours(&std::fs::read_to_string(&log).unwrap());
+    assert!(log_text.contains("topic=roadrep/v1/frame"), "{log_text}");
+    assert!(
+        log_text.contains("embedding of 16 values, but model"),
+        "{log_text}"
+    );
+    assert!(log_text.contains("v1 frame re"), "{log_text}");
 
     // Search with each filter, across both vehicles.
     let all = search(&config, dir.path(), &[]);
