@@ -372,3 +372,81 @@ fn a_replay_publishes_every_frame_and_segment_once_the_broker_answers() {
         "a clean stop says offline"
     );
 }
+
+#[test]
+fn tls_with_a_client_certificate_delivers_and_without_one_keeps_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("short.mp4");
+    common::scene_clip(&clip, &["smpte"], 3);
+    let (broker, tls) = common::fleet::Broker::start_tls();
+    let cache = dir.path().join("cache");
+    let status = |config: &Path| -> serde_json::Value {
+        let o = common::roadrep(
+            &["-c", config.to_str().unwrap(), "uplink", "status", "--json"],
+            &cache,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // The broker's certificate is for 127.0.0.1, signed by the test CA.
+    let with_cert = vehicle_config(
+        dir.path(),
+        "tls-ok",
+        broker.port,
+        &format!(
+            "ca = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+            tls.ca.display(),
+            tls.client_cert.display(),
+            tls.client_key.display()
+        ),
+    );
+    let o = replay(&with_cert, &clip, &cache);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("outbox empty"), "{stderr}");
+    let report = status(&with_cert);
+    assert_eq!(report["tls"], true);
+    assert_eq!(report["outbox"]["depth"], 0, "{report}");
+
+    let without = vehicle_config(
+        dir.path(),
+        "tls-nocert",
+        broker.port,
+        &format!("ca = \"{}\"\n", tls.ca.display()),
+    );
+    // Nothing will get through: do not wait long for it.
+    let text = std::fs::read_to_string(&without)
+        .unwrap()
+        .replace("drain_secs = 20", "drain_secs = 3");
+    std::fs::write(&without, text).unwrap();
+    let o = replay(&without, &clip, &cache);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("cannot be reached") && stderr.contains("wait in the outbox"),
+        "{stderr}"
+    );
+    let report = status(&without);
+    assert!(report["outbox"]["depth"].as_u64().unwrap() > 0, "{report}");
+
+    // A CA file that does not exist is one line naming the field and path.
+    let bad = vehicle_config(
+        dir.path(),
+        "tls-bad",
+        broker.port,
+        "ca = \"/nonexistent/ca.pem\"\n",
+    );
+    let o = common::roadrep(
+        &[
+            "-c",
+            bad.to_str().unwrap(),
+            "replay",
+            clip.to_str().unwrap(),
+        ],
+        &cache,
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("uplink.ca '/nonexistent/ca.pem'"),
+        "{stderr}"
+    );
+}
