@@ -62,12 +62,16 @@ pub struct FleetBenchSettings {
     pub batch: usize,
     pub seed: u64,
     pub keep: bool,
+    /// `hnsw.ef_search` values to measure (each query runs with each).
+    pub ef_search: Vec<u32>,
 }
 
 /// One kind of query's results.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryStats {
     pub filter: String,
+    /// `hnsw.ef_search` of these queries.
+    pub ef_search: u32,
     pub queries: usize,
     pub p50_ms: f64,
     pub p95_ms: f64,
@@ -125,11 +129,12 @@ impl FleetBenchReport {
             self.table_bytes as f64 / 1048576.0,
             self.index_bytes as f64 / 1048576.0
         );
-        s += "| filter | queries | p50 | p95 | exact scan p50 | recall@10 | < 10 hits |\n|---|---|---|---|---|---|---|\n";
+        s += "| filter | ef_search | queries | p50 | p95 | exact scan p50 | recall@10 | < 10 hits |\n|---|---|---|---|---|---|---|---|\n";
         for q in &self.queries {
             s += &format!(
-                "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.3} | {} |\n",
+                "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.3} | {} |\n",
                 q.filter,
+                q.ef_search,
                 q.queries,
                 q.p50_ms,
                 q.p95_ms,
@@ -313,39 +318,48 @@ pub async fn bench_fleet(s: &FleetBenchSettings) -> Result<FleetBenchReport, Fle
     ];
     let mut queries = Vec::new();
     for (name, filter) in kinds {
-        let (mut times, mut exact_times) = (Vec::new(), Vec::new());
-        let (mut found, mut short) = (0usize, 0usize);
-        for _ in 0..s.queries {
-            let q = generator.text_query();
+        // The same queries for every ef_search; the exact top ten once.
+        let qs: Vec<Vec<f32>> = (0..s.queries).map(|_| generator.text_query()).collect();
+        let exact_filter = FleetFilter {
+            exact: true,
+            ..filter.clone()
+        };
+        let key =
+            |h: &crate::fleet::search::FleetHit| (h.vehicle.clone(), h.camera.clone(), h.time_ns);
+        let mut truths = Vec::new();
+        let mut exact_times = Vec::new();
+        for q in &qs {
             let t = Instant::now();
-            let ann = search_frames(&mut client, &model, &q, &filter, &index).await?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-            let exact_filter = FleetFilter {
-                exact: true,
-                ..filter.clone()
-            };
-            let t = Instant::now();
-            let exact = search_frames(&mut client, &model, &q, &exact_filter, &index).await?;
+            let exact = search_frames(&mut client, &model, q, &exact_filter, &index).await?;
             exact_times.push(t.elapsed().as_secs_f64() * 1e3);
-            let truth: HashSet<_> = exact
-                .iter()
-                .map(|h| (h.vehicle.clone(), h.camera.clone(), h.time_ns))
-                .collect();
-            found += ann
-                .iter()
-                .filter(|h| truth.contains(&(h.vehicle.clone(), h.camera.clone(), h.time_ns)))
-                .count();
-            short += usize::from(ann.len() < TOP);
+            truths.push(exact.iter().map(key).collect::<HashSet<_>>());
         }
-        queries.push(QueryStats {
-            filter: name,
-            queries: s.queries,
-            p50_ms: percentile(&mut times, 0.5),
-            p95_ms: percentile(&mut times, 0.95),
-            exact_p50_ms: percentile(&mut exact_times, 0.5),
-            recall_at_10: found as f64 / (s.queries * TOP) as f64,
-            short_answers: short,
-        });
+        let exact_p50_ms = percentile(&mut exact_times, 0.5);
+        for &ef in &s.ef_search {
+            let index = IndexConfig {
+                ef_search: ef,
+                ..index.clone()
+            };
+            let mut times = Vec::new();
+            let (mut found, mut short) = (0usize, 0usize);
+            for (q, truth) in qs.iter().zip(&truths) {
+                let t = Instant::now();
+                let ann = search_frames(&mut client, &model, q, &filter, &index).await?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                found += ann.iter().filter(|h| truth.contains(&key(h))).count();
+                short += usize::from(ann.len() < TOP);
+            }
+            queries.push(QueryStats {
+                filter: name.clone(),
+                ef_search: ef,
+                queries: s.queries,
+                p50_ms: percentile(&mut times, 0.5),
+                p95_ms: percentile(&mut times, 0.95),
+                exact_p50_ms,
+                recall_at_10: found as f64 / (s.queries * TOP) as f64,
+                short_answers: short,
+            });
+        }
     }
     if !s.keep {
         cleanup(&client, &model).await?;

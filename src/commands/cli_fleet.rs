@@ -113,6 +113,9 @@ pub struct BenchFleetArgs {
     /// Seed of the generated data.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// HNSW candidate list sizes to measure (pgvector hnsw.ef_search, at most 1000).
+    #[arg(long, value_delimiter = ',', default_value = "40,100,400")]
+    pub ef_search: Vec<u32>,
     /// Keep the generated rows (default: delete them at the end).
     #[arg(long)]
     pub keep: bool,

@@ -145,6 +145,7 @@ pub fn run_bench(config_path: Option<&Path>, args: &BenchFleetArgs) -> anyhow::R
         batch: args.batch.max(1),
         seed: args.seed,
         keep: args.keep,
+        ef_search: args.ef_search.iter().map(|&e| e.clamp(1, 1000)).collect(),
     };
     let report = runtime()?.block_on(roadrep::bench::fleet::bench_fleet(&settings))?;
     if args.json {
