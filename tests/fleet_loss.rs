@@ -195,7 +195,7 @@ fn two_vehicles_lose_nothing_through_broker_daemon_and_ingest_failures() {
     let fleet_s = fleet.to_str().unwrap();
     let ingest = || {
         roadrep_cmd(
-            &["-c", fleet_s, "fleet", "ingest", "--init"],
+            &["-v", "-c", fleet_s, "fleet", "ingest", "--init"],
             &cache,
             &log("ingest"),
         )
