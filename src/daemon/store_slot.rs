@@ -26,7 +26,7 @@ pub struct StoreHealth {
 }
 
 enum SlotState {
-    Open(Store),
+    Open(Box<Store>),
     Unwritable {
         error: String,
         since: SystemTime,
@@ -72,7 +72,7 @@ impl StoreSlot {
         Self {
             path: store.path().to_path_buf(),
             outbox: store.outbox().cloned(),
-            state: RwLock::new(SlotState::Open(store)),
+            state: RwLock::new(SlotState::Open(Box::new(store))),
             fingerprint: fingerprint.to_string(),
             embed_dim,
             search,
@@ -82,7 +82,7 @@ impl StoreSlot {
     /// A handle to the open store.
     pub fn get(&self) -> Result<Store, StoreUnavailable> {
         match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
-            SlotState::Open(store) => Ok(store.clone()),
+            SlotState::Open(store) => Ok(Store::clone(store)),
             SlotState::Unwritable { error, since, .. } => Err(StoreUnavailable {
                 path: self.path.clone(),
                 error: error.clone(),
@@ -140,7 +140,7 @@ impl StoreSlot {
                 });
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         match (&result, &mut *state) {
-            (Ok(store), state) => *state = SlotState::Open(store.clone()),
+            (Ok(store), state) => *state = SlotState::Open(Box::new(store.clone())),
             (
                 Err(e),
                 SlotState::Unwritable {

@@ -2,7 +2,7 @@
 //! losing anything when the link drops.
 //!
 //! - [`message`]: the wire contract (topics, JSON payloads).
-//! - [`config`]: `[uplink]`.
+//! - [`config`]: the `[uplink]` settings.
 //! - The outbox lives in the store (`store::outbox`): messages are queued
 //!   in the transaction of what they describe.
 //! - [`publisher`]: sends the outbox, removes what the broker acknowledged,
