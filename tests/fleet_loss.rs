@@ -11,37 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fleet::{Broker, Postgres};
+use common::fleet::{Broker, Postgres, vehicle_config};
 use roadrep::store::Store;
 
 const START: &str = "2026-11-30T08:00:00Z";
-
-/// The shipped config with absolute paths, its store in `dir`, `[uplink]`
-/// to the broker, and `extra` appended.
-fn vehicle_config(dir: &Path, vehicle: &str, broker_port: u16, extra: &str) -> PathBuf {
-    let root = common::root();
-    let store = dir.join(format!("{vehicle}.sled"));
-    let text = std::fs::read_to_string(root.join("config/roadrep.toml"))
-        .unwrap()
-        .replace(
-            "\"../data/roadrep.sled\"",
-            &format!("\"{}\"", store.display()),
-        )
-        .replace("\"../", &format!("\"{}/", root.display()))
-        .replace(
-            "\"labels.toml\"",
-            &format!("\"{}/config/labels.toml\"", root.display()),
-        );
-    let path = dir.join(format!("{vehicle}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "{text}\n{extra}\n[uplink]\nvehicle = \"{vehicle}\"\nbroker = \"127.0.0.1:{broker_port}\"\nmax_backoff_secs = 1\ndrain_secs = 90\n"
-        ),
-    )
-    .unwrap();
-    path
-}
 
 fn fleet_config(dir: &Path, broker_port: u16, pg: &Postgres) -> PathBuf {
     let path = dir.join("fleet.toml");
@@ -211,7 +184,7 @@ fn two_vehicles_lose_nothing_through_broker_daemon_and_ingest_failures() {
 
     // The broker goes down; both vehicles tag locally meanwhile.
     broker.stop();
-    let v1 = vehicle_config(dir.path(), "v1", broker.port, "");
+    let v1 = vehicle_config(dir.path(), "v1", broker.port, "", "drain_secs = 90\n");
     let mut replay_v1 = roadrep_cmd(
         &[
             "-c",
@@ -237,6 +210,7 @@ fn two_vehicles_lose_nothing_through_broker_daemon_and_ingest_failures() {
             "[[streams]]\nname = \"rear\"\nsource = \"{}\"\n",
             clip_b.display()
         ),
+        "drain_secs = 90\n",
     );
     let text = std::fs::read_to_string(&v2)
         .unwrap()

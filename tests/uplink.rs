@@ -5,9 +5,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use common::fleet::vehicle_config;
 use roadrep::store::{
     CaptionState, FrameKey, FrameRecord, NewSegment, OutboxSettings, SegmentRecord, SegmentWrites,
     SetTag, Store, StoredFrame, TagRecord,
@@ -184,33 +185,6 @@ fn a_full_outbox_drops_frame_messages_oldest_first_and_keeps_segments() {
     );
 }
 
-/// The shipped config with absolute paths, a store in `dir` and
-/// `[uplink]` pointing at `broker_port`.
-fn vehicle_config(dir: &Path, vehicle: &str, broker_port: u16, extra: &str) -> PathBuf {
-    let root = common::root();
-    let text = std::fs::read_to_string(root.join("config/roadrep.toml"))
-        .unwrap()
-        .replace("\"../", &format!("\"{}/", root.display()))
-        .replace(
-            "\"labels.toml\"",
-            &format!("\"{}/config/labels.toml\"", root.display()),
-        );
-    let store = dir.join(format!("{vehicle}.sled"));
-    let text = text.replace(
-        &format!("\"{}/data/roadrep.sled\"", root.display()),
-        &format!("\"{}\"", store.display()),
-    );
-    let path = dir.join(format!("{vehicle}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "{text}\n[uplink]\nvehicle = \"{vehicle}\"\nbroker = \"127.0.0.1:{broker_port}\"\nmax_backoff_secs = 1\ndrain_secs = 20\n{extra}"
-        ),
-    )
-    .unwrap();
-    path
-}
-
 /// A QoS 1 subscriber collecting every message under `roadrep/#` until
 /// dropped.
 struct Collector {
@@ -297,7 +271,7 @@ fn a_replay_publishes_every_frame_and_segment_once_the_broker_answers() {
     common::scene_clip(&clip, &["smpte", "ball", "snow"], 4);
     let mut broker = common::fleet::Broker::start();
     let collector = Collector::start(broker.port);
-    let config = vehicle_config(dir.path(), "v1", broker.port, "");
+    let config = vehicle_config(dir.path(), "v1", broker.port, "", "drain_secs = 20\n");
     let cache = dir.path().join("cache");
 
     // The broker is down for the first replay: tagging goes on, one line
@@ -393,8 +367,9 @@ fn tls_with_a_client_certificate_delivers_and_without_one_keeps_the_outbox() {
         dir.path(),
         "tls-ok",
         broker.port,
+        "",
         &format!(
-            "ca = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+            "drain_secs = 20\nca = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
             tls.ca.display(),
             tls.client_cert.display(),
             tls.client_key.display()
@@ -407,17 +382,14 @@ fn tls_with_a_client_certificate_delivers_and_without_one_keeps_the_outbox() {
     assert_eq!(report["tls"], true);
     assert_eq!(report["outbox"]["depth"], 0, "{report}");
 
+    // Nothing will get through: do not wait long for it.
     let without = vehicle_config(
         dir.path(),
         "tls-nocert",
         broker.port,
-        &format!("ca = \"{}\"\n", tls.ca.display()),
+        "",
+        &format!("drain_secs = 3\nca = \"{}\"\n", tls.ca.display()),
     );
-    // Nothing will get through: do not wait long for it.
-    let text = std::fs::read_to_string(&without)
-        .unwrap()
-        .replace("drain_secs = 20", "drain_secs = 3");
-    std::fs::write(&without, text).unwrap();
     let o = replay(&without, &clip, &cache);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -432,6 +404,7 @@ fn tls_with_a_client_certificate_delivers_and_without_one_keeps_the_outbox() {
         dir.path(),
         "tls-bad",
         broker.port,
+        "",
         "ca = \"/nonexistent/ca.pem\"\n",
     );
     let o = common::roadrep(

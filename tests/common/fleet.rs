@@ -688,3 +688,38 @@ impl Drop for Postgres {
         // The TempDir removes the data dir after this.
     }
 }
+
+/// A vehicle's `roadrep.toml`: the shipped config with absolute paths, its
+/// store `<dir>/<vehicle>.sled`, `sections` appended (`[[streams]]`, ...),
+/// and `[uplink]` to the broker on `broker_port` (reconnects every second)
+/// with `uplink_keys` added.
+pub fn vehicle_config(
+    dir: &Path,
+    vehicle: &str,
+    broker_port: u16,
+    sections: &str,
+    uplink_keys: &str,
+) -> PathBuf {
+    let root = root();
+    let store = dir.join(format!("{vehicle}.sled"));
+    let text = fs::read_to_string(root.join("config/roadrep.toml"))
+        .unwrap()
+        .replace(
+            "\"../data/roadrep.sled\"",
+            &format!("\"{}\"", store.display()),
+        )
+        .replace("\"../", &format!("\"{}/", root.display()))
+        .replace(
+            "\"labels.toml\"",
+            &format!("\"{}/config/labels.toml\"", root.display()),
+        );
+    let path = dir.join(format!("{vehicle}.toml"));
+    fs::write(
+        &path,
+        format!(
+            "{text}\n{sections}\n[uplink]\nvehicle = \"{vehicle}\"\nbroker = \"127.0.0.1:{broker_port}\"\nmax_backoff_secs = 1\n{uplink_keys}"
+        ),
+    )
+    .unwrap();
+    path
+}
