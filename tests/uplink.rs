@@ -185,10 +185,13 @@ fn a_full_outbox_drops_frame_messages_oldest_first_and_keeps_segments() {
     );
 }
 
+/// (topic, payload) of every message received, shared with the thread.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A QoS 1 subscriber collecting every message under `roadrep/#` until
 /// dropped.
 struct Collector {
-    messages: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    messages: Received,
 }
 
 impl Collector {
