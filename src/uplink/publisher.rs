@@ -186,10 +186,14 @@ async fn session(
             match store.outbox_after(cursor, room) {
                 Ok(batch) => {
                     maybe_more = batch.len() == room;
-                    for e in batch {
+                    for mut e in batch {
                         let topic = message::topic(&config.vehicle, e.kind);
+                        // The entry is kept only to be acknowledged: its
+                        // payload moves into the request (a failed one is
+                        // read again from the store).
+                        let payload = std::mem::take(&mut e.payload);
                         if client
-                            .try_publish(topic, QoS::AtLeastOnce, false, e.payload.clone())
+                            .try_publish(topic, QoS::AtLeastOnce, false, payload)
                             .is_err()
                         {
                             maybe_more = true;
