@@ -77,5 +77,6 @@ for precision in fp32 int8; do
   roadrep_run exact "$precision" 2
   roadrep_run fast "$precision" 2
   python_run "$precision" 0.5
+  roadrep_run exact "$precision" 0.5
   roadrep_run keyframes "$precision" 0.5
 done

@@ -1,7 +1,8 @@
-//! Decode modes on an H.264 clip with B-frames: `exact` decodes every
-//! frame, `fast` skips the B-frames, `keyframes` decodes keyframes only.
-//! Each sampled frame is the first decoded one at or after its step, and
-//! has exactly the pixels an exact decode gives at that pts.
+//! Decode modes on an H.264 clip with B-frames: `exact` decodes the
+//! sampled frames and their references, `fast` the sampled reference
+//! frames and theirs (never a non-reference B-frame), `keyframes` the
+//! sampled keyframes. Each sampled frame is the first candidate at or
+//! after its step, and has exactly the pixels a full decode gives it.
 
 mod common;
 
@@ -72,12 +73,19 @@ fn sample(clip: &Path, fps: f64, mode: DecodeMode) -> (Vec<(u64, Array3<f32>)>, 
     let frames = consumer.join().unwrap();
     let decoder = counters.decoder.get().cloned().unwrap_or_default();
     let want = match mode {
-        DecodeMode::Exact => "avdec_h264",
-        DecodeMode::Fast => "avdec_h264, non-reference frames skipped",
-        DecodeMode::Keyframes => "avdec_h264, keyframes only",
+        DecodeMode::Exact => "avdec_h264, sampled frames and their references",
+        DecodeMode::Fast => "avdec_h264, sampled reference frames and their references",
+        DecodeMode::Keyframes => "avdec_h264, sampled keyframes only",
     };
     assert_eq!(decoder, want, "what /health reports");
-    (frames, counters.decoded.load(Ordering::Relaxed))
+    let decoded = counters.decoded.load(Ordering::Relaxed);
+    let skipped = counters.skipped.load(Ordering::Relaxed);
+    assert_eq!(
+        decoded + skipped,
+        250,
+        "{mode:?}: every frame decoded or skipped"
+    );
+    (frames, decoded)
 }
 
 /// Every frame's CLIP input equals the one of an exact decode at its pts.
@@ -110,27 +118,48 @@ fn exact_fast_and_keyframes_decode_less_and_sample_the_same_pixels() {
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("bframes.mp4");
     clip_with_b_frames(&clip);
-    // Exact: every frame decoded; each 0.5 s step gets the first frame at
-    // or after it. (With B-frames, mp4mux starts the pts at the reordering
-    // delay: frames lie at `offset + n * 40 ms`.)
+    // Exact: each 0.5 s step gets the first frame at or after it. (With
+    // B-frames, mp4mux starts the pts at the reordering delay: frames lie
+    // at `offset + n * 40 ms`.) Only those frames and the reference
+    // pictures before them in their GOP are decoded (the first GOP whole).
+    // Each whole second's step lands on the last frames of a 1 s GOP here,
+    // so every reference picture is needed; what is left out are the
+    // unsampled non-reference B-frames (54 of 250).
     let (exact, decoded) = sample(&clip, 2.0, DecodeMode::Exact);
-    assert_eq!(decoded, 250);
+    assert!((180..=210).contains(&decoded), "decoded {decoded} of 250");
     let offset = exact[0].0;
     assert!(offset < 4 * FRAME_NS, "{offset}");
     let frame_times: Vec<u64> = (0..250).map(|n| offset + n * FRAME_NS).collect();
     let first_at_or_after = |times: &[u64], step: u64| times.iter().copied().find(|&t| t >= step);
-    let want: Vec<u64> = (0..21u64)
-        .filter_map(|k| first_at_or_after(&frame_times, k * 500_000_000))
-        .collect();
+    let steps = |every_ns: u64| {
+        (0..=10_000_000_000 / every_ns)
+            .filter_map(|k| first_at_or_after(&frame_times, k * every_ns))
+            .collect::<Vec<u64>>()
+    };
+    let want = steps(500_000_000);
     let pts: Vec<u64> = exact.iter().map(|(p, _)| *p).collect();
     assert_eq!(pts, want);
+    assert_exact_pixels(&clip, &exact, DecodeMode::Exact);
+
+    // Exact at one frame every 2 s: GOPs without a step are not decoded;
+    // the others up to their sampled frame.
+    let (sparse, decoded) = sample(&clip, 0.5, DecodeMode::Exact);
+    assert!(decoded <= 5 * 25, "decoded {decoded} of 250");
+    let pts: Vec<u64> = sparse.iter().map(|(p, _)| *p).collect();
+    assert_eq!(pts, steps(2_000_000_000));
+    assert_exact_pixels(&clip, &sparse, DecodeMode::Exact);
 
     // Fast: the non-reference B-frames (one in three: x264 makes the other
-    // B-frame of each pair a reference) are not decoded; each step gets the
-    // first decoded frame at or after it, at most one frame later than the
-    // exact mode's, with the same pixels as an exact decode of that frame.
-    let (fast, decoded) = sample(&clip, 2.0, DecodeMode::Fast);
-    assert!((160..=175).contains(&decoded), "decoded {decoded} of 250");
+    // B-frame of each pair a reference) are never decoded; each step gets
+    // the first reference frame at or after it, at most one frame later
+    // than the exact mode's, with the same pixels as an exact decode of
+    // that frame. Fewer frames than exact are decoded.
+    let (fast, fast_decoded) = sample(&clip, 2.0, DecodeMode::Fast);
+    let (_, exact_decoded) = sample(&clip, 2.0, DecodeMode::Exact);
+    assert!(
+        fast_decoded < exact_decoded,
+        "fast {fast_decoded}, exact {exact_decoded}"
+    );
     assert_eq!(fast.len(), want.len());
     for ((pts, _), exact_pts) in fast.iter().zip(&want) {
         assert!(
@@ -145,11 +174,37 @@ fn exact_fast_and_keyframes_decode_less_and_sample_the_same_pixels() {
     assert_exact_pixels(&clip, &fast, DecodeMode::Fast);
 
     // Keyframes (one a second) at one frame every 2 s: the keyframes
-    // after 0, 2, 4, 6 and 8 s; only the 10 keyframes are decoded.
+    // after 0, 2, 4, 6 and 8 s, the only frames decoded.
     let (key, decoded) = sample(&clip, 0.5, DecodeMode::Keyframes);
-    assert_eq!(decoded, 10);
+    assert_eq!(decoded, 5);
     let pts: Vec<u64> = key.iter().map(|(p, _)| *p).collect();
     let keyframes: Vec<u64> = (0..5u64).map(|k| offset + k * 2_000_000_000).collect();
     assert_eq!(pts, keyframes);
     assert_exact_pixels(&clip, &key, DecodeMode::Keyframes);
+}
+
+/// A file with an audio track and 4 s GOPs: the planner holds a GOP of
+/// video while the demuxer goes on with the audio, and the exact mode
+/// still samples every step.
+#[test]
+fn exact_mode_with_an_audio_track_and_long_gops_samples_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("av.mp4");
+    common::gst(&format!(
+        "videotestsrc pattern=ball num-buffers=250 ! video/x-raw,width=320,height=240,framerate=25/1 \
+         ! videoconvert ! x264enc speed-preset=superfast bframes=2 key-int-max=100 \
+         ! video/x-h264,profile=high ! mp4mux name=mux ! filesink location={} \
+         audiotestsrc num-buffers=430 ! audioconvert ! lamemp3enc ! mux.",
+        clip.display()
+    ));
+    let (frames, decoded) = sample(&clip, 2.0, DecodeMode::Exact);
+    let offset = frames[0].0;
+    let pts: Vec<u64> = frames.iter().map(|(p, _)| *p).collect();
+    let frame_times: Vec<u64> = (0..250).map(|n| offset + n * FRAME_NS).collect();
+    let want: Vec<u64> = (0..=20u64)
+        .filter_map(|k| frame_times.iter().copied().find(|&t| t >= k * 500_000_000))
+        .collect();
+    assert_eq!(pts, want);
+    assert!(decoded < 250, "decoded {decoded}");
+    assert_exact_pixels(&clip, &frames, DecodeMode::Exact);
 }

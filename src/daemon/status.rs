@@ -55,6 +55,9 @@ pub struct StreamStatus {
     /// The video decoder of the current run and what it decodes
     /// (`ingest.decode`); `None` until one is plugged.
     pub decoder: Option<String>,
+    /// Compressed frames of the current run dropped before the decoder
+    /// (what sampling and `ingest.decode` do not need).
+    pub skipped: u64,
     /// Counters of the current run, read when `/health` is asked.
     #[serde(skip)]
     pub current: Option<Arc<SourceCounters>>,
@@ -71,6 +74,7 @@ impl StreamStatus {
             frames: 0,
             dropped: 0,
             decoder: None,
+            skipped: 0,
             current: None,
         }
     }
@@ -82,6 +86,7 @@ impl StreamStatus {
             s.frames = c.delivered.load(Ordering::Relaxed);
             s.dropped = c.dropped();
             s.decoder = c.decoder.get().cloned();
+            s.skipped = c.skipped.load(Ordering::Relaxed);
         }
         s
     }

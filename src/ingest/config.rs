@@ -50,7 +50,9 @@ pub struct StreamConfig {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum DecodeMode {
-    /// Every frame: each step gets the first frame at or after it.
+    /// Each step gets the first frame at or after it. Files decode only
+    /// those frames and the frames they may reference (see `ingest::gop`);
+    /// live sources decode every frame.
     #[default]
     Exact,
     /// Pictures no other picture references (most B-frames) are not

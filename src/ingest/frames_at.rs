@@ -46,7 +46,7 @@ pub fn decode_frames_at(
         what: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let pipeline = build_pipeline(&spec, None).map_err(|e| err("pipeline", e))?;
+    let pipeline = build_pipeline(&spec, None, None).map_err(|e| err("pipeline", e))?;
     let (convert, sink) = pipeline_ends(&pipeline);
     let wanted: Arc<Vec<u64>> = Arc::new(pts_ns.to_vec());
     let probe_wanted = wanted.clone();

@@ -18,7 +18,8 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
 use super::config::{DecodeMode, RtspTransport, SourceKind};
-use super::nal::{self, Codec, Framing};
+use super::decode_plan::{PlanStart, UnitReader, inspectable_codec, plan_decoding};
+use super::nal;
 use super::source::{IngestError, SourceCounters, SourceSpec};
 use crate::models::RgbFrame;
 
@@ -63,9 +64,11 @@ pub(super) fn pipeline_ends(pipeline: &gst::Pipeline) -> (gst::Element, gst_app:
 }
 
 /// The decode pipeline of `spec`; `counters` learn which decoder it plugs.
+/// `plan`: files decode only what sampling needs (see `decode_plan`).
 pub(super) fn build_pipeline(
     spec: &SourceSpec,
     counters: Option<Arc<SourceCounters>>,
+    plan: Option<PlanStart>,
 ) -> Result<gst::Pipeline, String> {
     let make = |factory: &str, name: Option<&str>| {
         let mut b = gst::ElementFactory::make(factory);
@@ -150,7 +153,7 @@ pub(super) fn build_pipeline(
     let (stream, mode) = (spec.stream.clone(), spec.decode);
     pipeline.connect_deep_element_added(move |_, _, element| {
         if is_video_decoder(element) {
-            let decoder = set_decode_mode(element, mode, &stream);
+            let decoder = set_decode_mode(element, mode, &stream, plan.clone(), counters.clone());
             if let Some(c) = &counters {
                 let _ = c.decoder.set(decoder);
             }
@@ -186,79 +189,79 @@ fn is_video_decoder(element: &gst::Element) -> bool {
     })
 }
 
-/// Makes a video decoder decode only the frames `mode` needs; returns
-/// what it decodes, for `/health` (`avdec_h264, B-frames skipped`).
-fn set_decode_mode(decoder: &gst::Element, mode: DecodeMode, stream: &str) -> String {
+/// Makes a video decoder decode only the frames `mode` (and, with `plan`,
+/// sampling) needs; returns what it decodes, for `/health`
+/// (`avdec_h264, sampled frames and their references`).
+fn set_decode_mode(
+    decoder: &gst::Element,
+    mode: DecodeMode,
+    stream: &str,
+    plan: Option<PlanStart>,
+    counters: Option<Arc<SourceCounters>>,
+) -> String {
     let factory = decoder
         .factory()
         .map_or_else(|| "decoder".to_string(), |f| f.name().to_string());
     tracing::debug!(stream, decoder = factory, ?mode, "Video decoder plugged.");
-    match mode {
-        DecodeMode::Exact => factory,
-        DecodeMode::Fast => match decoder.static_pad("sink") {
-            Some(pad) if inspectable_codec(&pad.pad_template_caps()).is_some() => {
-                skip_non_reference(&pad);
-                format!("{factory}, non-reference frames skipped")
-            }
-            _ => {
-                tracing::warn!(
-                    stream,
-                    decoder = factory,
-                    "decode = \"fast\": only H.264 and H.265 pictures can be skipped; every frame is decoded."
-                );
-                format!("{factory}, every frame (not H.264/H.265)")
-            }
-        },
-        // Frames that depend on others never reach the decoder: only
-        // keyframes are decoded, each on its own.
-        DecodeMode::Keyframes => {
-            if let Some(pad) = decoder.static_pad("sink") {
-                pad.add_probe(gst::PadProbeType::BUFFER, |_, info| match info.buffer() {
-                    Some(b) if b.flags().contains(gst::BufferFlags::DELTA_UNIT) => {
-                        gst::PadProbeReturn::Handled
-                    }
-                    _ => gst::PadProbeReturn::Ok,
-                });
-            }
+    let Some(pad) = decoder.static_pad("sink") else {
+        return factory;
+    };
+    let inspectable = inspectable_codec(&pad.pad_template_caps()).is_some();
+    match (mode, plan) {
+        // Keyframes are told apart in any codec.
+        (DecodeMode::Keyframes, Some(start)) => {
+            plan_decoding(&pad, mode, start, counters);
+            format!("{factory}, sampled keyframes only")
+        }
+        (DecodeMode::Keyframes, None) => {
+            // Frames that depend on others never reach the decoder.
+            pad.add_probe(gst::PadProbeType::BUFFER, |_, info| match info.buffer() {
+                Some(b) if b.flags().contains(gst::BufferFlags::DELTA_UNIT) => {
+                    gst::PadProbeReturn::Handled
+                }
+                _ => gst::PadProbeReturn::Ok,
+            });
             format!("{factory}, keyframes only")
         }
+        (_, Some(start)) if inspectable => {
+            plan_decoding(&pad, mode, start, counters);
+            match mode {
+                DecodeMode::Fast => {
+                    format!("{factory}, sampled reference frames and their references")
+                }
+                _ => format!("{factory}, sampled frames and their references"),
+            }
+        }
+        (DecodeMode::Fast, _) if inspectable => {
+            skip_non_reference(&pad);
+            format!("{factory}, non-reference frames skipped")
+        }
+        (DecodeMode::Fast, _) => {
+            tracing::warn!(
+                stream,
+                decoder = factory,
+                "decode = \"fast\": only H.264 and H.265 pictures can be skipped; every frame is decoded."
+            );
+            format!("{factory}, every frame (not H.264/H.265)")
+        }
+        (DecodeMode::Exact, _) => factory,
     }
-}
-
-/// The codec of `caps` whose access units [`nal`] can read.
-fn inspectable_codec(caps: &gst::CapsRef) -> Option<Codec> {
-    caps.iter().find_map(|s| match s.name().as_str() {
-        "video/x-h264" => Some(Codec::H264),
-        "video/x-h265" => Some(Codec::H265),
-        _ => None,
-    })
 }
 
 /// Drops, before the decoder, the access units no other picture
 /// references: the pictures that are decoded come out as in a full decode.
+/// (Sources without a plan: live ones, which cannot wait for a GOP's end.)
 fn skip_non_reference(pad: &gst::Pad) {
-    // The caps last seen and what they say; read again only when they change.
-    type SeenCaps = Option<(gst::Caps, Option<(Codec, Framing)>)>;
-    let framing: Mutex<SeenCaps> = Mutex::new(None);
+    let reader = Mutex::new(UnitReader::default());
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-        let (Some(buffer), Some(caps)) = (info.buffer(), pad.current_caps()) else {
+        let Some(buffer) = info.buffer() else {
             return gst::PadProbeReturn::Ok;
         };
-        let mut seen = framing.lock().unwrap_or_else(|p| p.into_inner());
-        if seen
-            .as_ref()
-            .is_none_or(|(c, _)| c.as_ptr() != caps.as_ptr())
-        {
-            let kind = caps.structure(0).and_then(|s| {
-                let codec = inspectable_codec(&caps)?;
-                let format = s.get::<&str>("stream-format").unwrap_or("byte-stream");
-                let data = s.get::<gst::Buffer>("codec_data").ok();
-                let data = data.as_ref().and_then(|b| b.map_readable().ok());
-                Some((codec, Framing::from_caps(codec, format, data.as_deref())))
-            });
-            *seen = Some((caps, kind));
-        }
-        let Some((codec, framing)) = seen.as_ref().and_then(|(_, k)| *k) else {
+        let current = reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .current(pad);
+        let Some((codec, framing)) = current else {
             return gst::PadProbeReturn::Ok;
         };
         match buffer.map_readable() {

@@ -1,8 +1,11 @@
-//! Which H.264/H.265 access units no other picture references, read from
-//! their NAL unit headers before decoding: `decode = "fast"` drops them,
-//! so the frames that are decoded have exactly the pixels a full decode
-//! gives them. (libav's own `skip-frame` setting, as GStreamer 1.22 exposes
-//! it, passes values that skip nothing.)
+//! What an H.264/H.265 access unit is to the decoder (an IDR or other
+//! keyframe, a picture others reference or not), read from its NAL unit
+//! headers before decoding: the decode planner (`gop`) and `decode =
+//! "fast"` drop what no sampled picture needs, so the frames that are
+//! decoded have exactly the pixels a full decode gives them. (libav's own
+//! `skip-frame` setting, as GStreamer 1.22 exposes it, skips nothing.)
+
+pub use super::gop::UnitKind;
 
 /// The codecs whose access units can be inspected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +98,14 @@ fn units(data: &[u8], framing: Framing) -> Vec<&[u8]> {
 /// (H.264 `nal_ref_idc` 0; H.265 a sub-layer non-reference type). Anything
 /// unreadable counts as referenced, so it is decoded.
 pub fn is_non_reference(data: &[u8], codec: Codec, framing: Framing) -> bool {
-    let mut slices = 0;
+    unit_kind(data, codec, framing, false) == UnitKind::NonReference
+}
+
+/// What the access unit in `data` is to the decoder; `key`: the container
+/// marks it a keyframe (sync sample), which is an IDR when one of its
+/// slices is (H.264 type 5; H.265 `IDR_W_RADL`, `IDR_N_LP`).
+pub fn unit_kind(data: &[u8], codec: Codec, framing: Framing, key: bool) -> UnitKind {
+    let (mut slices, mut referenced, mut idr) = (0, false, false);
     for unit in units(data, framing) {
         let Some(&header) = unit.first() else {
             continue;
@@ -105,9 +115,8 @@ pub fn is_non_reference(data: &[u8], codec: Codec, framing: Framing) -> bool {
                 let kind = header & 0x1f;
                 if kind == 1 || kind == 5 {
                     slices += 1;
-                    if header & 0x60 != 0 {
-                        return false;
-                    }
+                    referenced |= header & 0x60 != 0;
+                    idr |= kind == 5;
                 }
             }
             Codec::H265 => {
@@ -116,14 +125,18 @@ pub fn is_non_reference(data: &[u8], codec: Codec, framing: Framing) -> bool {
                     slices += 1;
                     // Types 0..=14 even: TRAIL_N, TSA_N, STSA_N, RADL_N,
                     // RASL_N and reserved non-reference types.
-                    if kind > 14 || kind % 2 == 1 {
-                        return false;
-                    }
+                    referenced |= kind > 14 || kind % 2 == 1;
+                    idr |= kind == 19 || kind == 20;
                 }
             }
         }
     }
-    slices > 0
+    match (key, slices, referenced) {
+        (_, 0, _) => UnitKind::Other,
+        (true, _, _) => UnitKind::Key { idr },
+        (false, _, true) => UnitKind::Reference,
+        (false, _, false) => UnitKind::NonReference,
+    }
 }
 
 #[cfg(test)]
@@ -202,6 +215,40 @@ mod tests {
                 Codec::H265,
                 framing
             ));
+        }
+    }
+
+    #[test]
+    fn keyframes_are_idr_only_when_a_slice_says_so() {
+        let framing = Framing::LengthPrefixed(4);
+        let idr = length_prefixed(&[vec![0x67u8, 0x64], h264(3, 5)]);
+        let recovery_point = length_prefixed(&[h264(3, 1)]);
+        assert_eq!(
+            unit_kind(&idr, Codec::H264, framing, true),
+            UnitKind::Key { idr: true }
+        );
+        assert_eq!(
+            unit_kind(&recovery_point, Codec::H264, framing, true),
+            UnitKind::Key { idr: false }
+        );
+        assert_eq!(
+            unit_kind(&recovery_point, Codec::H264, framing, false),
+            UnitKind::Reference
+        );
+        let hevc = |kind: u8| length_prefixed(&[vec![kind << 1, 1, 0xaf]]);
+        assert_eq!(
+            unit_kind(&hevc(19), Codec::H265, framing, true),
+            UnitKind::Key { idr: true }
+        );
+        // CRA: an open GOP may follow.
+        assert_eq!(
+            unit_kind(&hevc(21), Codec::H265, framing, true),
+            UnitKind::Key { idr: false }
+        );
+        // Parameter sets alone are no picture, whatever the container says.
+        let sps = length_prefixed(&[vec![0x67u8, 0x64]]);
+        for key in [false, true] {
+            assert_eq!(unit_kind(&sps, Codec::H264, framing, key), UnitKind::Other);
         }
     }
 

@@ -29,6 +29,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 
 use super::config::{DecodeMode, RtspTransport, SourceKind};
+use super::decode_plan::PlanStart;
 use super::gst::{
     PipelineGuard, build_pipeline, first_bus_error, has_live_source, init_gstreamer, pipeline_ends,
     pop_error, with_rgb,
@@ -151,6 +152,8 @@ pub struct SourceCounters {
     pub last_pts_ns: AtomicU64,
     /// End (pts + duration) of the last decoded frame, ns.
     pub decoded_end_ns: AtomicU64,
+    /// Access units dropped before the decoder (decode modes, planning).
+    pub skipped: AtomicU64,
     /// The running pipeline is live (decided when it starts).
     pub live: AtomicBool,
     /// The video decoder GStreamer plugged (highest rank first: hardware
@@ -228,8 +231,27 @@ pub fn run_source(
             format!("is a {format} image, not a video (tag still images with `roadrep tag`)"),
         ));
     }
+    // Sampling on decoded buffers, before conversion.
+    let sampler_start = match resume_after_pts {
+        Some(pts) => FrameSampler::resume_after(spec.sample_fps, pts),
+        None => FrameSampler::new(spec.sample_fps),
+    };
+    // A resumed file seeks to its checkpoint instead of decoding from the
+    // start. Seeking needs a prerolled pipeline, so the first decoded frame
+    // passes unsampled to preroll the sink; the flushing seek discards it.
+    let resume_seek = match (&spec.kind, resume_after_pts) {
+        (SourceKind::File(_), Some(pts)) if pts > 0 => Some(pts),
+        _ => None,
+    };
+    let prerolling = Arc::new(AtomicBool::new(resume_seek.is_some()));
+    // Files decode only what sampling needs. Live sources do not: that
+    // waits for the end of each GOP, seconds of latency.
+    let plan = matches!(spec.kind, SourceKind::File(_)).then(|| PlanStart {
+        sampler: sampler_start.clone(),
+        prerolling: prerolling.clone(),
+    });
     let pipeline =
-        build_pipeline(spec, Some(counters.clone())).map_err(|e| IngestError::Stream {
+        build_pipeline(spec, Some(counters.clone()), plan).map_err(|e| IngestError::Stream {
             stream: stream.clone(),
             element: "pipeline".into(),
             message: e,
@@ -246,19 +268,7 @@ pub fn run_source(
     sink.set_max_buffers(if live { 1 } else { 2 });
     sink.set_drop(live);
 
-    // Sampling on decoded buffers, before conversion.
-    let sampler = Arc::new(Mutex::new(match resume_after_pts {
-        Some(pts) => FrameSampler::resume_after(spec.sample_fps, pts),
-        None => FrameSampler::new(spec.sample_fps),
-    }));
-    // A resumed file seeks to its checkpoint instead of decoding from the
-    // start. Seeking needs a prerolled pipeline, so the first decoded frame
-    // passes unsampled to preroll the sink; the flushing seek discards it.
-    let resume_seek = match (&spec.kind, resume_after_pts) {
-        (SourceKind::File(_), Some(pts)) if pts > 0 => Some(pts),
-        _ => None,
-    };
-    let prerolling = Arc::new(AtomicBool::new(resume_seek.is_some()));
+    let sampler = Arc::new(Mutex::new(sampler_start));
     let probe_prerolling = prerolling.clone();
     let probe_counters = counters.clone();
     let probe_sampler = sampler.clone();
