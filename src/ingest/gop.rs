@@ -127,7 +127,7 @@ impl<T> GopPlanner<T> {
         }
         match self.mode {
             DecodeMode::Keyframes => self.decide_keyframe(unit, &mut out),
-            DecodeMode::Fast if unit.kind == UnitKind::NonReference => self.skip(1),
+            DecodeMode::Fast if unit.kind == UnitKind::NonReference => self.skip(),
             _ if self.passed_pts.is_some() => {
                 self.note_passed(&unit);
                 self.send(unit.payload, &mut out);
@@ -170,8 +170,8 @@ impl<T> GopPlanner<T> {
         out.push(payload);
     }
 
-    fn skip(&mut self, n: usize) {
-        self.counts.skipped += n as u64;
+    fn skip(&mut self) {
+        self.counts.skipped += 1;
     }
 
     /// Whether `unit` may be sampled in this mode.
@@ -211,7 +211,7 @@ impl<T> GopPlanner<T> {
         if take {
             self.send(unit.payload, out);
         } else {
-            self.skip(1);
+            self.skip();
         }
     }
 
@@ -261,7 +261,7 @@ impl<T> GopPlanner<T> {
             if needed {
                 self.send(unit.payload, out);
             } else {
-                self.skip(1);
+                self.skip();
             }
         }
     }

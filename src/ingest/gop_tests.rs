@@ -51,13 +51,17 @@ fn pts(p: &Picture) -> u64 {
     p.index * FRAME_NS
 }
 
-/// The planner's output for `pictures` (decode order), as picture indices.
+/// The planner's output for `pictures` (decode order).
 fn plan(
     pictures: &[Picture],
     mode: DecodeMode,
     sampler: FrameSampler,
 ) -> (Vec<Picture>, PlanCounts) {
-    let mut planner = GopPlanner::new(mode, sampler);
+    run(GopPlanner::new(mode, sampler), pictures)
+}
+
+/// What `planner` sends of `pictures` (decode order), to the end.
+fn run(mut planner: GopPlanner<Picture>, pictures: &[Picture]) -> (Vec<Picture>, PlanCounts) {
     let mut sent = Vec::new();
     for p in pictures {
         sent.extend(planner.push(Unit {
@@ -287,21 +291,13 @@ fn a_flush_drops_what_is_held_and_units_before_a_keyframe_pass() {
 #[test]
 fn the_first_gops_can_be_sent_whole() {
     let all = stream(100, 25, true);
-    let mut planner = GopPlanner::new(DecodeMode::Exact, FrameSampler::new(2.0)).with_whole_gops(1);
-    let mut sent = Vec::new();
-    for p in &all {
-        sent.extend(planner.push(Unit {
-            payload: *p,
-            pts_ns: Some(pts(p)),
-            kind: p.kind,
-        }));
-    }
-    sent.extend(planner.finish());
+    let planner = GopPlanner::new(DecodeMode::Exact, FrameSampler::new(2.0)).with_whole_gops(1);
+    let (sent, counts) = run(planner, &all);
     assert_decodable(&all, &sent);
     assert_eq!(
         sampled(&sent, FrameSampler::new(2.0)),
         sampled(&all, FrameSampler::new(2.0))
     );
     // The first GOP whole, then 12 of each following 25.
-    assert_eq!(planner.counts().decoded, 25 + 3 * 12);
+    assert_eq!(counts.decoded, 25 + 3 * 12);
 }
