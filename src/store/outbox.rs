@@ -430,12 +430,25 @@ impl super::Store {
     }
 
     /// Up to `max` queued messages with a sequence number above `after`, in
-    /// sequence order.
+    /// sequence order, with no gap a later call could fill: only numbers
+    /// below the next sequence number read first are returned, so a
+    /// message committed while the two classes are scanned (a frame below
+    /// a segment just seen) is not passed over by a caller's cursor.
     pub fn outbox_after(&self, after: u64, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        // Queueing writes the entries and the next number in one
+        // transaction, so every number below it is already visible.
+        let next = self
+            .outbox
+            .get(NEXT_SEQ)
+            .map_err(|e| self.err(e))?
+            .map_or(1, |v| be_u64(&v));
         let mut out = Vec::new();
+        if next <= after.saturating_add(1) {
+            return Ok(out);
+        }
         for prefix in [FRAME_PREFIX, KEPT_PREFIX] {
             let from = entry_key(prefix == FRAME_PREFIX, after.saturating_add(1));
-            let to = entry_key(prefix == FRAME_PREFIX, u64::MAX);
+            let to = entry_key(prefix == FRAME_PREFIX, next - 1);
             for kv in self.outbox.range(from..=to).take(max) {
                 let (k, v) = kv.map_err(|e| self.err(e))?;
                 out.push(self.decode_entry(&k, &v)?);
