@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
@@ -48,11 +48,14 @@ pub struct OutboxSettings {
 /// The outbox of a store: its settings, counters and the signal that wakes
 /// the publisher. Shared by the store (and its reopened successors) and the
 /// publisher.
+///
+/// The counters are signed: a message is counted just after its write
+/// commits, and the publisher may send it and count its removal first.
 #[derive(Debug)]
 pub struct Outbox {
     settings: OutboxSettings,
-    depth: AtomicU64,
-    bytes: AtomicU64,
+    depth: AtomicI64,
+    bytes: AtomicI64,
     wake: tokio::sync::Notify,
 }
 
@@ -61,8 +64,8 @@ impl Outbox {
     pub fn new(settings: OutboxSettings) -> Arc<Self> {
         Arc::new(Self {
             settings,
-            depth: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
+            depth: AtomicI64::new(0),
+            bytes: AtomicI64::new(0),
             wake: tokio::sync::Notify::new(),
         })
     }
@@ -74,7 +77,7 @@ impl Outbox {
 
     /// Messages queued.
     pub fn depth(&self) -> u64 {
-        self.depth.load(Ordering::Relaxed)
+        self.depth.load(Ordering::Relaxed).max(0) as u64
     }
 
     /// Resolves when something was queued since the last call.
@@ -82,20 +85,22 @@ impl Outbox {
         self.wake.notified().await
     }
 
+    /// Queued payload bytes.
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed).max(0) as u64
+    }
+
     fn added(&self, entries: u64, bytes: u64) {
-        self.depth.fetch_add(entries, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.depth.fetch_add(entries as i64, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as i64, Ordering::Relaxed);
         self.wake.notify_one();
     }
 
+    // Not clamped at zero: a removal counted before its addition must
+    // still cancel it (a clamp left a sent message counted forever).
     fn removed(&self, entries: u64, bytes: u64) {
-        let sub = |a: &AtomicU64, n: u64| {
-            let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(n))
-            });
-        };
-        sub(&self.depth, entries);
-        sub(&self.bytes, bytes);
+        self.depth.fetch_sub(entries as i64, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes as i64, Ordering::Relaxed);
     }
 }
 
@@ -294,8 +299,8 @@ impl super::Store {
                 bytes += v.len() as u64;
             }
         }
-        outbox.depth.store(depth, Ordering::Relaxed);
-        outbox.bytes.store(bytes, Ordering::Relaxed);
+        outbox.depth.store(depth as i64, Ordering::Relaxed);
+        outbox.bytes.store(bytes as i64, Ordering::Relaxed);
         self.uplink = Some(outbox);
         Ok(())
     }
@@ -401,11 +406,11 @@ impl super::Store {
             outbox.added(entries, bytes);
         }
         let max = outbox.settings.max_bytes;
-        if outbox.bytes.load(Ordering::Relaxed) <= max {
+        if outbox.bytes() <= max {
             return Ok(());
         }
         let (mut dropped, mut freed) = (0u64, 0u64);
-        let over = outbox.bytes.load(Ordering::Relaxed) - max;
+        let over = outbox.bytes() - max;
         for kv in self.outbox.scan_prefix([FRAME_PREFIX]) {
             if freed >= over {
                 break;
@@ -540,5 +545,28 @@ impl super::Store {
         }
         stats.oldest_ms = self.outbox_oldest_ms()?;
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removal_counted_before_its_addition_still_cancels_it() {
+        let outbox = Outbox::new(OutboxSettings {
+            vehicle: "v1".into(),
+            max_bytes: 1 << 20,
+            frames: true,
+        });
+        outbox.added(2, 200);
+        // The publisher sent and removed the next message before its
+        // writer counted it.
+        outbox.removed(3, 300);
+        assert_eq!((outbox.depth(), outbox.bytes()), (0, 0));
+        outbox.added(1, 100);
+        assert_eq!((outbox.depth(), outbox.bytes()), (0, 0));
+        outbox.added(1, 50);
+        assert_eq!((outbox.depth(), outbox.bytes()), (1, 50));
     }
 }
