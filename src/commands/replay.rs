@@ -251,9 +251,10 @@ fn describe(f: &FileReport) -> String {
     let resumed = f.resumed_after_pts_ns.map_or(String::new(), |p| {
         format!(", resumed after {:.2} s", p as f64 / 1e9)
     });
+    // What the decode mode saved: pictures decoded, frames never decoded.
     format!(
-        "{file}: {} frames for camera '{}'{resumed}",
-        f.frames, f.camera
+        "{file}: {} frames for camera '{}'{resumed} ({} pictures decoded, {} never decoded)",
+        f.frames, f.camera, f.decoded, f.skipped
     )
 }
 

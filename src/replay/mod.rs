@@ -51,6 +51,10 @@ pub struct FileReport {
     pub camera: String,
     /// Frames decoded and delivered in this run.
     pub frames: u64,
+    /// Pictures the decoder produced in this run (sampled or not).
+    pub decoded: u64,
+    /// Compressed frames never decoded (the decode mode and the GOP plan).
+    pub skipped: u64,
     /// Pts the run resumed after (an earlier run was interrupted).
     pub resumed_after_pts_ns: Option<u64>,
     /// Skipped: an earlier run completed it.
@@ -178,6 +182,8 @@ pub(crate) fn replay_file(
         file: file.clone(),
         camera: camera.clone(),
         frames: 0,
+        decoded: 0,
+        skipped: 0,
         resumed_after_pts_ns: resume.after_pts(),
         already_complete: resume == ResumePoint::Complete,
         error: None,
@@ -236,6 +242,8 @@ pub(crate) fn replay_file(
         }
     });
     report.frames = counters.delivered.load(Ordering::Relaxed);
+    report.decoded = counters.decoded.load(Ordering::Relaxed);
+    report.skipped = counters.skipped.load(Ordering::Relaxed);
     let outcome = result.into_inner().unwrap_or_else(|p| p.into_inner());
     // A truncated file is done too: reading it again gives nothing
     // more; the report says what is missing.

@@ -76,6 +76,8 @@ pub fn replay_rig(
                                 file: view.file.clone(),
                                 camera: view.camera.clone(),
                                 frames: 0,
+                                decoded: 0,
+                                skipped: 0,
                                 resumed_after_pts_ns: None,
                                 already_complete: false,
                                 error: Some(error),
