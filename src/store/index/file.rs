@@ -2,8 +2,9 @@
 //!
 //! Layout, little-endian: the magic, a header (postcard, length first:
 //! which store and model it belongs to, the store write it covers, sizes,
-//! label names), the arrays of [`IvfIndex`] one after the other, and a
-//! CRC-32 of all of it. It is written to a temporary file, synced and
+//! label names), the arrays of [`IvfIndex`] one after the other (per slot:
+//! keys, lists, tags; then per list, list after list: its entries' slots,
+//! scales and codes), and a CRC-32 of all of it. It is written to a temporary file, synced and
 //! renamed, so a crash leaves the old file or the new one, never half of
 //! one; a file that does not check out is rebuilt.
 
@@ -13,11 +14,14 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::ivf::IvfIndex;
+use super::ivf::{IvfIndex, NO_LIST};
+use super::lists::List;
 use super::tags::TagTable;
 use crate::store::FrameKey;
 
-const MAGIC: &[u8; 8] = b"RRIVF\0\0\x01";
+/// The last byte is the format's version: 2 stores codes list by list
+/// (1, codes in slot order, is rebuilt from the store).
+const MAGIC: &[u8; 8] = b"RRIVF\0\0\x02";
 /// Largest header accepted (label names and ids are small).
 const MAX_HEADER: usize = 16 << 20;
 
@@ -37,6 +41,8 @@ struct Header {
     meta: FileMeta,
     dim: u32,
     slots: u64,
+    /// Held slots (list entries).
+    live: u64,
     lists: u32,
     trained_for: u64,
     tag_sets: Vec<String>,
@@ -64,6 +70,7 @@ pub fn write(path: &Path, meta: &FileMeta, index: &IvfIndex) -> io::Result<u64> 
         meta: meta.clone(),
         dim: index.dim as u32,
         slots: index.slots() as u64,
+        live: index.len() as u64,
         lists: (index.centroids.len() / index.dim) as u32,
         trained_for: index.trained_for as u64,
         tag_sets: index.tags.sets.clone(),
@@ -74,12 +81,19 @@ pub fn write(path: &Path, meta: &FileMeta, index: &IvfIndex) -> io::Result<u64> 
     w.write_all(&(header.len() as u32).to_le_bytes())?;
     w.write_all(&header)?;
     write_all(&mut w, &index.centroids, |x| x.to_le_bytes())?;
-    write_all(&mut w, &index.scales, |x| x.to_le_bytes())?;
     write_all(&mut w, &index.keys, |k| k.encode())?;
     write_all(&mut w, &index.list_of, |x| x.to_le_bytes())?;
     write_all(&mut w, &index.tags.class, |x| x.to_le_bytes())?;
     write_all(&mut w, &index.tags.score, |x| x.to_le_bytes())?;
-    write_all(&mut w, &index.codes, |x| x.to_le_bytes())?;
+    for list in index.lists() {
+        write_all(&mut w, &list.slots, |x| x.to_le_bytes())?;
+    }
+    for list in index.lists() {
+        write_all(&mut w, &list.scales, |x| x.to_le_bytes())?;
+    }
+    for list in index.lists() {
+        write_all(&mut w, &list.codes, |x| x.to_le_bytes())?;
+    }
     let crc = w.crc.clone().finalize();
     let bytes = w.bytes + 4;
     let mut inner = w.inner;
@@ -134,27 +148,51 @@ pub fn read(path: &Path) -> io::Result<(FileMeta, IvfIndex)> {
     r.read_exact(&mut header)?;
     let h: Header = postcard::from_bytes(&header).map_err(|e| invalid(e.to_string()))?;
     let (dim, n, k) = (h.dim as usize, h.slots as usize, h.tag_sets.len());
+    let live = h.live;
     // Check the size before allocating what the header claims.
     let expected = 8
         + 4
         + header_len as u64
         + (h.lists as u64 * dim as u64 * 4)
-        + n as u64 * (4 + 12 + 4 + dim as u64)
+        + n as u64 * (12 + 4)
         + (n * k) as u64 * 6
+        + live * (4 + 4 + dim as u64)
         + 4;
-    if dim == 0 || len != expected || h.tag_classes.len() != k {
+    if dim == 0 || len != expected || h.tag_classes.len() != k || live > n as u64 {
         return Err(invalid(format!("{len} bytes, the header says {expected}")));
     }
     let centroids = read_vec(&mut r, h.lists as usize * dim, f32::from_le_bytes)?;
-    let scales = read_vec(&mut r, n, f32::from_le_bytes)?;
     let keys = read_vec(&mut r, n, |b: [u8; 12]| {
         FrameKey::decode(&b).expect("12 bytes decode")
     })?;
     let list_of = read_vec(&mut r, n, u32::from_le_bytes)?;
     let class = read_vec(&mut r, n * k, u16::from_le_bytes)?;
     let score = read_vec(&mut r, n * k, f32::from_le_bytes)?;
-    let mut codes = vec![0u8; n * dim];
-    r.read_exact(&mut codes)?;
+    // The lists' sizes follow from the slots' lists (checked again, with
+    // the entries, by `from_parts`).
+    let lists = (h.lists as usize).max(1);
+    let mut sizes = vec![0usize; lists];
+    for &l in list_of.iter().filter(|&&l| l != NO_LIST) {
+        *sizes
+            .get_mut(l as usize)
+            .ok_or_else(|| invalid(format!("list {l} of {lists}")))? += 1;
+    }
+    if sizes.iter().sum::<usize>() as u64 != live {
+        return Err(invalid("the lists do not hold the held slots"));
+    }
+    let mut lists = vec![List::default(); lists];
+    for (list, &e) in lists.iter_mut().zip(&sizes) {
+        list.slots = read_vec(&mut r, e, u32::from_le_bytes)?;
+    }
+    for (list, &e) in lists.iter_mut().zip(&sizes) {
+        list.scales = read_vec(&mut r, e, f32::from_le_bytes)?;
+    }
+    for (list, &e) in lists.iter_mut().zip(&sizes) {
+        let mut codes = vec![0u8; e * dim];
+        r.read_exact(&mut codes)?;
+        // Same size, so this reuses the buffer.
+        list.codes = codes.into_iter().map(|b| b as i8).collect();
+    }
     let crc = r.crc.clone().finalize();
     let stored = u32::from_le_bytes(read_array(&mut r.inner)?);
     if crc != stored {
@@ -167,17 +205,14 @@ pub fn read(path: &Path) -> io::Result<(FileMeta, IvfIndex)> {
         class,
         score,
     };
-    // Same size, so this reuses the buffer.
-    let codes: Vec<i8> = codes.into_iter().map(|b| b as i8).collect();
     let index = IvfIndex::from_parts(
         dim,
-        codes,
-        scales,
         keys,
         list_of,
         tags,
         centroids,
         h.trained_for as usize,
+        lists,
     )
     .map_err(invalid)?;
     Ok((h.meta, index))

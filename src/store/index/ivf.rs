@@ -4,7 +4,10 @@
 //! (see `plan`); the store re-ranks what it finds with the exact embeddings.
 //!
 //! Embeddings live in slots. A frame written again keeps its slot (replay
-//! is idempotent); a removed frame's slot is reused. Lists hold slot ids.
+//! is idempotent); a removed frame's slot is reused. A slot's key and tags
+//! are per slot; its code, scale and stream id sit in its list's blocks
+//! (see `lists`), at `pos_of[slot]`. Writes append to their list; a
+//! training lays every list out again at its exact size.
 //! Below [`TRAIN_MIN`] embeddings there is one list and no centroids: a
 //! scan of everything is as fast as probing. From there the lists are
 //! trained again whenever the index has doubled since the last training
@@ -18,6 +21,7 @@ use std::ops::Range;
 
 use super::codes;
 use super::kmeans;
+use super::lists::List;
 use super::tags::TagTable;
 use crate::store::{FrameKey, TagRecord};
 
@@ -36,24 +40,19 @@ const SAMPLE_PER_LIST: usize = 32;
 #[derive(Debug, Clone)]
 pub struct IvfIndex {
     pub(super) dim: usize,
-    /// `slot * dim ..`: int8 code of the slot's embedding.
-    pub(super) codes: Vec<i8>,
-    /// Per slot: the scale of its code.
-    pub(super) scales: Vec<f32>,
     /// Per slot: its frame.
     pub(super) keys: Vec<FrameKey>,
-    /// Per slot: its stream id, a quarter of `keys`' size, so a camera
-    /// filter checked on every frame a probe reads stays in cache.
-    pub(super) stream_of: Vec<u32>,
     /// Per slot: its list, or [`NO_LIST`] when free.
     pub(super) list_of: Vec<u32>,
+    /// Per held slot: its entry in its list.
+    pub(super) pos_of: Vec<u32>,
     /// Per slot: top class of each label set.
     pub(super) tags: TagTable,
     /// `list * dim ..`: unit centroids; empty while untrained (one list).
     pub(super) centroids: Vec<f32>,
     /// Embeddings the lists were trained on (0: untrained).
     pub(super) trained_for: usize,
-    lists: Vec<Vec<u32>>,
+    lists: Vec<List>,
     by_key: BTreeMap<FrameKey, u32>,
     /// Live slots per stream id.
     streams: BTreeMap<u32, usize>,
@@ -78,15 +77,13 @@ impl IvfIndex {
     pub fn new(dim: usize) -> Self {
         Self {
             dim,
-            codes: Vec::new(),
-            scales: Vec::new(),
             keys: Vec::new(),
-            stream_of: Vec::new(),
             list_of: Vec::new(),
+            pos_of: Vec::new(),
             tags: TagTable::default(),
             centroids: Vec::new(),
             trained_for: 0,
-            lists: vec![Vec::new()],
+            lists: vec![List::default()],
             by_key: BTreeMap::new(),
             streams: BTreeMap::new(),
             free: Vec::new(),
@@ -94,57 +91,64 @@ impl IvfIndex {
         }
     }
 
-    /// An index from its stored arrays (see `file`); lists, keys and free
-    /// slots are derived. Errors say which array does not fit.
-    #[allow(clippy::too_many_arguments)]
+    /// An index from its stored arrays (see `file`): per slot its key,
+    /// list and tags; per list its entries (their streams are filled in
+    /// here). Key map and free slots are derived. Errors say what does not
+    /// fit.
     pub fn from_parts(
         dim: usize,
-        codes: Vec<i8>,
-        scales: Vec<f32>,
         keys: Vec<FrameKey>,
         list_of: Vec<u32>,
         tags: TagTable,
         centroids: Vec<f32>,
         trained_for: usize,
+        mut lists: Vec<List>,
     ) -> Result<Self, String> {
         let n = keys.len();
-        let lists = (centroids.len() / dim.max(1)).max(1);
-        if dim == 0 || codes.len() != n * dim || scales.len() != n || list_of.len() != n {
-            return Err(format!("arrays do not fit {n} slots of {dim} values"));
+        if dim == 0 || list_of.len() != n || tags.rows != n {
+            return Err(format!("arrays do not fit {n} slots"));
         }
-        if !centroids.len().is_multiple_of(dim) || tags.rows != n {
-            return Err("centroids or tag rows do not fit".into());
+        if !centroids.len().is_multiple_of(dim) || lists.len() != (centroids.len() / dim).max(1) {
+            return Err("centroids do not fit the lists".into());
         }
-        if let Some(l) = list_of
-            .iter()
-            .find(|&&l| l != NO_LIST && l as usize >= lists)
-        {
-            return Err(format!("list {l} of {lists}"));
+        let mut pos_of = vec![NO_LIST; n];
+        for (l, list) in lists.iter_mut().enumerate() {
+            let e = list.len();
+            if list.codes.len() != e * dim || list.scales.len() != e {
+                return Err(format!("list {l}'s arrays do not fit {e} entries"));
+            }
+            list.streams.clear();
+            for (p, &slot) in list.slots.iter().enumerate() {
+                let s = slot as usize;
+                if list_of.get(s) != Some(&(l as u32)) || pos_of[s] != NO_LIST {
+                    return Err(format!("slot {slot} does not belong in list {l}"));
+                }
+                pos_of[s] = p as u32;
+                list.streams.push(keys[s].stream_id);
+            }
         }
         let mut index = Self {
             dim,
-            codes,
-            scales,
-            stream_of: keys.iter().map(|k| k.stream_id).collect(),
             keys,
             list_of,
+            pos_of,
             tags,
             centroids,
             trained_for,
+            lists,
             ..Self::new(dim)
         };
-        index.lists = vec![Vec::new(); lists];
         for slot in 0..n {
             let key = index.keys[slot];
-            match index.list_of[slot] {
-                NO_LIST => index.free.push(slot as u32),
-                l => {
-                    if index.by_key.insert(key, slot as u32).is_some() {
-                        return Err(format!("frame {key:?} in two slots"));
-                    }
-                    index.lists[l as usize].push(slot as u32);
-                    *index.streams.entry(key.stream_id).or_default() += 1;
+            if index.list_of[slot] == NO_LIST {
+                index.free.push(slot as u32);
+            } else if index.pos_of[slot] == NO_LIST {
+                return Err(format!("slot {slot} is in no list"));
+            } else {
+                if index.by_key.insert(key, slot as u32).is_some() {
+                    return Err(format!("frame {key:?} in two slots"));
                 }
+                *index.streams.entry(key.stream_id).or_default() += 1;
             }
         }
         // Reuse the lowest free slots first, as a fresh index would.
@@ -186,8 +190,8 @@ impl IvfIndex {
     /// key map).
     pub fn memory_bytes(&self) -> usize {
         let n = self.slots();
-        self.codes.len()
-            + n * (4 + std::mem::size_of::<FrameKey>() + 4 + 4 + 4)
+        self.lists.iter().map(List::memory_bytes).sum::<usize>()
+            + n * (std::mem::size_of::<FrameKey>() + 4 + 4)
             + self.tags.class.len() * 6
             + self.centroids.len() * 4
             + self.by_key.len() * (std::mem::size_of::<FrameKey>() + 4) * 3 / 2
@@ -196,8 +200,10 @@ impl IvfIndex {
     /// Stores (or replaces) the embeddings and tags of frames.
     pub fn upsert(&mut self, frames: &[(FrameKey, &[f32], &TagRecord)]) {
         let lists = self.nearest_lists(frames.iter().map(|f| f.1));
+        let mut code = vec![0i8; self.dim];
         for (&(key, embedding, tags), list) in frames.iter().zip(lists) {
-            self.put(key, embedding, tags, list);
+            let scale = codes::quantize(embedding, &mut code);
+            self.put(key, &code, scale, tags, list);
         }
     }
 
@@ -219,8 +225,7 @@ impl IvfIndex {
             return false;
         };
         let s = slot as usize;
-        self.unlist(slot, self.list_of[s]);
-        self.list_of[s] = NO_LIST;
+        self.unlist(slot);
         self.tags.clear_row(s);
         self.free.push(slot);
         if let Some(n) = self.streams.get_mut(&key.stream_id) {
@@ -235,27 +240,26 @@ impl IvfIndex {
         true
     }
 
-    fn put(&mut self, key: FrameKey, embedding: &[f32], tags: &TagRecord, list: u32) {
+    fn put(&mut self, key: FrameKey, code: &[i8], scale: f32, tags: &TagRecord, list: u32) {
         let slot = match self.by_key.get(&key) {
+            Some(&slot) if self.list_of[slot as usize] == list => {
+                // Same list: the entry keeps its place.
+                let s = slot as usize;
+                self.lists[list as usize].set(self.pos_of[s] as usize, code, scale);
+                slot
+            }
             Some(&slot) => {
-                let old = self.list_of[slot as usize];
-                if old != list {
-                    self.unlist(slot, old);
-                    self.lists[list as usize].push(slot);
-                }
+                self.unlist(slot);
+                self.enlist(slot, key.stream_id, code, scale, list);
                 slot
             }
             None => {
                 let slot = self.allocate(key);
-                self.lists[list as usize].push(slot);
+                self.enlist(slot, key.stream_id, code, scale, list);
                 slot
             }
         };
-        let s = slot as usize;
-        self.list_of[s] = list;
-        self.scales[s] =
-            codes::quantize(embedding, &mut self.codes[s * self.dim..(s + 1) * self.dim]);
-        self.tags.set_row(s, tags);
+        self.tags.set_row(slot as usize, tags);
         if let Some(moved) = &mut self.moved {
             moved.push(slot);
         }
@@ -267,27 +271,36 @@ impl IvfIndex {
             None => {
                 let slot = self.keys.len();
                 self.keys.push(key);
-                self.stream_of.push(key.stream_id);
-                self.codes.resize((slot + 1) * self.dim, 0);
-                self.scales.push(0.0);
                 self.list_of.push(NO_LIST);
+                self.pos_of.push(NO_LIST);
                 self.tags.resize(slot + 1);
                 slot as u32
             }
         };
         self.keys[slot as usize] = key;
-        self.stream_of[slot as usize] = key.stream_id;
         self.by_key.insert(key, slot);
         *self.streams.entry(key.stream_id).or_default() += 1;
         slot
     }
 
-    fn unlist(&mut self, slot: u32, list: u32) {
+    /// Appends a free slot's entry to `list`.
+    fn enlist(&mut self, slot: u32, stream: u32, code: &[i8], scale: f32, list: u32) {
+        let s = slot as usize;
+        self.pos_of[s] = self.lists[list as usize].push(slot, stream, code, scale);
+        self.list_of[s] = list;
+    }
+
+    /// Takes a held slot's entry out of its list (the slot is then free).
+    fn unlist(&mut self, slot: u32) {
+        let s = slot as usize;
+        let (list, pos) = (self.list_of[s], self.pos_of[s]);
         if let Some(l) = self.lists.get_mut(list as usize)
-            && let Some(p) = l.iter().position(|&s| s == slot)
+            && let Some(moved) = l.swap_remove(pos as usize, self.dim)
         {
-            l.swap_remove(p);
+            self.pos_of[moved as usize] = pos;
         }
+        self.list_of[s] = NO_LIST;
+        self.pos_of[s] = NO_LIST;
     }
 
     fn nearest_lists<'a>(&self, embeddings: impl Iterator<Item = &'a [f32]>) -> Vec<u32> {
@@ -298,11 +311,17 @@ impl IvfIndex {
         kmeans::nearest(&rows, &self.centroids, self.dim)
     }
 
+    /// Code of a held slot.
     pub(super) fn code(&self, slot: usize) -> &[i8] {
-        &self.codes[slot * self.dim..(slot + 1) * self.dim]
+        self.lists[self.list_of[slot] as usize].code(self.pos_of[slot] as usize, self.dim)
     }
 
-    pub(super) fn lists(&self) -> &[Vec<u32>] {
+    /// Scale of a held slot's code.
+    pub(super) fn scale(&self, slot: usize) -> f32 {
+        self.lists[self.list_of[slot] as usize].scales[self.pos_of[slot] as usize]
+    }
+
+    pub(super) fn lists(&self) -> &[List] {
         &self.lists
     }
 
@@ -338,7 +357,7 @@ impl IvfIndex {
         for (i, row) in sample.chunks_exact_mut(self.dim).enumerate() {
             // Evenly spread over the slots (so over the store's history).
             let s = live[i * live.len() / want.max(1)];
-            codes::dequantize(self.code(s), self.scales[s], row);
+            codes::dequantize(self.code(s), self.scale(s), row);
         }
         TrainingStart {
             sample,
@@ -353,7 +372,9 @@ impl IvfIndex {
         let range = range.start..range.end.min(self.slots());
         let mut rows = vec![0f32; range.len() * self.dim];
         for (row, s) in rows.chunks_exact_mut(self.dim).zip(range.clone()) {
-            codes::dequantize(self.code(s), self.scales[s], row);
+            if self.list_of[s] != NO_LIST {
+                codes::dequantize(self.code(s), self.scale(s), row);
+            }
         }
         let mut lists = kmeans::nearest(&rows, centroids, self.dim);
         for (l, s) in lists.iter_mut().zip(range) {
@@ -375,9 +396,11 @@ impl IvfIndex {
         again.extend(from..self.slots());
         again.sort_unstable();
         again.dedup();
+        // Free slots (removed meanwhile) are left out below.
+        again.retain(|&s| self.list_of[s] != NO_LIST);
         let mut rows = vec![0f32; again.len() * self.dim];
         for (row, &s) in rows.chunks_exact_mut(self.dim).zip(&again) {
-            codes::dequantize(self.code(s), self.scales[s], row);
+            codes::dequantize(self.code(s), self.scale(s), row);
         }
         for (&s, l) in again
             .iter()
@@ -385,18 +408,41 @@ impl IvfIndex {
         {
             assignment[s] = l;
         }
-        let lists = centroids.len() / self.dim;
-        self.lists = vec![Vec::new(); lists];
-        for (s, l) in assignment.iter_mut().enumerate() {
-            if self.list_of[s] == NO_LIST {
-                *l = NO_LIST;
-            } else {
-                self.lists[*l as usize].push(s as u32);
+        self.centroids = centroids;
+        self.lay_out(assignment);
+        self.trained_for = self.len();
+    }
+
+    /// Moves every held slot's entry to its list in `assignment` (one per
+    /// slot; [`NO_LIST`] for free slots), each list one block of its exact
+    /// size. The old lists are read in order and freed one by one, so the
+    /// codes are not held twice; the new blocks are reserved at once, but
+    /// pages are only touched as they fill.
+    pub(super) fn lay_out(&mut self, assignment: Vec<u32>) {
+        let lists = (self.centroids.len() / self.dim).max(1);
+        let mut sizes = vec![0usize; lists];
+        for (s, &l) in assignment.iter().enumerate() {
+            if self.list_of[s] != NO_LIST {
+                sizes[l as usize] += 1;
             }
         }
-        self.list_of = assignment;
-        self.centroids = centroids;
-        self.trained_for = self.len();
+        let mut new: Vec<List> = sizes
+            .iter()
+            .map(|&n| List::with_capacity(n, self.dim))
+            .collect();
+        for old in std::mem::take(&mut self.lists) {
+            for (e, &slot) in old.slots.iter().enumerate() {
+                let (s, l) = (slot as usize, assignment[slot as usize]);
+                self.pos_of[s] = new[l as usize].push(
+                    slot,
+                    old.streams[e],
+                    old.code(e, self.dim),
+                    old.scales[e],
+                );
+                self.list_of[s] = l;
+            }
+        }
+        self.lists = new;
     }
 
     /// Gives up a training (the slots written are no longer remembered).

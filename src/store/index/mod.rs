@@ -28,6 +28,7 @@ mod codes;
 mod file;
 mod ivf;
 mod kmeans;
+mod lists;
 mod plan;
 mod tags;
 #[cfg(test)]

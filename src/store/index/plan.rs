@@ -20,6 +20,7 @@ use std::collections::BinaryHeap;
 
 use super::codes;
 use super::ivf::{IvfIndex, NO_LIST};
+use super::lists::List;
 use super::tags::TagCondition;
 use crate::store::FrameKey;
 use crate::store::query::OrdF32;
@@ -70,24 +71,33 @@ impl SlotFilter {
         self.streams.is_some() || self.from_ns != i64::MIN || self.to_ns != i64::MAX
     }
 
+    /// Whether a slot is held and passes (cameras from its key).
     fn matches(&self, index: &IvfIndex, slot: usize) -> bool {
-        index.list_of[slot] != NO_LIST && self.matches_listed(index, slot)
+        index.list_of[slot] != NO_LIST
+            && self
+                .streams
+                .as_ref()
+                .is_none_or(|s| s.binary_search(&index.keys[slot].stream_id).is_ok())
+            && self.matches_time_and_tags(index, slot)
     }
 
-    /// [`SlotFilter::matches`] for a slot read from a list (so held): one
-    /// random read less per frame a filtered probe checks.
-    /// The key is read only when the filter has a time range (each read is
-    /// a cache miss at a million frames); cameras come from `stream_of`.
-    fn matches_listed(&self, index: &IvfIndex, slot: usize) -> bool {
-        let has_time = self.from_ns != i64::MIN || self.to_ns != i64::MAX;
+    /// [`SlotFilter::matches`] for entry `e` of a list (so held): cameras
+    /// come from the list's stream ids, read beside its codes.
+    fn matches_entry(&self, index: &IvfIndex, list: &List, e: usize) -> bool {
         self.streams
             .as_ref()
-            .is_none_or(|s| s.binary_search(&index.stream_of[slot]).is_ok())
-            && (!has_time || {
-                let ts = index.keys[slot].ts_ns;
-                ts >= self.from_ns && ts <= self.to_ns
-            })
-            && index.tags.matches(slot, &self.tags, self.min_tag_score)
+            .is_none_or(|s| s.binary_search(&list.streams[e]).is_ok())
+            && self.matches_time_and_tags(index, list.slots[e] as usize)
+    }
+
+    /// The key is read only when the filter has a time range (each read is
+    /// a cache miss at a million frames).
+    fn matches_time_and_tags(&self, index: &IvfIndex, slot: usize) -> bool {
+        let has_time = self.from_ns != i64::MIN || self.to_ns != i64::MAX;
+        (!has_time || {
+            let ts = index.keys[slot].ts_ns;
+            ts >= self.from_ns && ts <= self.to_ns
+        }) && index.tags.matches(slot, &self.tags, self.min_tag_score)
     }
 }
 
@@ -180,13 +190,9 @@ impl IvfIndex {
             self.selectivity(filter)
         };
         if selectivity * (live as f64) <= flat_max as f64 {
-            let mut scored = 0;
-            for s in 0..self.slots() {
-                if filter.matches(self, s) {
-                    scored += 1;
-                    top.offer(self.score(&q, s), s as u32);
-                }
-            }
+            let scored = (0..self.list_count())
+                .map(|l| self.scan(&q, l, filter, &mut top))
+                .sum();
             return self.candidates(top, Plan::Flat, scored);
         }
         // As many matching frames as the unfiltered probe scores (and at
@@ -203,14 +209,8 @@ impl IvfIndex {
         }
         .max(want);
         let mut scored = 0;
-        let everything = filter.is_everything();
         for (i, list) in self.lists_by_score(query).into_iter().enumerate() {
-            for &s in &self.lists()[list] {
-                if everything || filter.matches_listed(self, s as usize) {
-                    scored += 1;
-                    top.offer(self.score(&q, s as usize), s);
-                }
-            }
+            scored += self.scan(&q, list, filter, &mut top);
             if i + 1 >= probe && scored >= target {
                 break;
             }
@@ -218,8 +218,24 @@ impl IvfIndex {
         self.candidates(top, Plan::Probe, scored)
     }
 
+    /// Offers the entries of list `l` passing `filter`, in the order they
+    /// are stored (one sequential pass over its blocks); returns how many.
+    fn scan(&self, q: &[i8], l: usize, filter: &SlotFilter, top: &mut TopK) -> usize {
+        let list = &self.lists()[l];
+        let everything = filter.is_everything();
+        let mut scored = 0;
+        for e in 0..list.len() {
+            if everything || filter.matches_entry(self, list, e) {
+                scored += 1;
+                let score = codes::dot(q, list.code(e, self.dim)) as f32 * list.scales[e];
+                top.offer(score, list.slots[e]);
+            }
+        }
+        scored
+    }
+
     fn score(&self, q: &[i8], slot: usize) -> f32 {
-        codes::dot(q, self.code(slot)) as f32 * self.scales[slot]
+        codes::dot(q, self.code(slot)) as f32 * self.scale(slot)
     }
 
     /// The slots of the filter's cameras and time range, or `None` when
@@ -314,11 +330,13 @@ impl TopK {
         if self.k == 0 || !score.is_finite() {
             return;
         }
+        // Ties go to the higher slot, so the hits do not depend on the
+        // order entries are scanned in (which a training's layout changes).
         if self.heap.len() == self.k
             && self
                 .heap
                 .peek()
-                .is_some_and(|Reverse((min, _))| score <= min.0)
+                .is_some_and(|Reverse((min, min_slot))| (score, slot) <= (min.0, *min_slot))
         {
             return;
         }

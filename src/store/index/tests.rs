@@ -6,6 +6,8 @@ use super::*;
 use crate::rng::SplitMix64;
 use crate::store::{FrameFilter, FrameRecord, SearchMethod, SetTag, Store};
 
+mod layout;
+
 const DIM: usize = 32;
 
 fn unit(mut v: Vec<f32>) -> Vec<f32> {
@@ -267,7 +269,7 @@ fn writes_during_a_training_end_up_in_the_right_lists() {
     // Every held slot sits in exactly the list nearest its code.
     let mut seen = vec![0u32; ivf.slots()];
     for (l, list) in ivf.lists().iter().enumerate() {
-        for &s in list {
+        for &s in &list.slots {
             seen[s as usize] += 1;
             assert_eq!(ivf.list_of[s as usize] as usize, l);
         }
