@@ -415,9 +415,9 @@ impl IvfIndex {
 
     /// Moves every held slot's entry to its list in `assignment` (one per
     /// slot; [`NO_LIST`] for free slots), each list one block of its exact
-    /// size. The old lists are read in order and freed one by one, so the
-    /// codes are not held twice; the new blocks are reserved at once, but
-    /// pages are only touched as they fill.
+    /// size. The old lists are freed one by one as they are read (a copy
+    /// of the codes, 0.5 GB at a million frames, under the write lock,
+    /// once per training).
     pub(super) fn lay_out(&mut self, assignment: Vec<u32>) {
         let lists = (self.centroids.len() / self.dim).max(1);
         let mut sizes = vec![0usize; lists];
