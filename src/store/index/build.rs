@@ -56,7 +56,7 @@ fn run(job: Job, this: &Weak<SearchIndex>) {
     let started = Instant::now();
     let outcome = match job {
         Job::Build => build(this),
-        Job::Train => train(this),
+        Job::Train => train_until_done(this),
     };
     // `None`: the store was closed, or the job failed (logged where it did).
     if outcome.is_none() {
@@ -123,7 +123,7 @@ fn build(this: &Weak<SearchIndex>) -> Option<()> {
         live.as_ref()?.ivf.needs_training()
     };
     if needs_training {
-        train(this)?;
+        train_until_done(this)?;
     }
     let index = this.upgrade()?;
     let mut live = index.live_mut();
@@ -133,8 +133,18 @@ fn build(this: &Weak<SearchIndex>) -> Option<()> {
     Some(())
 }
 
-/// Trains the lists on a sample and assigns every slot, in steps.
-fn train(this: &Weak<SearchIndex>) -> Option<()> {
+/// Trains until no training is due: writes that came in meanwhile (a bulk
+/// load outruns a training at a million frames) may call for the next one
+/// at once, and no write may come to start it.
+fn train_until_done(this: &Weak<SearchIndex>) -> Option<()> {
+    while train(this)? {}
+    Some(())
+}
+
+/// Trains the lists on a sample and assigns every slot, in steps; returns
+/// whether another training is due already (then `training` stays set, so
+/// no writer starts one beside it).
+fn train(this: &Weak<SearchIndex>) -> Option<bool> {
     let (start, dim) = {
         let index = this.upgrade()?;
         let mut live = index.live_mut();
@@ -159,12 +169,16 @@ fn train(this: &Weak<SearchIndex>) -> Option<()> {
         let to = (from + ASSIGN_STEP).min(start.slots);
         assignment.extend(live.as_ref()?.ivf.assign(&centroids, from..to));
     }
+    // Tests: writes land before the training ends, as they do under a
+    // bulk load at a million frames.
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("search-index::finish-training");
     let index = this.upgrade()?;
     let mut live = index.live_mut();
     let l = live.as_mut()?;
     l.ivf.finish_training(centroids, assignment);
-    l.training = false;
-    Some(())
+    l.training = l.ivf.needs_training();
+    Some(l.training)
 }
 
 /// Embeddings and tags of `keys`: (held frames, keys without an embedding).

@@ -7,6 +7,7 @@ use crate::rng::SplitMix64;
 use crate::store::{FrameFilter, FrameRecord, SearchMethod, SetTag, Store};
 
 mod layout;
+mod training;
 
 const DIM: usize = 32;
 
