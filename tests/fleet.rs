@@ -182,6 +182,33 @@ fn ingest_search_summary_and_api_across_two_vehicles() {
         expected(|_| true)[..2]
     );
     assert_eq!(search(&config, dir.path(), &["--exact"]), all);
+    // How each search ranked: by the index without a filter; a filter the
+    // planner expects to keep few rows (`[index] exact_below`) scored
+    // exactly unless the index is asked for; the same hits either way.
+    let json = |config: &Path, args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["search", QUERY, "--json"];
+        all.extend_from_slice(args);
+        let o = roadrep(config, &all, dir.path());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let unfiltered = json(&config, &[]);
+    assert_eq!(unfiltered["path"], "index", "{unfiltered}");
+    assert!(unfiltered.get("estimated_rows").is_none(), "{unfiltered}");
+    let by_vehicle = json(&config, &["--vehicle", "v1"]);
+    assert_eq!(by_vehicle["path"], "exact", "{by_vehicle}");
+    // The planner's guess for a table this small; below the threshold.
+    let estimated = by_vehicle["estimated_rows"].as_u64().unwrap();
+    assert!(estimated <= 50_000, "{by_vehicle}");
+    assert_eq!(hits(&by_vehicle), expected(|f| f.vehicle == "v1"));
+    let forced = json(&config, &["--vehicle", "v1", "--index"]);
+    assert_eq!(forced["path"], "index", "{forced}");
+    assert_eq!(hits(&forced), hits(&by_vehicle));
+    assert_eq!(json(&config, &["--exact"])["path"], "exact");
+    let never_exact = write_config(dir.path(), broker.port, &url, "[index]\nexact_below = 0\n");
+    let by_vehicle = json(&never_exact, &["--vehicle", "v1"]);
+    assert_eq!(by_vehicle["path"], "index", "{by_vehicle}");
+    assert_eq!(hits(&by_vehicle), expected(|f| f.vehicle == "v1"));
     let o = roadrep(
         &config,
         &["search", QUERY, "--vehicle", "v1", "--top", "1"],
@@ -327,6 +354,10 @@ fn ingest_search_summary_and_api_across_two_vehicles() {
     let (status, body) = get("/api/fleet/search?q=foggy%20highway%20at%20night&vehicle=v2");
     assert_eq!(status, 200, "{body}");
     assert_eq!(hits(&body), expected(|f| f.vehicle == "v2"));
+    assert_eq!(body["path"], "exact", "{body}");
+    let (_, body) = get("/api/fleet/search?q=foggy%20highway%20at%20night&vehicle=v2&exact=false");
+    assert_eq!(hits(&body), expected(|f| f.vehicle == "v2"));
+    assert_eq!(body["path"], "index", "{body}");
     let (status, body) =
         get("/api/fleet/search?q=foggy%20highway%20at%20night&tag=weather:foggy&camera=front");
     assert_eq!(status, 200, "{body}");

@@ -27,7 +27,7 @@ use crate::fleet::FleetError;
 use crate::fleet::config::IndexConfig;
 use crate::fleet::db::Db;
 use crate::fleet::schema;
-use crate::fleet::search::{FleetFilter, search_frames};
+use crate::fleet::search::{FleetFilter, FleetSearchPath, search_frames};
 use crate::fleet::writer::Writer;
 use crate::rng::SplitMix64;
 use crate::uplink::message::{FrameMessage, Message, PAYLOAD_VERSION, TagValue, encode_embedding};
@@ -64,6 +64,8 @@ pub struct FleetBenchSettings {
     pub keep: bool,
     /// `hnsw.ef_search` values to measure (each query runs with each).
     pub ef_search: Vec<u32>,
+    /// `[index] exact_below` of the searches measured.
+    pub exact_below: u64,
 }
 
 /// One kind of query's results.
@@ -79,6 +81,8 @@ pub struct QueryStats {
     pub recall_at_10: f64,
     /// Queries that returned fewer than 10 hits with the index.
     pub short_answers: usize,
+    /// Queries scanned exactly (`exact_below`: a selective filter).
+    pub exact_path: usize,
 }
 
 /// The report.
@@ -129,13 +133,14 @@ impl FleetBenchReport {
             self.table_bytes as f64 / 1048576.0,
             self.index_bytes as f64 / 1048576.0
         );
-        s += "| filter | ef_search | queries | p50 | p95 | exact scan p50 | recall@10 | < 10 hits |\n|---|---|---|---|---|---|---|---|\n";
+        s += "| filter | ef_search | queries | scanned exactly | p50 | p95 | exact scan p50 | recall@10 | < 10 hits |\n|---|---|---|---|---|---|---|---|---|\n";
         for q in &self.queries {
             s += &format!(
-                "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.3} | {} |\n",
+                "| {} | {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.3} | {} |\n",
                 q.filter,
                 q.ef_search,
                 q.queries,
+                q.exact_path,
                 q.p50_ms,
                 q.p95_ms,
                 q.exact_p50_ms,
@@ -233,7 +238,10 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 pub async fn bench_fleet(s: &FleetBenchSettings) -> Result<FleetBenchReport, FleetError> {
     let db = Db::new(&s.url)?;
     let mut client = db.connect().await?;
-    let index = IndexConfig::default();
+    let index = IndexConfig {
+        exact_below: s.exact_below,
+        ..IndexConfig::default()
+    };
     schema::migrate(&mut client, &index)
         .await
         .map_err(|e| db.name(e))?;
@@ -321,7 +329,7 @@ pub async fn bench_fleet(s: &FleetBenchSettings) -> Result<FleetBenchReport, Fle
         // The same queries for every ef_search; the exact top ten once.
         let qs: Vec<Vec<f32>> = (0..s.queries).map(|_| generator.text_query()).collect();
         let exact_filter = FleetFilter {
-            exact: true,
+            path: Some(FleetSearchPath::Exact),
             ..filter.clone()
         };
         let key =
@@ -332,7 +340,7 @@ pub async fn bench_fleet(s: &FleetBenchSettings) -> Result<FleetBenchReport, Fle
             let t = Instant::now();
             let exact = search_frames(&mut client, &model, q, &exact_filter, &index).await?;
             exact_times.push(t.elapsed().as_secs_f64() * 1e3);
-            truths.push(exact.iter().map(key).collect::<HashSet<_>>());
+            truths.push(exact.hits.iter().map(key).collect::<HashSet<_>>());
         }
         let exact_p50_ms = percentile(&mut exact_times, 0.5);
         for &ef in &s.ef_search {
@@ -341,13 +349,14 @@ pub async fn bench_fleet(s: &FleetBenchSettings) -> Result<FleetBenchReport, Fle
                 ..index.clone()
             };
             let mut times = Vec::new();
-            let (mut found, mut short) = (0usize, 0usize);
+            let (mut found, mut short, mut exact_path) = (0usize, 0usize, 0usize);
             for (q, truth) in qs.iter().zip(&truths) {
                 let t = Instant::now();
                 let ann = search_frames(&mut client, &model, q, &filter, &index).await?;
                 times.push(t.elapsed().as_secs_f64() * 1e3);
-                found += ann.iter().filter(|h| truth.contains(&key(h))).count();
-                short += usize::from(ann.len() < TOP);
+                found += ann.hits.iter().filter(|h| truth.contains(&key(h))).count();
+                short += usize::from(ann.hits.len() < TOP);
+                exact_path += usize::from(ann.path == FleetSearchPath::Exact);
             }
             queries.push(QueryStats {
                 filter: name.clone(),
@@ -358,6 +367,7 @@ pub async fn bench_fleet(s: &FleetBenchSettings) -> Result<FleetBenchReport, Fle
                 exact_p50_ms,
                 recall_at_10: found as f64 / (s.queries * TOP) as f64,
                 short_answers: short,
+                exact_path,
             });
         }
     }

@@ -50,8 +50,12 @@ pub struct FleetSearchArgs {
     #[arg(long, default_value_t = 10)]
     pub top: usize,
     /// Exact scan instead of the HNSW index (for recall measurements).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "index")]
     pub exact: bool,
+    /// The HNSW index even for a filter that `[index] exact_below` would
+    /// scan exactly.
+    #[arg(long)]
+    pub index: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -114,8 +118,11 @@ pub struct BenchFleetArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// HNSW candidate list sizes to measure (pgvector hnsw.ef_search, at most 1000).
-    #[arg(long, value_delimiter = ',', default_value = "40,100,400")]
+    #[arg(long, value_delimiter = ',', default_value = "100,400,1000")]
     pub ef_search: Vec<u32>,
+    /// `[index] exact_below` of the searches measured (0: always the index).
+    #[arg(long, default_value_t = 50_000)]
+    pub exact_below: u64,
     /// Keep the generated rows (default: delete them at the end).
     #[arg(long)]
     pub keep: bool,

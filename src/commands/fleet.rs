@@ -64,13 +64,17 @@ fn search(config: &FleetConfig, args: &FleetSearchArgs) -> anyhow::Result<()> {
         to: args.to.clone(),
         tag: (!args.tag.is_empty()).then(|| args.tag.join(",")),
         top: Some(args.top),
-        exact: Some(args.exact),
+        exact: if args.exact {
+            Some(true)
+        } else {
+            args.index.then_some(false)
+        },
     };
     let filter = req.filter()?; // bad flags fail before any I/O
     let encoder = QueryEncoder::load(config)?;
     let query = encoder.embed(req.text()?)?;
     let db = Db::new(&config.postgres.url)?;
-    let hits = runtime()?.block_on(async {
+    let found = runtime()?.block_on(async {
         let mut client = db.connect().await?;
         roadrep::fleet::search::search_frames(
             &mut client,
@@ -85,13 +89,13 @@ fn search(config: &FleetConfig, args: &FleetSearchArgs) -> anyhow::Result<()> {
     if args.json {
         let response = FleetSearchResponse {
             model: encoder.fingerprint().to_string(),
-            hits,
+            found,
         };
         println!("{}", serde_json::to_string_pretty(&response)?);
-    } else if hits.is_empty() {
+    } else if found.hits.is_empty() {
         eprintln!("no matching frames");
     } else {
-        for h in &hits {
+        for h in &found.hits {
             println!("{}", h.line());
         }
     }
@@ -146,6 +150,7 @@ pub fn run_bench(config_path: Option<&Path>, args: &BenchFleetArgs) -> anyhow::R
         seed: args.seed,
         keep: args.keep,
         ef_search: args.ef_search.iter().map(|&e| e.clamp(1, 1000)).collect(),
+        exact_below: args.exact_below,
     };
     let report = runtime()?.block_on(roadrep::bench::fleet::bench_fleet(&settings))?;
     if args.json {

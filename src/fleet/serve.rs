@@ -148,11 +148,11 @@ async fn search(
         .map_err(api_error)?;
     let mut client = state.client().await.map_err(api_error)?;
     let fp = state.encoder.fingerprint().to_string();
-    let hits = search_frames(&mut client, &fp, &embedding, &filter, &state.index)
+    let found = search_frames(&mut client, &fp, &embedding, &filter, &state.index)
         .await
         .map_err(|e| api_error(state.db.name(e)))?;
     state.give_back(client);
-    Ok(Json(FleetSearchResponse { model: fp, hits }))
+    Ok(Json(FleetSearchResponse { model: fp, found }))
 }
 
 async fn summarize(
