@@ -267,10 +267,11 @@ pub async fn search_frames(
             Box::new(serde_json::Value::Object(tags)),
         );
     }
+    // The model's predicate, and each filter's.
+    let filtered = wheres.len() > 1;
     let wheres = wheres.join(" AND ");
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
     let tx = client.transaction().await?;
-    let filtered = wheres.contains(" AND ");
     let (path, estimated_rows) = match filter.path {
         Some(path) => (path, None),
         None if filtered && index.exact_below > 0 => {
