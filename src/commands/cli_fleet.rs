@@ -120,9 +120,10 @@ pub struct BenchFleetArgs {
     /// HNSW candidate list sizes to measure (pgvector hnsw.ef_search, at most 1000).
     #[arg(long, value_delimiter = ',', default_value = "100,400,1000")]
     pub ef_search: Vec<u32>,
-    /// `[index] exact_below` of the searches measured (0: always the index).
-    #[arg(long, default_value_t = 50_000)]
-    pub exact_below: u64,
+    /// `[index] exact_below` of the searches measured (0: always the index)
+    /// [default: the config's default].
+    #[arg(long)]
+    pub exact_below: Option<u64>,
     /// Keep the generated rows (default: delete them at the end).
     #[arg(long)]
     pub keep: bool,

@@ -150,7 +150,9 @@ pub fn run_bench(config_path: Option<&Path>, args: &BenchFleetArgs) -> anyhow::R
         seed: args.seed,
         keep: args.keep,
         ef_search: args.ef_search.iter().map(|&e| e.clamp(1, 1000)).collect(),
-        exact_below: args.exact_below,
+        exact_below: args
+            .exact_below
+            .unwrap_or(roadrep::fleet::config::IndexConfig::default().exact_below),
     };
     let report = runtime()?.block_on(roadrep::bench::fleet::bench_fleet(&settings))?;
     if args.json {
