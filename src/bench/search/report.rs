@@ -17,7 +17,7 @@ impl SearchBenchReport {
              | index file | {:.0} MB |\n\
              | index in memory | {:.0} MB |\n\
              | store on disk | {:.0} MB |\n\
-             | peak RSS of the benchmark (generated f32 embeddings included) | {:.0} MB |\n\n",
+             | peak RSS of the benchmark | {:.0} MB |\n\n",
             self.frames,
             self.dim,
             self.cameras,
@@ -57,7 +57,7 @@ impl SearchBenchReport {
                 r.scored
             ));
         }
-        out.push_str("\nThe exact scan (`Store::search_exact`) on a few of the same queries:\n\n| filter | queries | p50 ms | same top ten as the in-memory truth |\n|---|---|---|---|\n");
+        out.push_str("\nThe exact scan (`Store::search_exact`) on a few of the same queries:\n\n| filter | queries | p50 ms | same top ten as the generated truth |\n|---|---|---|---|\n");
         for e in &self.exact {
             out.push_str(&format!(
                 "| {} | {} | {:.1} | {} |\n",
