@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context;
 use roadrep::bench::{ClipBenchSettings, bench_clip, default_bench_model};
 use roadrep::config::RoadrepConfig;
-use roadrep::models::OrtRuntime;
 
 use super::cli::{
     BenchCaptionArgs, BenchClipArgs, BenchPrecisionArgs, BenchReplayArgs, BenchRigArgs,
@@ -16,7 +15,7 @@ use super::cli::{
 
 pub fn run_clip(config_path: Option<&Path>, args: &BenchClipArgs) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
-    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    let runtime = super::ort_runtime(&config)?;
     let frame_size =
         parse_size(&args.frame).with_context(|| format!("--frame '{}'", args.frame))?;
     if args.batch.contains(&0) {
@@ -88,7 +87,7 @@ pub fn run_caption(
     args: &BenchCaptionArgs,
 ) -> anyhow::Result<ExitCode> {
     let config = RoadrepConfig::load(config_path)?;
-    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    let runtime = super::ort_runtime(&config)?;
     anyhow::ensure!(
         args.runs > 0 && args.tokens > 0 && !args.threads.contains(&0) && !args.batch.contains(&0),
         "--runs, --tokens, --threads and --batch must be at least 1"
@@ -170,7 +169,7 @@ pub fn run_precision(
         batch: config.batcher.max_frames,
         cache_dir: Some(super::cache_dir(&config)),
     };
-    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    let runtime = super::ort_runtime(&config)?;
     let report = bench_precision(&settings, &labels, &runtime)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -211,7 +210,7 @@ pub fn run_rig(config_path: Option<&Path>, args: &BenchRigArgs) -> anyhow::Resul
     let parts = super::load_parts(&config, &open_dir)?;
     drop(parts.store);
     let _ = std::fs::remove_dir_all(&open_dir);
-    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    let runtime = super::ort_runtime(&config)?;
     // As the pipeline opens it (`load_fuser`): one intra-op thread.
     let fusion = roadrep::fuse::FusionModel::open_with(
         &fusion_dir,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use roadrep::caption::stills;
 use roadrep::config::RoadrepConfig;
-use roadrep::models::{BlipCaptioner, OrtRuntime};
+use roadrep::models::BlipCaptioner;
 use serde::Serialize;
 
 use super::cli::CaptionArgs;
@@ -42,7 +42,7 @@ pub fn run(config_path: Option<&Path>, args: &CaptionArgs) -> anyhow::Result<Exi
     let Some(dir) = &captions.model else {
         bail!("no captioner: set [captions] model in the config or pass --model DIR");
     };
-    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    let runtime = super::ort_runtime(&config)?;
     // A one-shot command has the machine to itself: every configured thread.
     let captioner = BlipCaptioner::load_with_precision(
         dir,

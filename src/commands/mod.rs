@@ -63,12 +63,18 @@ impl LoadedParts {
     }
 }
 
+/// The ONNX Runtime the config names, its sessions run as `[models]` says.
+pub fn ort_runtime(config: &RoadrepConfig) -> anyhow::Result<OrtRuntime> {
+    Ok(OrtRuntime::load(config.models.ort_library.as_deref())?
+        .with_spinning(config.models.ort_spinning))
+}
+
 /// Loads the configured captioner, if any.
 pub fn load_captioner(config: &RoadrepConfig) -> anyhow::Result<Option<Arc<BlipCaptioner>>> {
     let Some(dir) = &config.captions.model else {
         return Ok(None);
     };
-    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    let runtime = ort_runtime(config)?;
     let captioner = BlipCaptioner::load_with_precision(
         dir,
         &runtime,
@@ -82,7 +88,7 @@ pub fn load_captioner(config: &RoadrepConfig) -> anyhow::Result<Option<Arc<BlipC
 
 /// Loads the configured CLIP model (both encoders).
 pub fn load_model(config: &RoadrepConfig) -> anyhow::Result<ClipModel> {
-    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    let runtime = ort_runtime(config)?;
     let options = ClipOptions {
         precision: config.models.precision,
         intra_threads: config.intra_threads(),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use roadrep::config::RoadrepConfig;
 use roadrep::ingest::still;
-use roadrep::models::{ClipModel, ClipOptions, OrtRuntime, RgbFrame};
+use roadrep::models::{ClipModel, ClipOptions, RgbFrame};
 use roadrep::tagging::{LabelSets, SceneTagger, SetScores, TextEmbeddingCache};
 use serde::Serialize;
 
@@ -32,7 +32,7 @@ pub fn run(config_path: Option<&Path>, args: &TagArgs) -> anyhow::Result<ExitCod
         .clone()
         .unwrap_or_else(|| config.tagging.labels.clone());
     let labels = LabelSets::from_file(&labels_path)?;
-    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    let runtime = super::ort_runtime(&config)?;
     let options = ClipOptions {
         precision: args.precision.unwrap_or(config.models.precision),
         intra_threads: config.intra_threads(),

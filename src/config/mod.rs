@@ -179,6 +179,12 @@ pub struct ModelsConfig {
     /// ONNX Runtime threads per model; 0 = all cores.
     #[serde(default)]
     pub intra_threads: usize,
+    /// Whether ONNX Runtime's idle compute threads spin waiting for the
+    /// next operator instead of sleeping. Off: the decoder, the captioner
+    /// and the store share the cores with the models, and a spinning
+    /// thread takes their time.
+    #[serde(default)]
+    pub ort_spinning: bool,
     /// Rig fusion model directory (`models/export.py --fusion`), made for
     /// the CLIP model above. Unset: `models/fusion-tiny` when it belongs to
     /// that CLIP model, else rigs fuse to the mean of their views.
@@ -212,6 +218,7 @@ impl Default for ModelsConfig {
             ort_library: None,
             precision: ImagePrecision::Fp32,
             intra_threads: 0,
+            ort_spinning: false,
             fusion: None,
         }
     }
@@ -492,6 +499,22 @@ mod tests {
             .to_string();
         assert!(e.contains("fp16"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn ort_spinning_is_off_unless_asked_for() {
+        let parse = |text: &str| RoadrepConfig::parse(Path::new("r.toml"), text);
+        assert!(!parse("").unwrap().models.ort_spinning);
+        assert!(
+            parse("[models]\nort_spinning = true\n")
+                .unwrap()
+                .models
+                .ort_spinning
+        );
+        let e = parse("[models]\nort_spinning = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("r.toml") && e.contains("ort_spinning"), "{e}");
     }
 
     #[test]

@@ -92,7 +92,8 @@ pub fn run(a: AutocaptionArgs) -> Result<()> {
         (None, Some(m)) => autocaption::images_in_manifest(m)?,
         (None, None) => bail!("--images DIR or --manifest FILE"),
     };
-    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?;
+    let runtime = OrtRuntime::load(config.models.ort_library.as_deref())?
+        .with_spinning(config.models.ort_spinning);
     let threads = match a.intra_threads {
         Some(0) | None => config.intra_threads(),
         Some(n) => n,
