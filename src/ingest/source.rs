@@ -37,7 +37,7 @@ use super::gst::{
 use super::live_clock::LiveClock;
 use super::sampler::FrameSampler;
 use crate::models::RgbFrame;
-use crate::models::preprocess::FramePreprocessing;
+use crate::models::preprocess::{FramePreprocessing, FrameResizers};
 use crate::pipeline::frame::source_label;
 use crate::pipeline::metrics;
 use crate::pipeline::{Frame, FrameSender, IngestEvent, SourceId};
@@ -325,6 +325,7 @@ pub fn run_source(
     let label = source_label(&spec.kind);
     let bus = pipeline.bus().expect("a pipeline has a bus");
     let mut reported_drops = 0u64;
+    let mut resizers = preprocessor.resizers();
     let mut live_clock = LiveClock::default();
     let end = loop {
         if stop.load(Ordering::Relaxed) {
@@ -379,7 +380,7 @@ pub fn run_source(
                     file_base_ns,
                     live_ns,
                 };
-                to_frame(pts_ns, rgb, preprocessor, &origin)
+                to_frame(pts_ns, rgb, preprocessor, &mut resizers, &origin)
             })
             .map_err(|message| IngestError::Stream {
                 stream: stream.clone(),
@@ -533,16 +534,12 @@ fn to_frame(
     pts_ns: u64,
     rgb: &RgbFrame<'_>,
     preprocessor: &FramePreprocessing,
+    resizers: &mut FrameResizers,
     origin: &FrameOrigin<'_>,
 ) -> Result<Frame, String> {
-    let crop = preprocessor.clip.crop_size as usize;
-    let mut pixels = ndarray::Array3::<f32>::zeros((3, crop, crop));
-    preprocessor
-        .clip
-        .preprocess_into(rgb, pixels.view_mut())
-        .map_err(|e| e.to_string())?;
-    let caption = match &preprocessor.caption {
-        Some(p) => Some(p.resize_crop(rgb).map_err(|e| e.to_string())?.into()),
+    let clip_crop = resizers.clip.resize_crop(rgb).map_err(|e| e.to_string())?;
+    let caption = match &mut resizers.caption {
+        Some(r) => Some(r.resize_crop(rgb).map_err(|e| e.to_string())?.into()),
         None => None,
     };
     let pictures = crate::ingest::thumbnail::frame_pictures(
@@ -574,7 +571,7 @@ fn to_frame(
         ts_ns,
         width: rgb.width,
         height: rgb.height,
-        pixels,
+        clip_crop,
         keyframe_images: crate::segment::KeyframeImages { caption, jpeg },
         thumbnail,
         sample_interval_ns: FrameSampler::interval_ns(origin.spec.sample_fps),

@@ -17,7 +17,7 @@ use ort::value::TensorRef;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::manifest::{Dim, FileEntry, ModelManifest, TensorSpec, roles};
-use super::preprocess::{ImagePreprocessor, RgbFrame};
+use super::preprocess::{CropResizer, ImagePreprocessor, RgbFrame};
 use super::verified::VerifiedFiles;
 use super::{ModelError, OrtRuntime};
 
@@ -245,8 +245,11 @@ impl ClipModel {
     pub fn preprocess(&self, frames: &[RgbFrame<'_>]) -> Result<Array4<f32>, ModelError> {
         let crop = self.preprocessor.crop_size as usize;
         let mut batch = Array4::<f32>::zeros((frames.len(), 3, crop, crop));
+        // Frames of one size share the resize weights.
+        let mut resizer = CropResizer::new(&self.preprocessor);
         for (frame, out) in frames.iter().zip(batch.axis_iter_mut(Axis(0))) {
-            self.preprocessor.preprocess_into(frame, out)?;
+            let rgb = resizer.resize_crop(frame)?;
+            self.preprocessor.normalize_into(&rgb, out)?;
         }
         Ok(batch)
     }

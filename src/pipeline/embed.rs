@@ -77,10 +77,11 @@ impl FrameEmbedder {
     /// Embeds and tags `frames` in one encoder run; returns one result per
     /// frame, in order, and the seconds the encoder took.
     pub fn embed(&self, frames: &[Frame]) -> Result<(Vec<EmbeddedFrame>, f64), ModelError> {
-        let crop = self.model.preprocessor().crop_size as usize;
+        let preprocessor = self.model.preprocessor();
+        let crop = preprocessor.crop_size as usize;
         let mut pixels = Array4::<f32>::zeros((frames.len(), 3, crop, crop));
-        for (mut slot, frame) in pixels.axis_iter_mut(Axis(0)).zip(frames) {
-            slot.assign(&frame.pixels);
+        for (slot, frame) in pixels.axis_iter_mut(Axis(0)).zip(frames) {
+            preprocessor.normalize_into(&frame.clip_crop, slot)?;
         }
         let started = Instant::now();
         let embeds = self.model.get_image_features(pixels.view())?;

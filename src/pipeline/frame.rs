@@ -4,8 +4,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use ndarray::Array3;
-
 use crate::ingest::config::SourceKind;
 
 /// Identity of a source, the key of its replay checkpoint: a file is the
@@ -99,9 +97,12 @@ pub struct Frame {
     pub width: u32,
     /// Decoded height.
     pub height: u32,
-    /// `[3, crop, crop]` normalised pixels (preprocessed on the ingest thread
-    /// so it overlaps with inference).
-    pub pixels: Array3<f32>,
+    /// The CLIP input before normalisation: the resized center crop, packed
+    /// RGB (`crop`² × 3 bytes). Resized on the ingest thread so it overlaps
+    /// with inference; the embedder normalises it straight into its slot of
+    /// the batch tensor, and it waits in the queues at a quarter of the f32
+    /// tensor's size.
+    pub clip_crop: Vec<u8>,
     /// Pictures kept in case this frame becomes its segment's keyframe:
     /// the captioner's input (when captioning is on) and the keyframe JPEG
     /// (when `[store] keyframe_width` > 0).

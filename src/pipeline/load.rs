@@ -383,7 +383,7 @@ mod tests {
             ts_ns: pts_ns as i64,
             width: 1,
             height: 1,
-            pixels: ndarray::Array3::zeros((3, 1, 1)),
+            clip_crop: Vec::new(),
             keyframe_images: Default::default(),
             thumbnail: None,
         })

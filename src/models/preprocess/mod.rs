@@ -11,13 +11,17 @@
 //! parity tests demand; so the resample below follows Pillow's `Resample.c`
 //! step for step. Only the cropped window is computed: every output pixel
 //! depends only on its own filter window, so this equals resize-then-crop.
+//!
+//! The ingest keeps a [`CropResizer`] per stream (the filter weights of its
+//! frame size) and hands on the 8-bit crop; the embedder normalises the
+//! crops of a batch straight into the batch tensor
+//! ([`ImagePreprocessor::normalize_into`]).
 
 use ndarray::ArrayViewMut3;
 
-/// Fixed-point precision of Pillow's 8-bit resample (`32 - 8 - 2`).
-const PRECISION_BITS: u32 = 22;
-/// Support of the bicubic filter (a = -0.5) at scale 1.
-const BICUBIC_SUPPORT: f64 = 2.0;
+mod resample;
+
+use resample::ResizePlan;
 
 /// A borrowed packed-RGB image (3 bytes per pixel, rows `stride` bytes apart).
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +114,10 @@ pub enum PreprocessError {
     /// The output tensor does not have shape `[3, crop_size, crop_size]`.
     #[error("output tensor has shape {actual:?}, expected [3, {crop}, {crop}]")]
     OutputShape { actual: Vec<usize>, crop: u32 },
+    /// A crop handed to [`ImagePreprocessor::normalize_into`] is not
+    /// `crop_size`² packed RGB pixels.
+    #[error("crop has {len} bytes, expected {crop}x{crop}x3")]
+    CropLength { len: usize, crop: u32 },
 }
 
 impl ImagePreprocessor {
@@ -128,47 +136,127 @@ impl ImagePreprocessor {
         }
     }
 
-    /// The resized and center-cropped RGB image (`crop_size`² × 3 bytes, packed),
-    /// bit-identical to PIL's `resize(BICUBIC)` followed by the center crop.
-    pub fn resize_crop(&self, frame: &RgbFrame<'_>) -> Result<Vec<u8>, PreprocessError> {
-        frame.check()?;
+    /// How a `width`x`height` frame is resized and cropped.
+    fn plan(&self, width: u32, height: u32) -> ResizePlan {
         let crop = self.crop_size as usize;
-        let (rw, rh) = self.resized_size(frame.width, frame.height);
+        let (rw, rh) = self.resized_size(width, height);
         let (rw, rh) = (rw as usize, rh as usize);
         // Where the crop window sits in the resized image. transformers pads
         // instead when the image is smaller than the crop; with shortest_edge
         // >= crop_size (every CLIP config) that never happens.
         let top = rh.saturating_sub(crop) / 2;
         let left = rw.saturating_sub(crop) / 2;
-        let out_w = crop.min(rw);
-        let out_h = crop.min(rh);
+        ResizePlan::new(
+            (width as usize, height as usize),
+            (rw, rh),
+            (left, top),
+            (crop.min(rw), crop.min(rh)),
+        )
+    }
 
-        Ok(resize_window(frame, (rw, rh), (left, top), (out_w, out_h)))
+    /// The resized and center-cropped RGB image (`crop_size`² × 3 bytes, packed),
+    /// bit-identical to PIL's `resize(BICUBIC)` followed by the center crop.
+    /// A stream of frames is cheaper through a [`CropResizer`].
+    pub fn resize_crop(&self, frame: &RgbFrame<'_>) -> Result<Vec<u8>, PreprocessError> {
+        CropResizer::new(self).resize_crop(frame)
     }
 
     /// Preprocesses one frame into `out` (`[3, crop, crop]`, channels first).
     pub fn preprocess_into(
         &self,
         frame: &RgbFrame<'_>,
+        out: ArrayViewMut3<'_, f32>,
+    ) -> Result<(), PreprocessError> {
+        self.check_output(&out)?;
+        self.normalize_into(&self.resize_crop(frame)?, out)
+    }
+
+    /// Scales a packed-RGB crop (what [`Self::resize_crop`] gives) to
+    /// [0, 1] and normalises it into `out` (`[3, crop, crop]`, channels
+    /// first): the step that writes into a batch tensor's slot.
+    pub fn normalize_into(
+        &self,
+        rgb: &[u8],
         mut out: ArrayViewMut3<'_, f32>,
     ) -> Result<(), PreprocessError> {
+        self.check_output(&out)?;
         let crop = self.crop_size as usize;
-        if out.shape() != [3, crop, crop] {
-            return Err(PreprocessError::OutputShape {
-                actual: out.shape().to_vec(),
+        if rgb.len() != crop * crop * 3 {
+            return Err(PreprocessError::CropLength {
+                len: rgb.len(),
                 crop: self.crop_size,
             });
         }
-        let rgb = self.resize_crop(frame)?;
-        // transformers: x / 255 then (x - mean) / std, in f32.
-        for c in 0..3 {
+        // transformers: x / 255 then (x - mean) / std, in f32; a table of
+        // the 256 values per channel gives the same floats.
+        let mut table = [[0f32; 256]; 3];
+        for (c, t) in table.iter_mut().enumerate() {
             let (mean, std) = (self.mean[c], self.std[c]);
+            for (v, x) in t.iter_mut().enumerate() {
+                *x = (v as f32 / 255.0 - mean) / std;
+            }
+        }
+        for (c, t) in table.iter().enumerate() {
             let mut plane = out.index_axis_mut(ndarray::Axis(0), c);
-            for (i, v) in plane.iter_mut().enumerate() {
-                *v = (rgb[i * 3 + c] as f32 / 255.0 - mean) / std;
+            let pixels = rgb.chunks_exact(3);
+            match plane.as_slice_mut() {
+                Some(dst) => dst
+                    .iter_mut()
+                    .zip(pixels)
+                    .for_each(|(d, p)| *d = t[p[c] as usize]),
+                None => plane
+                    .iter_mut()
+                    .zip(pixels)
+                    .for_each(|(d, p)| *d = t[p[c] as usize]),
             }
         }
         Ok(())
+    }
+
+    fn check_output(&self, out: &ArrayViewMut3<'_, f32>) -> Result<(), PreprocessError> {
+        let crop = self.crop_size as usize;
+        if out.shape() == [3, crop, crop] {
+            return Ok(());
+        }
+        Err(PreprocessError::OutputShape {
+            actual: out.shape().to_vec(),
+            crop: self.crop_size,
+        })
+    }
+}
+
+/// Resizes and crops a stream's frames for one model: keeps the filter
+/// weights of the last frame size (computed again only when the size
+/// changes) and the buffer of the intermediate rows. Run-time state of one
+/// ingest thread; the settings stay in the [`ImagePreprocessor`].
+#[derive(Debug)]
+pub struct CropResizer {
+    preprocessor: ImagePreprocessor,
+    plan: Option<ResizePlan>,
+    scratch: Vec<u8>,
+}
+
+impl CropResizer {
+    /// A resizer for `preprocessor`'s model, with no frame size seen yet.
+    pub fn new(preprocessor: &ImagePreprocessor) -> Self {
+        Self {
+            preprocessor: preprocessor.clone(),
+            plan: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// What [`ImagePreprocessor::resize_crop`] gives, bit for bit.
+    pub fn resize_crop(&mut self, frame: &RgbFrame<'_>) -> Result<Vec<u8>, PreprocessError> {
+        frame.check()?;
+        let size = (frame.width as usize, frame.height as usize);
+        let plan = match &mut self.plan {
+            Some(plan) if plan.input() == size => plan,
+            slot => slot.insert(self.preprocessor.plan(frame.width, frame.height)),
+        };
+        let mut out = vec![0u8; plan.output_len()];
+        plan.run(frame, &mut self.scratch, &mut out);
+        Ok(out)
     }
 }
 
@@ -188,6 +276,26 @@ pub struct FramePreprocessing {
     pub keyframe: Option<crate::ingest::thumbnail::ThumbnailMaker>,
 }
 
+impl FramePreprocessing {
+    /// The resizers one ingest thread keeps for its frames.
+    pub fn resizers(&self) -> FrameResizers {
+        FrameResizers {
+            clip: CropResizer::new(&self.clip),
+            caption: self.caption.as_ref().map(CropResizer::new),
+        }
+    }
+}
+
+/// An ingest thread's [`CropResizer`]s: the CLIP input's and, when
+/// captioning is on, the captioner's.
+#[derive(Debug)]
+pub struct FrameResizers {
+    /// CLIP image encoder input.
+    pub clip: CropResizer,
+    /// Captioner input.
+    pub caption: Option<CropResizer>,
+}
+
 impl From<ImagePreprocessor> for FramePreprocessing {
     fn from(clip: ImagePreprocessor) -> Self {
         Self {
@@ -199,201 +307,6 @@ impl From<ImagePreprocessor> for FramePreprocessing {
     }
 }
 
-/// Saturating conversion of a fixed-point accumulator to u8 (Pillow `clip8`).
-/// Accumulators are i32 as in Pillow: |weights| sum to < 2 and pixels are
-/// < 256, so `255 * 2 * 2^22` cannot overflow.
-fn clip8(acc: i32) -> u8 {
-    let v = acc >> PRECISION_BITS;
-    v.clamp(0, 255) as u8
-}
-
-/// Keys cubic convolution kernel with a = -0.5 (Pillow `bicubic_filter`).
-fn bicubic(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * A
-    } else {
-        0.0
-    }
-}
-
-/// Fixed-point filter weights for the output samples `first..first + count`
-/// of a 1-D resize from `in_size` to `out_size` (Pillow `precompute_coeffs`
-/// followed by `normalize_coeffs_8bpc`).
-struct Coefficients {
-    /// Per output sample: first source index and number of taps.
-    bounds: Vec<(usize, usize)>,
-    /// Taps per output sample (`ksize` in Pillow), row-major.
-    ksize: usize,
-    weights: Vec<i32>,
-}
-
-impl Coefficients {
-    fn new(in_size: usize, out_size: usize, first: usize, count: usize) -> Self {
-        let scale = in_size as f64 / out_size as f64;
-        let filterscale = scale.max(1.0);
-        let support = BICUBIC_SUPPORT * filterscale;
-        let ksize = support.ceil() as usize * 2 + 1;
-        let mut bounds = Vec::with_capacity(count);
-        let mut weights = vec![0i32; count * ksize];
-        let mut k = vec![0f64; ksize];
-        for (i, xx) in (first..first + count).enumerate() {
-            let center = (xx as f64 + 0.5) * scale;
-            let ss = 1.0 / filterscale;
-            // Pillow truncates `center ± support + 0.5` with a C cast.
-            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize - xmin;
-            let mut ww = 0.0;
-            for (x, kx) in k.iter_mut().enumerate().take(xmax) {
-                let w = bicubic((x as f64 + xmin as f64 - center + 0.5) * ss);
-                *kx = w;
-                ww += w;
-            }
-            let row = &mut weights[i * ksize..(i + 1) * ksize];
-            for x in 0..xmax {
-                let w = if ww != 0.0 { k[x] / ww } else { k[x] };
-                let fixed = w * (1u64 << PRECISION_BITS) as f64;
-                row[x] = if w < 0.0 {
-                    (-0.5 + fixed) as i32
-                } else {
-                    (0.5 + fixed) as i32
-                };
-            }
-            bounds.push((xmin, xmax));
-        }
-        Self {
-            bounds,
-            ksize,
-            weights,
-        }
-    }
-
-    fn kernel(&self, i: usize) -> &[i32] {
-        &self.weights[i * self.ksize..(i + 1) * self.ksize]
-    }
-
-    /// Source indices `[first, last)` any output sample reads.
-    fn source_span(&self) -> (usize, usize) {
-        let first = self.bounds.iter().map(|b| b.0).min().unwrap_or(0);
-        let last = self.bounds.iter().map(|b| b.0 + b.1).max().unwrap_or(0);
-        (first, last)
-    }
-
-    /// Horizontal pass over one packed RGB row.
-    fn apply_row(&self, src: &[u8], dst: &mut [u8]) {
-        self.apply_row_from(src, 0, dst);
-    }
-
-    /// Horizontal pass over a row whose first pixel is source column `offset`.
-    fn apply_row_from(&self, src: &[u8], offset: usize, dst: &mut [u8]) {
-        for (i, &(start, len)) in self.bounds.iter().enumerate() {
-            let start = start - offset;
-            let k = &self.kernel(i)[..len];
-            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-            let taps = &src[start * 3..(start + len) * 3];
-            for (p, &kj) in taps.chunks_exact(3).zip(k) {
-                acc[0] += p[0] as i32 * kj;
-                acc[1] += p[1] as i32 * kj;
-                acc[2] += p[2] as i32 * kj;
-            }
-            dst[i * 3] = clip8(acc[0]);
-            dst[i * 3 + 1] = clip8(acc[1]);
-            dst[i * 3 + 2] = clip8(acc[2]);
-        }
-    }
-}
-
-/// Pillow's separable bicubic resize of `frame` to `rw`x`rh`, keeping the
-/// `out_w`x`out_h` window at (`left`, `top`) of the result (packed RGB).
-fn resize_window(
-    frame: &RgbFrame<'_>,
-    (rw, rh): (usize, usize),
-    (left, top): (usize, usize),
-    (out_w, out_h): (usize, usize),
-) -> Vec<u8> {
-    let (w, h) = (frame.width as usize, frame.height as usize);
-    let horiz = Coefficients::new(w, rw, left, out_w);
-    let vert = Coefficients::new(h, rh, top, out_h);
-
-    let need_horizontal = rw != w;
-    let need_vertical = rh != h;
-    // Pillow (13 here) runs the vertical pass first when the height shrinks
-    // by more than twice as much as the width; the two orders round the
-    // intermediate image differently, so follow it.
-    let vertical_first = h > rh && (h as i64 - rh as i64) > (w as i64 - rw as i64) * 2;
-    let mut out = vec![0u8; out_h * out_w * 3];
-    if vertical_first {
-        // Pass 1 (vertical) over only the source columns pass 2 reads.
-        let (first_col, last_col) = if need_horizontal {
-            horiz.source_span()
-        } else {
-            (left, left + out_w)
-        };
-        let tmp_w = last_col - first_col;
-        let mut tmp = vec![0u8; out_h * tmp_w * 3];
-        for oy in 0..out_h {
-            let dst = &mut tmp[oy * tmp_w * 3..(oy + 1) * tmp_w * 3];
-            let (start, len) = vert.bounds[oy];
-            let k = vert.kernel(oy);
-            for (x, d) in dst.iter_mut().enumerate() {
-                let mut acc: i32 = 1 << (PRECISION_BITS - 1);
-                for (j, &kj) in k[..len].iter().enumerate() {
-                    acc += frame.row(start + j)[first_col * 3 + x] as i32 * kj;
-                }
-                *d = clip8(acc);
-            }
-        }
-        // Pass 2 (horizontal).
-        for oy in 0..out_h {
-            let src = &tmp[oy * tmp_w * 3..(oy + 1) * tmp_w * 3];
-            let dst = &mut out[oy * out_w * 3..(oy + 1) * out_w * 3];
-            if need_horizontal {
-                horiz.apply_row_from(src, first_col, dst);
-            } else {
-                dst.copy_from_slice(&src[(left - first_col) * 3..(left - first_col + out_w) * 3]);
-            }
-        }
-        return out;
-    }
-
-    // Pass 1 (horizontal) over only the source rows the vertical pass reads.
-    let (first_row, last_row) = vert.source_span();
-    let tmp_rows = last_row - first_row;
-    let mut tmp = vec![0u8; tmp_rows * out_w * 3];
-    for (ty, sy) in (first_row..last_row).enumerate() {
-        let src = frame.row(sy);
-        let dst = &mut tmp[ty * out_w * 3..(ty + 1) * out_w * 3];
-        if need_horizontal {
-            horiz.apply_row(src, dst);
-        } else {
-            dst.copy_from_slice(&src[left * 3..(left + out_w) * 3]);
-        }
-    }
-
-    // Pass 2 (vertical).
-    for oy in 0..out_h {
-        let dst = &mut out[oy * out_w * 3..(oy + 1) * out_w * 3];
-        if need_vertical {
-            let (start, len) = vert.bounds[oy];
-            let k = vert.kernel(oy);
-            for (x, d) in dst.iter_mut().enumerate() {
-                let mut acc: i32 = 1 << (PRECISION_BITS - 1);
-                for (j, &kj) in k[..len].iter().enumerate() {
-                    acc += tmp[(start + j - first_row) * out_w * 3 + x] as i32 * kj;
-                }
-                *d = clip8(acc);
-            }
-        } else {
-            let sy = top + oy - first_row;
-            dst.copy_from_slice(&tmp[sy * out_w * 3..(sy + 1) * out_w * 3]);
-        }
-    }
-    out
-}
-
 /// `frame` resized to `width`x`height` (packed RGB), as Pillow's bicubic
 /// `resize` would: thumbnails.
 pub fn resize_rgb(
@@ -403,7 +316,11 @@ pub fn resize_rgb(
 ) -> Result<Vec<u8>, PreprocessError> {
     frame.check()?;
     let (w, h) = (width.max(1) as usize, height.max(1) as usize);
-    Ok(resize_window(frame, (w, h), (0, 0), (w, h)))
+    let input = (frame.width as usize, frame.height as usize);
+    let plan = ResizePlan::new(input, (w, h), (0, 0), (w, h));
+    let mut out = vec![0u8; plan.output_len()];
+    plan.run(frame, &mut Vec::new(), &mut out);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -503,5 +420,42 @@ mod tests {
             p.preprocess_into(&RgbFrame::packed(224, 224, &data), wrong.view_mut())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_resizer_keeps_its_weights_per_size_and_gives_the_same_bytes() {
+        let p = clip();
+        let mut resizer = CropResizer::new(&p);
+        // 720p, a portrait size that runs the vertical pass first, a size
+        // that needs no horizontal pass, then 720p again.
+        for (w, h) in [(1280, 720), (300, 2000), (224, 600), (1280, 720)] {
+            let data: Vec<u8> = (0..w * h * 3).map(|i| (i * 31 % 253) as u8).collect();
+            let frame = RgbFrame::packed(w as u32, h as u32, &data);
+            let fresh = p.resize_crop(&frame).unwrap();
+            assert_eq!(resizer.resize_crop(&frame).unwrap(), fresh, "{w}x{h}");
+            assert_eq!(resizer.resize_crop(&frame).unwrap(), fresh, "{w}x{h} again");
+        }
+        assert!(
+            resizer
+                .resize_crop(&RgbFrame::packed(4, 4, &[0; 5]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn normalising_a_crop_equals_preprocessing_the_frame() {
+        let p = clip();
+        let data: Vec<u8> = (0..640 * 360 * 3).map(|i| (i * 13 % 256) as u8).collect();
+        let frame = RgbFrame::packed(640, 360, &data);
+        let mut direct = ndarray::Array3::<f32>::zeros((3, 224, 224));
+        p.preprocess_into(&frame, direct.view_mut()).unwrap();
+        let crop = CropResizer::new(&p).resize_crop(&frame).unwrap();
+        let mut batch = ndarray::Array4::<f32>::zeros((2, 3, 224, 224));
+        p.normalize_into(&crop, batch.index_axis_mut(ndarray::Axis(0), 1))
+            .unwrap();
+        assert_eq!(batch.index_axis(ndarray::Axis(0), 1), direct);
+        let short = &crop[..crop.len() - 3];
+        let err = p.normalize_into(short, direct.view_mut()).unwrap_err();
+        assert_eq!(err.to_string(), "crop has 150525 bytes, expected 224x224x3");
     }
 }
