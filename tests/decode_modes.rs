@@ -47,6 +47,7 @@ fn sample(clip: &Path, fps: f64, mode: DecodeMode) -> (Vec<(u64, Vec<u8>)>, u64)
         latency_ms: 0,
         file_start_ns: Some(0),
         decode: mode,
+        skip_decoders: Vec::new(),
     };
     let (tx, rx) = frame_channel(4, PipelineLoad::new());
     let consumer = std::thread::spawn(move || {

@@ -22,6 +22,7 @@ fn spec(kind: SourceKind, fps: f64) -> SourceSpec {
         latency_ms: 0,
         file_start_ns: None,
         decode: Default::default(),
+        skip_decoders: Vec::new(),
     }
 }
 

@@ -36,6 +36,7 @@ fn a_live_backlog_after_a_stall_keeps_its_capture_times() {
         latency_ms: 0,
         file_start_ns: None,
         decode: Default::default(),
+        skip_decoders: Vec::new(),
     };
     let dir = common::tiny_model_dir();
     let preprocessor = ModelManifest::read(&dir)

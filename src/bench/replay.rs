@@ -146,6 +146,7 @@ pub fn bench_replay(
         latency_ms: 0,
         file_start_ns: Some(0),
         decode: settings.decode,
+        skip_decoders: Vec::new(),
     };
     let (tx, rx) = frame_channel(32, PipelineLoad::new());
     // Frames and the bytes of their keyframe pictures.

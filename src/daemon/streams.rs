@@ -120,6 +120,7 @@ impl RunningStreams {
                 latency_ms: stream.latency_ms,
                 file_start_ns: None,
                 decode: stream.decode.unwrap_or(settings.decode),
+                skip_decoders: Vec::new(),
             },
             status: StatusSlot::register(statuses, &stream.name),
             preprocessing: self.pipeline.preprocessing().clone(),

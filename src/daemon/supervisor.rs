@@ -2,7 +2,9 @@
 //! missing, RTSP server down, corrupt data) is logged and retried with
 //! exponential backoff while the other streams go on; a live source that
 //! ends is reconnected; a file read to its end is finished (and skipped on
-//! the next start, thanks to its checkpoint).
+//! the next start, thanks to its checkpoint). A decoder that fails (a
+//! broken hardware decoder) is skipped from the next attempt on, which
+//! then plugs the next decoder by rank: software in the end.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +46,8 @@ impl Supervisor {
         // Failed attempts in a row of a file read part way, none of which
         // got further.
         let mut stuck = 0u32;
+        // This stream's spec, with the decoders that failed on it.
+        let mut spec = self.spec.clone();
         while !self.stop.load(Ordering::Relaxed) {
             // Per attempt: a file that was missing has a new identity once it exists.
             let source_id = SourceId::of(&self.spec.kind);
@@ -62,7 +66,7 @@ impl Supervisor {
             let counters = Arc::new(SourceCounters::default());
             self.status.to(StreamState::Running, Some(&counters));
             let result = run_source(
-                &self.spec,
+                &spec,
                 &self.preprocessing,
                 &self.input,
                 &self.stop,
@@ -114,7 +118,20 @@ impl Supervisor {
                         return;
                     }
                     tracing::error!(%stream, %error, retry_in_secs = delay.as_secs_f64(), "Stream failed; retrying.");
-                    self.retrying(RetryReason::Error, error.to_string(), &counters);
+                    let mut message = error.to_string();
+                    if let Some(decoder) = counters.failed_decoder(&error) {
+                        tracing::warn!(%stream, decoder, "The decoder failed; the next attempt plugs the next one by rank.");
+                        message.push_str(&format!(
+                            "; decoder {decoder} skipped from the next attempt on"
+                        ));
+                        spec.skip_decoders.push(decoder.to_string());
+                    } else if counters.plugged.get().is_none() {
+                        // Nothing decodes this stream without the skipped
+                        // decoders (or it failed before one was plugged):
+                        // they get another chance.
+                        spec.skip_decoders.clear();
+                    }
+                    self.retrying(RetryReason::Error, message, &counters);
                 }
             }
             // A run that delivered frames was healthy: start backoff over.

@@ -35,6 +35,7 @@ pub fn decode_frames_at(
         latency_ms: 0,
         file_start_ns: None,
         decode: DecodeMode::Exact,
+        skip_decoders: Vec::new(),
     };
     let err = |element: &str, message: String| IngestError::Stream {
         stream: stream.into(),

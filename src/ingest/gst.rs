@@ -20,7 +20,7 @@ use gstreamer_video as gst_video;
 use super::config::{DecodeMode, RtspTransport, SourceKind};
 use super::decode_plan::{PlanStart, UnitReader, inspectable_codec, plan_decoding};
 use super::nal;
-use super::source::{IngestError, SourceCounters, SourceSpec};
+use super::source::{IngestError, PluggedDecoder, SourceCounters, SourceSpec};
 use crate::models::RgbFrame;
 
 /// Initialises GStreamer once per process.
@@ -150,12 +150,24 @@ pub(super) fn build_pipeline(
             d
         }
     };
+    if !spec.skip_decoders.is_empty() {
+        skip_factories(&decoder, spec.skip_decoders.clone())?;
+    }
     let (stream, mode) = (spec.stream.clone(), spec.decode);
     pipeline.connect_deep_element_added(move |_, _, element| {
         if is_video_decoder(element) {
+            #[cfg(feature = "failpoints")]
+            inject_decoder_failure(element);
             let decoder = set_decode_mode(element, mode, &stream, plan.clone(), counters.clone());
             if let Some(c) = &counters {
                 let _ = c.decoder.set(decoder);
+                let _ = c.plugged.set(PluggedDecoder {
+                    element: element.name().to_string(),
+                    factory: element
+                        .factory()
+                        .map(|f| f.name().to_string())
+                        .unwrap_or_default(),
+                });
             }
         }
     });
@@ -179,6 +191,52 @@ pub(super) fn build_pipeline(
         }
     });
     Ok(pipeline)
+}
+
+/// Makes `bin` (decodebin, uridecodebin) pass over the element factories
+/// named in `skip` when it plugs decoders, trying the next by rank instead.
+fn skip_factories(bin: &gst::Element, skip: Vec<String>) -> Result<(), String> {
+    // The signal's return type, registered with decodebin's class.
+    let result = gst::glib::Type::from_name("GstAutoplugSelectResult")
+        .ok_or("GStreamer's decodebin has no GstAutoplugSelectResult type")?;
+    let value = move |nick: &str| {
+        gst::glib::EnumClass::with_type(result)
+            .and_then(|c| c.to_value_by_nick(nick))
+            .expect("GstAutoplugSelectResult has 'try' and 'skip'")
+    };
+    value("skip"); // fail here, not in a streaming thread
+    bin.connect("autoplug-select", false, move |args| {
+        let factory = args
+            .get(3)
+            .and_then(|v| v.get::<gst::ElementFactory>().ok());
+        let skipped = factory.is_some_and(|f| skip.iter().any(|s| s.as_str() == f.name()));
+        Some(value(if skipped { "skip" } else { "try" }))
+    });
+    Ok(())
+}
+
+/// Reliability tests: a decoder fails on its first buffer
+/// (`FAILPOINTS=ingest::decoder_fails=return(FACTORY)`), as a broken
+/// hardware decoder would.
+#[cfg(feature = "failpoints")]
+fn inject_decoder_failure(decoder: &gst::Element) {
+    let factory = decoder.factory().map(|f| f.name().to_string());
+    let named = fail::eval("ingest::decoder_fails", |arg| arg).flatten();
+    if named.is_none() || named != factory {
+        return;
+    }
+    let Some(pad) = decoder.static_pad("sink") else {
+        return;
+    };
+    let decoder = decoder.downgrade();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(d) = decoder.upgrade() {
+            gst::element_error!(d, gst::StreamError::Decode, ["decoder failure (injected)"]);
+        }
+        // What a failing decoder returns upstream: the stream stops.
+        info.flow_res = Err(gst::FlowError::Error);
+        gst::PadProbeReturn::Handled
+    });
 }
 
 /// Whether `element` (plugged by decodebin) decodes video.

@@ -97,6 +97,10 @@ pub struct SourceSpec {
     pub file_start_ns: Option<i64>,
     /// Which frames are decoded.
     pub decode: DecodeMode,
+    /// Decoders (element factory names) this run must not plug: the
+    /// supervisor adds one that failed on this stream, so the next attempt
+    /// falls back to the next decoder by rank, software in the end.
+    pub skip_decoders: Vec<String>,
 }
 
 /// How a source run ended.
@@ -159,6 +163,17 @@ pub struct SourceCounters {
     /// The video decoder GStreamer plugged (highest rank first: hardware
     /// where the machine has one), and what the decode mode made of it.
     pub decoder: std::sync::OnceLock<String>,
+    /// That decoder's element, to tell its errors apart.
+    pub plugged: std::sync::OnceLock<PluggedDecoder>,
+}
+
+/// The video decoder a run plugged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluggedDecoder {
+    /// Element name (what its bus errors name).
+    pub element: String,
+    /// Element factory name (`vah264dec`, `avdec_h264`).
+    pub factory: String,
 }
 
 impl SourceCounters {
@@ -172,6 +187,15 @@ impl SourceCounters {
         self.sampled
             .load(Ordering::Relaxed)
             .saturating_sub(self.delivered.load(Ordering::Relaxed))
+    }
+
+    /// The factory of this run's decoder when `error` came from it.
+    pub fn failed_decoder(&self, error: &IngestError) -> Option<&str> {
+        let IngestError::Stream { element, .. } = error else {
+            return None;
+        };
+        let plugged = self.plugged.get()?;
+        (plugged.element == *element).then_some(plugged.factory.as_str())
     }
 }
 

@@ -211,6 +211,7 @@ pub(crate) fn replay_file(
         latency_ms: 0,
         file_start_ns: job.file_start_ns,
         decode: job.decode,
+        skip_decoders: Vec::new(),
     };
     let counters = Arc::new(SourceCounters::default());
     let result: Mutex<Option<Result<SourceEnd, IngestError>>> = Mutex::new(None);
