@@ -128,3 +128,79 @@ pub fn api_agent() -> ureq::Agent {
         .build()
         .into()
 }
+
+/// Writes `dir/roadrep.toml` for a daemon on the tiny model with its store
+/// in `dir/store`, its API on `port` and one file stream `front` reading
+/// `clip`; `ingest` holds `[ingest]` settings (`key = value` lines).
+pub fn file_stream_config(dir: &Path, port: u16, clip: &Path, ingest: &str) -> PathBuf {
+    let config = dir.join("roadrep.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[models]\nclip = \"{model}\"\nintra_threads = 1\n[tagging]\nlabels = \"{labels}\"\n\
+             [store]\npath = \"{store}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
+             [ingest]\n{ingest}\n[[streams]]\nname = \"front\"\nsource = \"{clip}\"\n",
+            model = tiny_model_dir().display(),
+            labels = root().join("config/labels.toml").display(),
+            store = dir.join("store").display(),
+            clip = clip.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Polls the daemon's `/health` on `port` until its first stream is
+/// finished (at most a minute); returns that stream's status and each
+/// distinct `last_error` seen on the way.
+pub fn wait_until_finished(port: u16) -> (serde_json::Value, Vec<String>) {
+    let agent = api_agent();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut errors: Vec<String> = Vec::new();
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let Ok(mut r) = agent.get(format!("http://127.0.0.1:{port}/health")).call() else {
+            continue;
+        };
+        let health: serde_json::Value = r.body_mut().read_json().unwrap();
+        let stream = health["streams"][0].clone();
+        if let Some(e) = stream["last_error"].as_str()
+            && !errors.iter().any(|seen| seen == e)
+        {
+            errors.push(e.to_string());
+        }
+        if stream["state"] == "finished" {
+            return (stream, errors);
+        }
+    }
+}
+
+/// Stops a daemon with SIGTERM (what was stored is flushed first) and
+/// checks it exits cleanly.
+pub fn terminate(daemon: &mut std::process::Child) {
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(daemon.wait().unwrap().success());
+}
+
+/// Checks the store in `dir/store` holds exactly `frames` frames, all of
+/// stream `front`, and that `clip`'s checkpoint says it is done.
+pub fn assert_file_finished_with(dir: &Path, clip: &Path, frames: u64) {
+    let store = roadrep::store::Store::open(&dir.join("store"), "any", 4).unwrap();
+    assert_eq!(
+        store.stats().unwrap().frames,
+        vec![("front".to_string(), frames)]
+    );
+    let id = store.stream_id("front").unwrap();
+    let kind = roadrep::ingest::config::SourceKind::File(clip.to_path_buf());
+    let source = roadrep::pipeline::SourceId::of(&kind);
+    let checkpoint = store.checkpoint(id, source.as_str()).unwrap().unwrap();
+    assert!(checkpoint.complete, "{checkpoint:?}");
+}
