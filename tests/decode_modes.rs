@@ -71,7 +71,11 @@ fn sample(clip: &Path, fps: f64, mode: DecodeMode) -> (Vec<(u64, Vec<u8>)>, u64)
     drop(tx);
     assert_eq!(end, SourceEnd::Eos, "{mode:?}");
     let frames = consumer.join().unwrap();
-    let decoder = counters.decoder.get().cloned().unwrap_or_default();
+    let decoder = counters
+        .decoder
+        .get()
+        .map(|d| d.description.clone())
+        .unwrap_or_default();
     let want = match mode {
         DecodeMode::Exact => "avdec_h264, sampled frames and their references",
         DecodeMode::Fast => "avdec_h264, sampled reference frames and their references",

@@ -85,7 +85,7 @@ impl StreamStatus {
         if let Some(c) = &self.current {
             s.frames = c.delivered.load(Ordering::Relaxed);
             s.dropped = c.dropped();
-            s.decoder = c.decoder.get().cloned();
+            s.decoder = c.decoder.get().map(|d| d.description.clone());
             s.skipped = c.skipped.load(Ordering::Relaxed);
         }
         s

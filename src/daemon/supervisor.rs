@@ -125,7 +125,7 @@ impl Supervisor {
                             "; decoder {decoder} skipped from the next attempt on"
                         ));
                         spec.skip_decoders.push(decoder.to_string());
-                    } else if counters.plugged.get().is_none() {
+                    } else if counters.decoder.get().is_none() {
                         // Nothing decodes this stream without the skipped
                         // decoders (or it failed before one was plugged):
                         // they get another chance.

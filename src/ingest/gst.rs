@@ -158,15 +158,16 @@ pub(super) fn build_pipeline(
         if is_video_decoder(element) {
             #[cfg(feature = "failpoints")]
             inject_decoder_failure(element);
-            let decoder = set_decode_mode(element, mode, &stream, plan.clone(), counters.clone());
+            let description =
+                set_decode_mode(element, mode, &stream, plan.clone(), counters.clone());
             if let Some(c) = &counters {
-                let _ = c.decoder.set(decoder);
-                let _ = c.plugged.set(PluggedDecoder {
+                let _ = c.decoder.set(PluggedDecoder {
                     element: element.name().to_string(),
                     factory: element
                         .factory()
                         .map(|f| f.name().to_string())
                         .unwrap_or_default(),
+                    description,
                 });
             }
         }

@@ -161,10 +161,8 @@ pub struct SourceCounters {
     /// The running pipeline is live (decided when it starts).
     pub live: AtomicBool,
     /// The video decoder GStreamer plugged (highest rank first: hardware
-    /// where the machine has one), and what the decode mode made of it.
-    pub decoder: std::sync::OnceLock<String>,
-    /// That decoder's element, to tell its errors apart.
-    pub plugged: std::sync::OnceLock<PluggedDecoder>,
+    /// where the machine has one).
+    pub decoder: std::sync::OnceLock<PluggedDecoder>,
 }
 
 /// The video decoder a run plugged.
@@ -174,6 +172,9 @@ pub struct PluggedDecoder {
     pub element: String,
     /// Element factory name (`vah264dec`, `avdec_h264`).
     pub factory: String,
+    /// What the decode mode made of it, for `/health`
+    /// (`avdec_h264, sampled frames and their references`).
+    pub description: String,
 }
 
 impl SourceCounters {
@@ -194,7 +195,7 @@ impl SourceCounters {
         let IngestError::Stream { element, .. } = error else {
             return None;
         };
-        let plugged = self.plugged.get()?;
+        let plugged = self.decoder.get()?;
         (plugged.element == *element).then_some(plugged.factory.as_str())
     }
 }
